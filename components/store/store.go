@@ -1,0 +1,179 @@
+// Package store is chargesim's MongoDB access: connection settings, collections, indexes and
+// the stored document shapes. It uses mongo-driver v2, the supported major line (v1 is in
+// maintenance), whose API is what new code should be written against. Queries stay within
+// what both MongoDB and FerretDB v1 answer correctly (see DEVELOPERS.md).
+package store
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
+
+	"github.com/chargesim/chargesim/components/cli"
+	"github.com/chargesim/chargesim/components/session"
+)
+
+// Collection names.
+const (
+	SessionsCollection = "sessions"
+	RejectedCollection = "rejected"
+)
+
+// Config is the MongoDB connection of a component.
+type Config struct {
+	URI      string
+	URIFile  string
+	Database string
+	CAFile   string
+}
+
+// Register adds the MongoDB flags.
+func (c *Config) Register(fs *flag.FlagSet) {
+	fs.StringVar(&c.URI, "mongo-uri", "mongodb://127.0.0.1:27017", "MongoDB URI (prefer the environment or --mongo-uri-file when it holds credentials)")
+	fs.StringVar(&c.URIFile, "mongo-uri-file", "", "file holding the MongoDB URI")
+	fs.StringVar(&c.Database, "mongo-database", "chargesim", "MongoDB database")
+	fs.StringVar(&c.CAFile, "mongo-ca-file", "", "PEM CA bundle for TLS to MongoDB")
+}
+
+// Validate checks the settings and resolves the URI file.
+func (c *Config) Validate() error {
+	var err error
+	if c.URI, err = cli.ReadSecret("mongo-uri", c.URI, c.URIFile); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(c.URI, "mongodb://") && !strings.HasPrefix(c.URI, "mongodb+srv://") {
+		return cli.Invalid("mongo-uri", redact(c.URI), "must start with mongodb:// or mongodb+srv://")
+	}
+	if err := options.Client().ApplyURI(c.URI).Validate(); err != nil {
+		return cli.Invalid("mongo-uri", redact(c.URI), err.Error())
+	}
+	if c.Database == "" || strings.ContainsAny(c.Database, "/\\. \"$") {
+		return cli.Invalid("mongo-database", c.Database, "must be a non-empty name without / \\ . space \" $")
+	}
+	if c.CAFile != "" {
+		if _, err := c.tlsConfig(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// redact hides the password of a URI for error messages and logs.
+func redact(uri string) string {
+	at := strings.LastIndex(uri, "@")
+	scheme := strings.Index(uri, "://")
+	if at < 0 || scheme < 0 {
+		return uri
+	}
+	return uri[:scheme+3] + "***@" + uri[at+1:]
+}
+
+func (c *Config) tlsConfig() (*tls.Config, error) {
+	pem, err := os.ReadFile(c.CAFile)
+	if err != nil {
+		return nil, cli.Invalid("mongo-ca-file", c.CAFile, err.Error())
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, cli.Invalid("mongo-ca-file", c.CAFile, "no PEM certificate found")
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}, nil
+}
+
+// Store is a connected database.
+type Store struct {
+	Client   *mongo.Client
+	DB       *mongo.Database
+	Sessions *mongo.Collection
+	Rejected *mongo.Collection
+}
+
+// Connect opens a client (the driver connects lazily and reconnects by itself) and ensures the
+// indexes exist. It fails only for settings errors or when the indexes cannot be created
+// within ctx.
+func Connect(ctx context.Context, cfg Config, appName string) (*Store, error) {
+	opts := options.Client().ApplyURI(cfg.URI).
+		SetAppName(appName).
+		SetServerSelectionTimeout(5 * time.Second).
+		SetConnectTimeout(5 * time.Second)
+	if cfg.CAFile != "" {
+		tc, err := cfg.tlsConfig()
+		if err != nil {
+			return nil, err
+		}
+		opts.SetTLSConfig(tc)
+	}
+	client, err := mongo.Connect(opts)
+	if err != nil {
+		return nil, fmt.Errorf("connect to mongodb %s: %w", redact(cfg.URI), err)
+	}
+	db := client.Database(cfg.Database)
+	s := &Store{Client: client, DB: db, Sessions: db.Collection(SessionsCollection), Rejected: db.Collection(RejectedCollection)}
+	if err := s.EnsureIndexes(ctx); err != nil {
+		_ = client.Disconnect(context.Background())
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close disconnects.
+func (s *Store) Close(ctx context.Context) error { return s.Client.Disconnect(ctx) }
+
+// Ping checks that the primary answers (readiness).
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.Client.Ping(ctx, readpref.Primary()); err != nil {
+		return fmt.Errorf("ping mongodb: %w", err)
+	}
+	return nil
+}
+
+// EnsureIndexes creates the indexes the listener and API rely on; it is idempotent.
+func (s *Store) EnsureIndexes(ctx context.Context) error {
+	models := []mongo.IndexModel{
+		{Keys: bson.D{{Key: "charger_id", Value: 1}, {Key: "ended_at", Value: -1}}, Options: options.Index().SetName("charger_ended")},
+		{Keys: bson.D{{Key: "ended_at", Value: -1}}, Options: options.Index().SetName("ended")},
+	}
+	if _, err := s.Sessions.Indexes().CreateMany(ctx, models); err != nil {
+		return fmt.Errorf("create indexes on %s: %w", SessionsCollection, err)
+	}
+	rej := []mongo.IndexModel{{Keys: bson.D{{Key: "received_at", Value: -1}}, Options: options.Index().SetName("received")}}
+	if _, err := s.Rejected.Indexes().CreateMany(ctx, rej); err != nil {
+		return fmt.Errorf("create indexes on %s: %w", RejectedCollection, err)
+	}
+	return nil
+}
+
+// SessionDoc is a stored session: the payload fields plus the deterministic key and the
+// listener's bookkeeping. EndedAt and StartedAt are always set on stored documents (derived
+// from timestamp, duration or the receive time for contract-only payloads) so that time
+// filters and sorting work for every document.
+type SessionDoc struct {
+	ID              string `bson:"_id"`
+	session.Session `bson:",inline"`
+	Topic           string    `bson:"topic"`
+	ReceivedAt      time.Time `bson:"received_at"`
+}
+
+// RejectedDoc is a message kept aside because it can never be stored as a session.
+type RejectedDoc struct {
+	ID         bson.ObjectID `bson:"_id,omitempty"`
+	Topic      string        `bson:"topic"`
+	Payload    []byte        `bson:"payload"` // truncated to MaxRejectedPayload
+	Size       int           `bson:"size"`    // original payload size
+	Reason     string        `bson:"reason"`
+	Detail     string        `bson:"detail"`
+	ReceivedAt time.Time     `bson:"received_at"`
+}
+
+// MaxRejectedPayload bounds how much of a rejected payload is kept.
+const MaxRejectedPayload = 4096
