@@ -1,0 +1,225 @@
+// Package broker embeds a mochi-mqtt broker: `chargesim broker` gives clusters and laptops
+// without an MQTT broker a small one from the same image. It speaks MQTT 3.1.1 and 5, supports
+// shared subscriptions ($share/<group>/...) and keeps persistent sessions in memory.
+package broker
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/chargesim/chargesim/components/cli"
+)
+
+// Config is the broker's settings.
+type Config struct {
+	MQTTAddr     string
+	Username     string
+	Password     string
+	PasswordFile string
+	TLSCertFile  string
+	TLSKeyFile   string
+	// MaxInflight bounds QoS 1/2 messages held per client (connected or offline); beyond it
+	// mochi drops and chargesim_broker_messages_dropped_total counts them.
+	MaxInflight int
+}
+
+// Register adds the broker flags.
+func (c *Config) Register(fs *flag.FlagSet) {
+	fs.StringVar(&c.MQTTAddr, "mqtt-addr", ":1883", "MQTT TCP listen address")
+	fs.StringVar(&c.Username, "username", "", "when set, clients must authenticate with this username")
+	fs.StringVar(&c.Password, "password", "", "password for --username (prefer the environment or --password-file)")
+	fs.StringVar(&c.PasswordFile, "password-file", "", "file holding the password")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", "", "serve MQTT over TLS with this certificate (PEM)")
+	fs.StringVar(&c.TLSKeyFile, "tls-key-file", "", "key (PEM) for --tls-cert-file")
+	fs.IntVar(&c.MaxInflight, "max-inflight", math.MaxUint16, "QoS 1/2 messages held per client, 1-65535")
+}
+
+// Validate checks the settings and resolves the password file.
+func (c *Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.MQTTAddr); err != nil {
+		return cli.Invalid("mqtt-addr", c.MQTTAddr, "want host:port")
+	}
+	var err error
+	if c.Password, err = cli.ReadSecret("password", c.Password, c.PasswordFile); err != nil {
+		return err
+	}
+	if (c.Username == "") != (c.Password == "") {
+		return cli.Invalid("username", c.Username, "--username and --password go together")
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return cli.Invalid("tls-cert-file", c.TLSCertFile, "--tls-cert-file and --tls-key-file go together")
+	}
+	if c.TLSCertFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile); err != nil {
+			return cli.Invalid("tls-cert-file", c.TLSCertFile, err.Error())
+		}
+	}
+	if c.MaxInflight < 1 || c.MaxInflight > math.MaxUint16 {
+		return cli.Invalid("max-inflight", c.MaxInflight, "must be 1-65535")
+	}
+	return nil
+}
+
+// Broker is a running embedded broker.
+type Broker struct {
+	cfg    Config
+	log    *slog.Logger
+	server *mqtt.Server
+	ln     net.Listener
+	ready  atomic.Bool
+}
+
+// New builds the broker and binds its listener, so the address is known before Run.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Broker, error) {
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumInflight = uint16(cfg.MaxInflight)
+	caps.MaximumClientWritesPending = 64 * 1024
+	server := mqtt.New(&mqtt.Options{
+		Capabilities:           caps,
+		Logger:                 log.With("subsystem", "mochi"),
+		InlineClient:           false,
+		SysTopicResendInterval: 10,
+	})
+	if err := server.AddHook(&authHook{user: []byte(cfg.Username), pass: []byte(cfg.Password)}, nil); err != nil {
+		return nil, fmt.Errorf("add auth hook: %w", err)
+	}
+	var tlsCfg *tls.Config
+	if cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load broker certificate: %w", err)
+		}
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	}
+	ln, err := net.Listen("tcp", cfg.MQTTAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.MQTTAddr, err)
+	}
+	if err := server.AddListener(listeners.NewNet("mqtt", netListener(ln, tlsCfg))); err != nil {
+		_ = ln.Close()
+		return nil, fmt.Errorf("add listener: %w", err)
+	}
+	b := &Broker{cfg: cfg, log: log, server: server, ln: ln}
+	if reg != nil {
+		if err := reg.Register(&collector{info: server.Info}); err != nil {
+			_ = ln.Close()
+			return nil, fmt.Errorf("register broker metrics: %w", err)
+		}
+	}
+	return b, nil
+}
+
+func netListener(ln net.Listener, tlsCfg *tls.Config) net.Listener {
+	if tlsCfg == nil {
+		return ln
+	}
+	return tls.NewListener(ln, tlsCfg)
+}
+
+// Addr is the bound MQTT address.
+func (b *Broker) Addr() net.Addr { return b.ln.Addr() }
+
+// Run serves until ctx is done, then closes every client connection.
+func (b *Broker) Run(ctx context.Context) error {
+	if err := b.server.Serve(); err != nil {
+		return fmt.Errorf("serve mqtt: %w", err)
+	}
+	b.ready.Store(true)
+	b.log.Info("mqtt broker listening", "addr", b.ln.Addr().String(), "tls", b.cfg.TLSCertFile != "", "auth", b.cfg.Username != "")
+	<-ctx.Done()
+	b.ready.Store(false)
+	if err := b.server.Close(); err != nil {
+		return fmt.Errorf("close mqtt broker: %w", err)
+	}
+	return nil
+}
+
+// Ready reports whether the broker serves.
+func (b *Broker) Ready(context.Context) error {
+	if !b.ready.Load() {
+		return errors.New("broker not serving")
+	}
+	return nil
+}
+
+// authHook admits everyone when no username is configured, else only that user. Passwords
+// are compared in constant time.
+type authHook struct {
+	mqtt.HookBase
+	user, pass []byte
+}
+
+func (h *authHook) ID() string { return "chargesim-auth" }
+
+func (h *authHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+}
+
+func (h *authHook) OnConnectAuthenticate(_ *mqtt.Client, pk packets.Packet) bool {
+	if len(h.user) == 0 {
+		return true
+	}
+	u := subtle.ConstantTimeCompare(pk.Connect.Username, h.user)
+	p := subtle.ConstantTimeCompare(pk.Connect.Password, h.pass)
+	return u&p == 1
+}
+
+func (h *authHook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
+
+// collector exposes mochi's counters as Prometheus metrics at scrape time.
+type collector struct{ info *system.Info }
+
+var (
+	descClients  = prometheus.NewDesc("chargesim_broker_clients_connected", "MQTT clients currently connected.", nil, nil)
+	descReceived = prometheus.NewDesc("chargesim_broker_messages_received_total", "PUBLISH packets received.", nil, nil)
+	descSent     = prometheus.NewDesc("chargesim_broker_messages_sent_total", "PUBLISH packets sent.", nil, nil)
+	descDropped  = prometheus.NewDesc("chargesim_broker_messages_dropped_total", "Messages dropped: slow subscribers or per-client in-flight limit reached.", nil, nil)
+	descInflight = prometheus.NewDesc("chargesim_broker_inflight_messages", "QoS 1/2 messages held for clients.", nil, nil)
+	descSubs     = prometheus.NewDesc("chargesim_broker_subscriptions", "Active subscriptions.", nil, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descClients, descReceived, descSent, descDropped, descInflight, descSubs} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	i := c.info.Clone()
+	ch <- prometheus.MustNewConstMetric(descClients, prometheus.GaugeValue, float64(i.ClientsConnected))
+	ch <- prometheus.MustNewConstMetric(descReceived, prometheus.CounterValue, float64(i.MessagesReceived))
+	ch <- prometheus.MustNewConstMetric(descSent, prometheus.CounterValue, float64(i.MessagesSent))
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(i.MessagesDropped+i.InflightDropped))
+	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(i.Inflight))
+	ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(i.Subscriptions))
+}
+
+// Command is `chargesim broker`.
+func Command(ctx context.Context, args []string) error {
+	var cfg Config
+	common, log, err := cli.Setup("broker", "Run an embedded MQTT broker (mochi-mqtt) for clusters and laptops without one.", args, ":9090", &cfg)
+	if err != nil {
+		return err
+	}
+	reg := cli.NewRegistry()
+	b, err := New(cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	return cli.RunWithOps(ctx, log, common, reg, b)
+}

@@ -1,0 +1,200 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func startBroker(t *testing.T, cfg Config) (string, *prometheus.Registry) {
+	t.Helper()
+	if cfg.MQTTAddr == "" {
+		cfg.MQTTAddr = "127.0.0.1:0"
+	}
+	if cfg.MaxInflight == 0 {
+		cfg.MaxInflight = 65535
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	b, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("broker run: %v", err)
+		}
+	})
+	for b.Ready(ctx) != nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return "tcp://" + b.Addr().String(), reg
+}
+
+func connect(t *testing.T, url, id string, clean bool, user, pass string, onMsg paho.MessageHandler) paho.Client {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker(url).SetClientID(id).SetCleanSession(clean).
+		SetUsername(user).SetPassword(pass).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second)
+	if onMsg != nil {
+		o.SetDefaultPublishHandler(onMsg)
+	}
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", id, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(50) })
+	return c
+}
+
+func wait(t *testing.T, tok paho.Token) {
+	t.Helper()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("token: %v", tok.Error())
+	}
+}
+
+type recorder struct {
+	mu   sync.Mutex
+	seen map[string]int
+	n    int
+}
+
+func (r *recorder) handle(_ paho.Client, m paho.Message) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.seen == nil {
+		r.seen = map[string]int{}
+	}
+	r.seen[string(m.Payload())]++
+	r.n++
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The listener relies on MQTT 3.1.1 clients (paho) sharing a $share subscription: each message
+// goes to exactly one member of the group.
+func TestSharedSubscriptionSplitsLoadForMQTT311Clients(t *testing.T) {
+	url, _ := startBroker(t, Config{})
+	var a, b recorder
+	ca := connect(t, url, "listener-a", true, "", "", a.handle)
+	cb := connect(t, url, "listener-b", true, "", "", b.handle)
+	filter := "$share/g/charger/+/connector/+/session/+"
+	wait(t, ca.Subscribe(filter, 1, nil))
+	wait(t, cb.Subscribe(filter, 1, nil))
+	pub := connect(t, url, "pub", true, "", "", nil)
+	const n = 400
+	for i := range n {
+		wait(t, pub.Publish(fmt.Sprintf("charger/%d/connector/1/session/%d", i%7, i), 1, false, fmt.Sprint(i)))
+	}
+	eventually(t, "all messages", func() bool { return a.count()+b.count() >= n })
+	time.Sleep(100 * time.Millisecond) // a duplicate delivery would arrive now
+	if a.count()+b.count() != n {
+		t.Fatalf("delivered %d+%d, want %d in total", a.count(), b.count(), n)
+	}
+	if a.count() == 0 || b.count() == 0 {
+		t.Fatalf("load not shared: a=%d b=%d", a.count(), b.count())
+	}
+	for i := range n {
+		if a.seen[fmt.Sprint(i)]+b.seen[fmt.Sprint(i)] != 1 {
+			t.Fatalf("message %d delivered %d times", i, a.seen[fmt.Sprint(i)]+b.seen[fmt.Sprint(i)])
+		}
+	}
+}
+
+// A listener with a persistent session gets what was published while it was away.
+func TestPersistentSessionQueuesQoS1WhileOffline(t *testing.T) {
+	url, _ := startBroker(t, Config{})
+	var r recorder
+	sub := connect(t, url, "listener", false, "", "", r.handle)
+	wait(t, sub.Subscribe("charger/+/connector/+/session/+", 1, nil))
+	sub.Disconnect(50)
+	pub := connect(t, url, "pub", true, "", "", nil)
+	for i := range 50 {
+		wait(t, pub.Publish(fmt.Sprintf("charger/1/connector/1/session/%d", i), 1, false, fmt.Sprint(i)))
+	}
+	connect(t, url, "listener", false, "", "", r.handle)
+	eventually(t, "queued messages", func() bool { return r.count() == 50 })
+}
+
+func TestAuthentication(t *testing.T) {
+	url, _ := startBroker(t, Config{Username: "sim", Password: "s3cret"})
+	connect(t, url, "ok", true, "sim", "s3cret", nil)
+	for _, tc := range []struct{ user, pass string }{{"sim", "wrong"}, {"", ""}, {"other", "s3cret"}} {
+		c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("bad").
+			SetUsername(tc.user).SetPassword(tc.pass).SetConnectTimeout(5 * time.Second))
+		tok := c.Connect()
+		tok.WaitTimeout(10 * time.Second)
+		if tok.Error() == nil {
+			c.Disconnect(0)
+			t.Fatalf("user %q password %q accepted", tc.user, tc.pass)
+		}
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	url, reg := startBroker(t, Config{})
+	pub := connect(t, url, "pub", true, "", "", nil)
+	for i := range 3 {
+		wait(t, pub.Publish(fmt.Sprintf("charger/1/connector/1/session/%d", i), 1, false, "x"))
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP chargesim_broker_messages_received_total PUBLISH packets received.
+# TYPE chargesim_broker_messages_received_total counter
+chargesim_broker_messages_received_total 3
+`), "chargesim_broker_messages_received_total"); err != nil {
+		t.Fatal(err)
+	}
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil || len(problems) > 0 {
+		t.Fatalf("lint: %v %v", err, problems)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{MQTTAddr: "nope", MaxInflight: 10}, "--mqtt-addr"},
+		{Config{MQTTAddr: ":1883", MaxInflight: 0}, "--max-inflight"},
+		{Config{MQTTAddr: ":1883", MaxInflight: 10, Username: "u"}, "--username"},
+		{Config{MQTTAddr: ":1883", MaxInflight: 10, TLSCertFile: "c.pem"}, "--tls-cert-file"},
+		{Config{MQTTAddr: ":1883", MaxInflight: 10, PasswordFile: "/does/not/exist"}, "--password-file"},
+	} {
+		err := tc.cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: got %v, want error naming %s", tc.cfg, err, tc.want)
+		}
+	}
+}
