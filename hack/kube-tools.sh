@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# Builds the pinned Kubernetes toolchain from the Go module proxy into
+# ${CHARGESIM_CACHE:-$HOME/.cache/chargesim}/<tool>-<version>/ and links it into bin/.
+#
+#   hack/kube-tools.sh            everything
+#   hack/kube-tools.sh envtest    etcd, kube-apiserver, kubectl (KUBEBUILDER_ASSETS = bin/k8s)
+#   hack/kube-tools.sh cluster    what hack/kwok-cluster.sh needs (envtest + controller-manager, scheduler, kwok, kwokctl)
+#   hack/kube-tools.sh helm kubectl ...   single tools
+#
+# Tools already built are skipped, so re-running is cheap. Prints one line per tool.
+# Afterwards `source bin/kube.env` sets KUBEBUILDER_ASSETS and PATH.
+#
+# Release binaries are not downloaded: only the Go module proxy is reachable here, so everything
+# is compiled from source. Kubernetes' own go.mod points its k8s.io/* staging modules at
+# ./staging via `replace`, which `go install pkg@version` refuses, so the Kubernetes components
+# (and etcd, whose go.mod has the same problem) are built from a throwaway module under the
+# cache that requires the release and replaces every staging module with its published v0.x.y.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${CHARGESIM_CACHE:-$HOME/.cache/chargesim}
+BIN=$ROOT/bin
+
+K8S_VERSION=v1.37.2
+ETCD_VERSION=v3.6.16 # the root module go.etcd.io/etcd/v3 is not served for v3.6.16; server/v3 is and has the main package
+KWOK_VERSION=v0.8.0
+CONTROLLER_GEN_VERSION=v0.23.0
+HELM_VERSION=v3.22.0
+KUBECONFORM_VERSION=v0.8.0
+GOLANGCI_LINT_VERSION=v2.15.0
+
+ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl controller-gen helm kubeconform golangci-lint)
+ENVTEST_TOOLS=(etcd kube-apiserver kubectl)
+KWOK_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl)
+
+# Never let the go command fetch another toolchain: only module downloads are allowed here.
+export GOTOOLCHAIN=local
+export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+export CGO_ENABLED=0
+# 2 cores shared with others: one build at a time, two compile jobs.
+GO_BUILD_P=${GO_BUILD_P:-2}
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "kube-tools: $*"; exit 1; }
+
+version_of() {
+  case $1 in
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl) echo "$K8S_VERSION" ;;
+    etcd) echo "$ETCD_VERSION" ;;
+    kwok | kwokctl) echo "$KWOK_VERSION" ;;
+    controller-gen) echo "$CONTROLLER_GEN_VERSION" ;;
+    helm) echo "$HELM_VERSION" ;;
+    kubeconform) echo "$KUBECONFORM_VERSION" ;;
+    golangci-lint) echo "$GOLANGCI_LINT_VERSION" ;;
+    *) return 1 ;;
+  esac
+}
+
+tool_dir() { echo "$CACHE/$1-$(version_of "$1")"; }
+
+# A throwaway module that requires k8s.io/kubernetes and pins every staging module it requires
+# (the `replace` block of its go.mod) to the matching published v0.<minor>.<patch>.
+k8s_module() {
+  local dir=$CACHE/src/kubernetes-$K8S_VERSION
+  if [[ -f $dir/go.sum && -f $dir/.ready ]]; then
+    echo "$dir"
+    return
+  fi
+  mkdir -p "$dir"
+  local staging=v0.${K8S_VERSION#v1.}
+  local kmod
+  kmod=$(cd "$dir" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+  [[ -f $kmod ]] || die "cannot download k8s.io/kubernetes@$K8S_VERSION go.mod"
+  # Staging modules = left-hand sides of `replace ( k8s.io/x => ./staging/... )` that kubernetes
+  # also requires (the replace block lists sample-* modules that are not published).
+  local mods
+  mods=$(awk '/=> \.\/staging\//{print $1}' "$kmod" | while read -r m; do
+    grep -qE "^[[:space:]]+$m v0\.0\.0" "$kmod" && echo "$m"
+  done)
+  [[ -n $mods ]] || die "no staging modules found in $kmod"
+  {
+    echo "module chargesim.local/kubetools"
+    echo
+    echo "go $(go env GOVERSION | sed 's/^go//; s/^\([0-9]*\.[0-9]*\).*/\1/').0"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    echo "replace ("
+    for m in $mods; do echo "	$m => $m $staging"; done
+    echo ")"
+    echo
+    echo "tool ("
+    for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do echo "	k8s.io/kubernetes/cmd/$c"; done
+    echo ")"
+  } >"$dir/go.mod"
+  (cd "$dir" && go mod tidy >&2) || die "go mod tidy in $dir failed"
+  touch "$dir/.ready"
+  echo "$dir"
+}
+
+etcd_module() {
+  local dir=$CACHE/src/etcd-$ETCD_VERSION
+  if [[ -f $dir/go.sum && -f $dir/.ready ]]; then
+    echo "$dir"
+    return
+  fi
+  mkdir -p "$dir"
+  cat >"$dir/go.mod" <<EOF
+module chargesim.local/etcdtool
+
+go 1.26.0
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+
+tool go.etcd.io/etcd/server/v3
+EOF
+  (cd "$dir" && go mod tidy >&2) || die "go mod tidy in $dir failed"
+  touch "$dir/.ready"
+  echo "$dir"
+}
+
+# build_in <module dir> <out> <pkg> <ldflags>
+build_in() {
+  local dir=$1 out=$2 pkg=$3 ldflags=$4
+  (cd "$dir" && go build -p "$GO_BUILD_P" -trimpath -ldflags="$ldflags" -o "$out" "$pkg")
+}
+
+# go_install <out> <pkg@version> <ldflags>
+go_install() {
+  local out=$1 pkgver=$2 ldflags=$3 tmp
+  tmp=$(mktemp -d "$CACHE/.gobin.XXXXXX")
+  # Run outside the repo so the project's go.mod is not consulted.
+  if ! (cd "$CACHE" && GOBIN=$tmp go install -p "$GO_BUILD_P" -trimpath -ldflags="$ldflags" "$pkgver"); then
+    rm -rf "$tmp"
+    return 1
+  fi
+  mv "$tmp"/* "$out" && rmdir "$tmp"
+}
+
+k8s_ldflags() {
+  local v=${K8S_VERSION#v} major minor f=""
+  major=${v%%.*}
+  minor=${v#*.}
+  minor=${minor%%.*}
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    f+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
+    f+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "-s -w$f"
+}
+
+build_tool() {
+  local tool=$1 out=$2 ver
+  ver=$(version_of "$tool")
+  case $tool in
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl)
+      local kdir
+      kdir=$(k8s_module) || return 1
+      build_in "$kdir" "$out" "k8s.io/kubernetes/cmd/$tool" "$(k8s_ldflags)"
+      ;;
+    etcd)
+      local edir
+      edir=$(etcd_module) || return 1
+      build_in "$edir" "$out" go.etcd.io/etcd/server/v3 \
+        "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${ETCD_VERSION}"
+      ;;
+    kwok | kwokctl)
+      go_install "$out" "sigs.k8s.io/kwok/cmd/$tool@$ver" \
+        "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${ver#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION#v}"
+      ;;
+    controller-gen)
+      go_install "$out" "sigs.k8s.io/controller-tools/cmd/controller-gen@$ver" "-s -w"
+      ;;
+    helm)
+      # Without these helm reports v3.22 and assumes a Kubernetes 1.20 cluster in
+      # `helm template`/`lint` (.Capabilities.KubeVersion); helm v3.22 is built on client-go v0.37.
+      go_install "$out" "helm.sh/helm/v3/cmd/helm@$ver" \
+        "-s -w -X helm.sh/helm/v3/internal/version.version=$ver -X helm.sh/helm/v3/internal/version.metadata= -X helm.sh/helm/v3/internal/version.gitTreeState=clean -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37"
+      ;;
+    kubeconform)
+      go_install "$out" "github.com/yannh/kubeconform/cmd/kubeconform@$ver" "-s -w -X main.version=$ver"
+      ;;
+    golangci-lint)
+      go_install "$out" "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$ver" \
+        "-s -w -X main.version=${ver#v} -X main.commit=none -X main.date=1970-01-01T00:00:00Z"
+      ;;
+    *) die "unknown tool $tool" ;;
+  esac
+}
+
+ensure_tool() {
+  local tool=$1 ver dir out start
+  ver=$(version_of "$tool") || die "unknown tool '$tool' (known: ${ALL_TOOLS[*]} envtest cluster all)"
+  dir=$(tool_dir "$tool")
+  out=$dir/$tool
+  if [[ -x $out ]]; then
+    echo "$tool $ver cached $out"
+  else
+    mkdir -p "$dir"
+    start=$SECONDS
+    # Build to a temporary name and rename, so an interrupted build never looks finished.
+    build_tool "$tool" "$out.tmp.$$" || { rm -f "$out.tmp.$$"; die "building $tool $ver failed"; }
+    mv -f "$out.tmp.$$" "$out"
+    echo "$tool $ver built in $((SECONDS - start))s $out"
+  fi
+  ln -sfn "$out" "$BIN/$tool"
+}
+
+write_env() {
+  # envtest wants a directory holding exactly etcd, kube-apiserver and kubectl.
+  if [[ -x $BIN/etcd && -x $BIN/kube-apiserver && -x $BIN/kubectl ]]; then
+    mkdir -p "$BIN/k8s"
+    for t in "${ENVTEST_TOOLS[@]}"; do ln -sfn "$(tool_dir "$t")/$t" "$BIN/k8s/$t"; done
+  fi
+  cat >"$BIN/kube.env.tmp.$$" <<EOF
+# Generated by hack/kube-tools.sh; source it: . bin/kube.env
+export CHARGESIM_CACHE="$CACHE"
+export KUBEBUILDER_ASSETS="$BIN/k8s"
+export PATH="$BIN:\$PATH"
+export K8S_VERSION="$K8S_VERSION"
+export ETCD_VERSION="$ETCD_VERSION"
+export KWOK_VERSION="$KWOK_VERSION"
+EOF
+  mv -f "$BIN/kube.env.tmp.$$" "$BIN/kube.env"
+}
+
+main() {
+  command -v go >/dev/null || die "go is not on PATH"
+  local -a tools=()
+  if (($# == 0)); then
+    tools=("${ALL_TOOLS[@]}")
+  fi
+  for a in "$@"; do
+    case $a in
+      all) tools+=("${ALL_TOOLS[@]}") ;;
+      envtest) tools+=("${ENVTEST_TOOLS[@]}") ;;
+      kwok-cluster | cluster) tools+=("${KWOK_TOOLS[@]}") ;;
+      -h | --help)
+        sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+      *) tools+=("$a") ;;
+    esac
+  done
+  mkdir -p "$CACHE" "$BIN"
+  # Several worktrees/CI jobs may share the cache: serialise builds.
+  exec 9>"$CACHE/.kube-tools.lock"
+  flock 9
+  local -A seen=()
+  for t in "${tools[@]}"; do
+    [[ -n ${seen[$t]:-} ]] && continue
+    seen[$t]=1
+    ensure_tool "$t"
+  done
+  write_env
+}
+
+main "$@"
