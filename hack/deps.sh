@@ -44,8 +44,7 @@ die() {
 }
 
 SUDO=()
-if [[ $(id -u) -ne 0 ]]; then
-	command -v sudo >/dev/null || die "not root and no sudo: cannot install Debian packages"
+if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null; then
 	SUDO=(sudo -n)
 fi
 
@@ -71,12 +70,16 @@ stop_services() {
 }
 
 apt_updated=false
+installed_now=()
 apt_install() {
 	local missing=() pkg
 	for pkg in "$@"; do
 		deb_installed "$pkg" || missing+=("$pkg")
 	done
 	[[ ${#missing[@]} -eq 0 ]] && return 0
+	if [[ $(id -u) -ne 0 && ${#SUDO[@]} -eq 0 ]]; then
+		die "need root or sudo to install ${missing[*]}"
+	fi
 
 	# Keep maintainer scripts from starting services during the install (exit 101 = "action
 	# forbidden", see invoke-rc.d(8)); only when the machine has no policy of its own.
@@ -112,6 +115,7 @@ apt_install() {
 		"${SUDO[@]}" rm -f "$policy"
 		trap - EXIT
 	fi
+	installed_now+=("${missing[@]}")
 }
 
 check_prefix() { # name version prefix
@@ -130,7 +134,9 @@ summary=()
 pkgs=(mosquitto prometheus)
 $want_chromium && pkgs+=(chromium)
 apt_install "${pkgs[@]}"
-stop_services mosquitto prometheus
+for svc in mosquitto prometheus; do
+	if [[ " ${installed_now[*]} " == *" $svc "* ]]; then stop_services "$svc"; fi
+done
 
 mkdir -p "$BIN_DIR" "$CACHE"
 
