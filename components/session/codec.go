@@ -155,11 +155,13 @@ func (w *wire) into(s *Session, ids TopicIDs) error {
 		}
 		s.Timestamp = ts
 	}
+	// Milliseconds are the wire precision (AppendJSON) and BSON's: finer digits would not
+	// survive a re-encode or a store round trip, so they are dropped here, once.
 	if w.StartedAt != nil {
-		s.StartedAt = w.StartedAt.UTC()
+		s.StartedAt = w.StartedAt.UTC().Truncate(time.Millisecond)
 	}
 	if w.EndedAt != nil {
-		s.EndedAt = w.EndedAt.UTC()
+		s.EndedAt = w.EndedAt.UTC().Truncate(time.Millisecond)
 	}
 	s.PowerClass = w.PowerClass
 	s.PeakPowerKW, s.BatteryKWh = w.PeakPowerKW, w.BatteryKWh
@@ -322,7 +324,7 @@ func (s *Session) AppendJSON(dst []byte) []byte {
 	dst = appendTime(dst, `,"ended_at":`, s.EndedAt)
 	if s.PowerClass != "" {
 		dst = append(dst, `,"power_class":`...)
-		dst = strconv.AppendQuote(dst, s.PowerClass)
+		dst = appendJSONString(dst, s.PowerClass)
 	}
 	dst = appendOptFloat(dst, `,"peak_power_kw":`, s.PeakPowerKW)
 	dst = appendOptFloat(dst, `,"battery_kwh":`, s.BatteryKWh)
