@@ -1,0 +1,251 @@
+// Package restapi is chargesim's REST API: a chi router over the store's read side. It keeps
+// the original challenge's contract (GET /readings/, GET /health) and adds a versioned API
+// (/api/v1: sessions with filters and cursor pagination, per-charger and fleet totals), an
+// OpenAPI 3 document at /openapi.json, a self-contained docs page at /docs, and the
+// operations routes (/healthz, /readyz, /metrics) on the same server.
+package restapi
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/chargesim/chargesim/components/cli"
+	"github.com/chargesim/chargesim/components/store"
+)
+
+// Config holds the API's own settings (the store and HTTP address are configured by their
+// own flag groups).
+type Config struct {
+	// QueryTimeout bounds each request's database work. It stays below the HTTP server's
+	// write timeout (30s, cli.Serve) so that a slow database yields a 503 problem rather
+	// than a dropped connection.
+	QueryTimeout time.Duration
+}
+
+// maxQueryTimeout keeps QueryTimeout below cli.Serve's 30s write timeout.
+const maxQueryTimeout = 25 * time.Second
+
+// Register adds the API flags.
+func (c *Config) Register(fs *flag.FlagSet) {
+	fs.DurationVar(&c.QueryTimeout, "query-timeout", 10*time.Second, "time limit of one request's database queries (at most 25s)")
+}
+
+// Validate checks the settings.
+func (c *Config) Validate() error {
+	if c.QueryTimeout <= 0 || c.QueryTimeout > maxQueryTimeout {
+		return cli.Invalid("query-timeout", c.QueryTimeout, "must be > 0 and ≤ 25s")
+	}
+	return nil
+}
+
+// Server is the API: routes, handlers and their metrics.
+type Server struct {
+	cfg     Config
+	st      *store.Store
+	log     *slog.Logger
+	router  chi.Router
+	metrics *metrics
+}
+
+// New builds the API over st. reg receives the API's metrics and gatherer is what /metrics
+// serves (usually the same registry). st may be nil only for tests that touch no route
+// needing the store.
+func New(cfg Config, st *store.Store, log *slog.Logger, reg prometheus.Registerer, gatherer prometheus.Gatherer) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, st: st, log: log, metrics: m}
+	s.router = s.routes(gatherer)
+	return s, nil
+}
+
+// Handler returns the HTTP handler serving every route.
+func (s *Server) Handler() http.Handler { return s.router }
+
+// Ready reports whether the store answers (for /readyz).
+func (s *Server) Ready(ctx context.Context) error {
+	if s.st == nil {
+		return errors.New("no store")
+	}
+	return s.st.Ping(ctx)
+}
+
+func (s *Server) routes(gatherer prometheus.Gatherer) chi.Router {
+	r := chi.NewRouter()
+	r.Use(s.observe, s.recoverer, securityHeaders)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeNotFound(w, "no route for "+truncate(r.URL.Path, 200))
+	})
+	r.MethodNotAllowed(s.methodNotAllowed)
+
+	// The original challenge's contract.
+	r.Get("/readings/", s.readings)
+	r.Get("/readings", func(w http.ResponseWriter, r *http.Request) {
+		// FastAPI redirects the slash-less path; clients written against it may rely on it.
+		target := "/readings/"
+		if r.URL.RawQuery != "" {
+			target += "?" + r.URL.RawQuery
+		}
+		http.Redirect(w, r, target, http.StatusTemporaryRedirect)
+	})
+	r.Get("/health", s.health)
+
+	// Operations, shared with the other components.
+	ops := cli.OpsHandler(gatherer, s.Ready)
+	r.Method(http.MethodGet, "/healthz", ops)
+	r.Method(http.MethodGet, "/readyz", ops)
+	r.Method(http.MethodGet, "/metrics", ops)
+
+	// Documentation.
+	r.Get("/openapi.json", serveOpenAPI)
+	r.Get("/docs", serveDocs)
+
+	r.Route("/api/v1", func(r chi.Router) {
+		r.Get("/sessions", s.listSessions)
+		r.Get("/sessions/{key}", s.getSession)
+		r.Get("/chargers", s.listChargers)
+		r.Get("/chargers/{id}", s.getCharger)
+		r.Get("/stats", s.stats)
+	})
+	return r
+}
+
+// methodNotAllowed answers 405 with the Allow header listing the methods the path has.
+func (s *Server) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.RawPath // what chi routes on when set
+	if path == "" {
+		path = r.URL.Path
+	}
+	var allowed []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions} {
+		if s.router.Match(chi.NewRouteContext(), m, path) {
+			allowed = append(allowed, m)
+		}
+	}
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	writeProblem(w, Problem{Status: http.StatusMethodNotAllowed,
+		Detail: "method " + truncate(r.Method, 16) + " not allowed; allowed: " + strings.Join(allowed, ", ")})
+}
+
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// recoverer turns a handler panic into a 500 problem (when nothing was sent yet) and a log
+// line with the stack, keeping the server up.
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			rec := recover()
+			if rec == nil {
+				return
+			}
+			if rec == http.ErrAbortHandler { //nolint:errorlint // sentinel compared as net/http does
+				panic(rec)
+			}
+			s.log.Error("handler panic", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(rec), "stack", string(debug.Stack()))
+			if ww, ok := w.(middleware.WrapResponseWriter); ok && ww.Status() != 0 {
+				return // headers already sent: the client sees a truncated response
+			}
+			writeProblem(w, Problem{Status: http.StatusInternalServerError, Detail: "internal error"})
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// observe records the request metrics and logs each request at debug level. The route label
+// is chi's route pattern, never the raw path, so its cardinality is the number of routes.
+func (s *Server) observe(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		next.ServeHTTP(ww, r)
+		status := ww.Status()
+		if status == 0 {
+			status = http.StatusOK
+		}
+		route := routeLabel(r)
+		method := methodLabel(r.Method)
+		elapsed := time.Since(start)
+		s.metrics.requests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
+		s.metrics.duration.WithLabelValues(method, route).Observe(elapsed.Seconds())
+		s.log.Debug("http request", "method", r.Method, "route", route, "path", r.URL.Path,
+			"query", r.URL.RawQuery, "status", status, "bytes", ww.BytesWritten(), "duration", elapsed)
+	})
+}
+
+// routeLabel is the matched route pattern as registered (RoutePattern() would drop the
+// trailing slash of /readings/ and merge it with /readings), or "unmatched".
+func routeLabel(r *http.Request) string {
+	rctx := chi.RouteContext(r.Context())
+	if rctx == nil || len(rctx.RoutePatterns) == 0 {
+		return "unmatched"
+	}
+	p := strings.Join(rctx.RoutePatterns, "")
+	p = strings.ReplaceAll(p, "/*/", "/")
+	if p == "" || p == "/*" {
+		return "unmatched"
+	}
+	return p
+}
+
+// methodLabel keeps the method label bounded: clients can send any token as a method.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return "other"
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+type metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chargesim_api_requests_total",
+			Help: "HTTP requests served by the API, by method, route pattern and status code.",
+		}, []string{"method", "route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "chargesim_api_request_duration_seconds",
+			Help:    "Time to serve an API request, by method and route pattern.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 25},
+		}, []string{"method", "route"}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register api metrics: %w", err)
+		}
+	}
+	return m, nil
+}
