@@ -114,16 +114,39 @@ func (p *Params) Phase(charger uint32) float64 {
 }
 
 // Start returns when session n (0, 1, …) of a charger fires, in session intervals since the
-// fleet started: n + phase + Jitter·(u − ½) with u uniform per session. Starts stay ordered
-// (two consecutive ones are at least 1 − Jitter intervals apart), the mean rate is exactly one
-// per interval, and a value below zero means "at once".
+// fleet started: n − 1 + phase + Jitter·(u − ½) with u uniform per session. Starts stay ordered
+// (two consecutive ones are at least 1 − Jitter intervals apart) and the mean rate is exactly
+// one per interval. The first starts are negative: a scheduler begins with the first session
+// at or after 0 (FirstSession), so that, as in a fleet that has always been running, every
+// moment from the first one sees the same rate.
 func (p *Params) Start(charger uint32, n uint32) float64 {
-	start := float64(n) + p.Phase(charger)
-	if p.Jitter > 0 {
-		r := newRNG(p.Seed, domainSession, uint64(charger), uint64(n))
-		start += p.Jitter * (r.float() - 0.5)
+	return float64(n) - 1 + p.Phase(charger) + p.shift(charger, n)
+}
+
+// Gap returns Start(charger, n+1) − Start(charger, n), in intervals (≥ 1 − Jitter). A scheduler
+// advancing by gaps never needs the absolute session number, so when n wraps around after
+// 2³² sessions the schedule goes on (and the session sequence starts over).
+func (p *Params) Gap(charger uint32, n uint32) float64 {
+	return 1 + p.shift(charger, n+1) - p.shift(charger, n)
+}
+
+// FirstSession is the number of a charger's first session at or after the fleet's start
+// (0, 1 or 2).
+func (p *Params) FirstSession(charger uint32) uint32 {
+	n := uint32(0)
+	for p.Start(charger, n) < 0 {
+		n++
 	}
-	return start
+	return n
+}
+
+// shift is the jitter of start n: Jitter·(u − ½), u the first draw of the session's stream.
+func (p *Params) shift(charger uint32, n uint32) float64 {
+	if p.Jitter == 0 {
+		return 0
+	}
+	r := newRNG(p.Seed, domainSession, uint64(charger), uint64(n))
+	return p.Jitter * (r.float() - 0.5)
 }
 
 // Draw is one simulated session: the vehicle, the charge, its duration and cost. Energies in

@@ -248,7 +248,7 @@ func TestStartsSpreadOverInterval(t *testing.T) {
 			if gap := s - prev; gap < 1-p.Jitter-1e-12 || gap > 1+p.Jitter+1e-12 {
 				t.Fatalf("charger %d: gap %g between starts %d and %d", c, gap, n-1, n)
 			}
-			if off := s - float64(n) - p.Phase(c); math.Abs(off) > p.Jitter/2 {
+			if off := s - float64(n) + 1 - p.Phase(c); math.Abs(off) > p.Jitter/2 {
 				t.Fatalf("charger %d start %d shifted by %g", c, n, off)
 			} else if math.Abs(off) > 0.01 {
 				shifted++
@@ -259,8 +259,14 @@ func TestStartsSpreadOverInterval(t *testing.T) {
 			t.Fatalf("charger %d: only %d of 199 starts jittered", c, shifted)
 		}
 	}
+	for c := uint32(1); c <= 2000; c++ {
+		first := p.FirstSession(c)
+		if s := p.Start(c, first); s < 0 || s >= 1+p.Jitter || first > 0 && p.Start(c, first-1) >= 0 {
+			t.Fatalf("charger %d: first session %d starts at %g", c, first, s)
+		}
+	}
 	p.Jitter = 0
-	if got, want := p.Start(3, 7), 7+p.Phase(3); got != want {
+	if got, want := p.Start(3, 7), 6+p.Phase(3); got != want {
 		t.Fatalf("without jitter start = %g, want %g", got, want)
 	}
 }
@@ -287,4 +293,20 @@ func BenchmarkSessionAppendJSON(b *testing.B) {
 		buf = s.AppendJSON(buf[:0])
 	}
 	b.SetBytes(int64(len(buf)))
+}
+
+func TestGapMatchesStarts(t *testing.T) {
+	p := testParams(3)
+	p.Jitter = 0.7
+	for c := uint32(1); c <= 50; c++ {
+		for n := uint32(0); n < 50; n++ {
+			if got, want := p.Gap(c, n), p.Start(c, n+1)-p.Start(c, n); math.Abs(got-want) > 1e-9 {
+				t.Fatalf("Gap(%d, %d) = %g, starts differ by %g", c, n, got, want)
+			}
+		}
+		// Past the wrap-around of the session number the gap stays a gap.
+		if g := p.Gap(c, math.MaxUint32); g < 1-p.Jitter || g > 1+p.Jitter {
+			t.Fatalf("Gap at wrap-around = %g", g)
+		}
+	}
 }

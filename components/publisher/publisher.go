@@ -1,0 +1,375 @@
+// Package publisher simulates a fleet of EV chargers and publishes every charging session
+// they complete to MQTT at QoS 1.
+//
+// # Fleet and time
+//
+// Charger c (ID "c", 1..--chargers) belongs to this process iff (c-1) % shard-count ==
+// shard-index. Its power class, the phase of its schedule and every session are derived from
+// (--seed, c, session number) by package sim: nothing is stored per charger but 24 bytes of
+// schedule, so one process carries a million chargers with one scheduler goroutine.
+//
+// Each charger completes one session per --session-interval of simulated time (shifted by
+// --session-jitter), i.e. every interval/--time-scale of wall-clock time. When a session's event
+// fires it has just ended: ended_at (and timestamp) is the wall-clock time of the event, and
+// started_at = ended_at − duration, the duration being simulated. So the listener's
+// end-to-end lag (receive time − ended_at) is meaningful at any time scale, but recorded
+// sessions of one connector overlap in time whenever a session lasts longer than the
+// wall-clock spacing of that connector's sessions, which a time scale above 1 makes the
+// rule (a 2-hour AC charge, recorded every few seconds).
+//
+// # Session IDs
+//
+// A session ID is the wall-clock time in microseconds when the session fires, forced above the
+// charger's previous ID (max(now, last+1)). IDs therefore never repeat for a charger, also
+// across restarts (a new process starts from the clock again) without any state on disk, and
+// stay below 2^53 (JavaScript reads them exactly) until the year 2255. Validate keeps a charger
+// to at most one session per microsecond so the IDs cannot run ahead of the clock.
+//
+// # Delivery
+//
+// One MQTT connection per process, clean session, automatic reconnect with capped backoff.
+// Publishing is asynchronous within a window of --max-inflight unacknowledged publishes: the
+// scheduler never waits for a PUBACK, only for a free slot of the window (backpressure: late
+// sessions are published late, never dropped). One collector goroutine settles the slots in
+// order: PUBACK → published (and its latency observed); an error → published again. Messages
+// unacknowledged when the connection drops stay in paho's store and are resent after the
+// reconnect. On shutdown the scheduler stops, the window is flushed within
+// ShutdownTimeout, and whatever is still unacknowledged then is counted as failed.
+package publisher
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/chargesim/chargesim/components/cli"
+	"github.com/chargesim/chargesim/components/mqttclient"
+	"github.com/chargesim/chargesim/components/publisher/sim"
+	"github.com/chargesim/chargesim/components/session"
+)
+
+// Publisher is the simulated fleet of one process and its MQTT connection.
+type Publisher struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *metrics
+	params sim.Params
+	fleet  *fleet
+	topics session.TopicBuilder
+	store  *ackStore
+	client mqtt.Client
+
+	// The window: free holds the slots not in use; pending the slots sent and not yet settled,
+	// in publish order. Both have room for every slot, so handing a slot over never blocks.
+	slots   int
+	free    chan *slot
+	pending chan *slot
+	inUse   atomic.Int64
+
+	ran atomic.Bool
+}
+
+// slot is one place in the window. Its buffers are reused from session to session: paho keeps
+// a reference to the payload until the PUBACK, and a slot is only reused after that.
+type slot struct {
+	tok      mqtt.Token
+	topic    string
+	topicBuf []byte
+	payload  []byte
+	sentAt   time.Time
+	attempts int
+}
+
+// New builds a publisher: its fleet schedule, metrics (registered on reg; nil: a private
+// registry) and MQTT client. It does not connect; Run does.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Publisher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = 15 * time.Second
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	p := &Publisher{
+		cfg: cfg,
+		log: log,
+		m:   m,
+		params: sim.Params{
+			Seed:       cfg.Seed,
+			Connectors: cfg.Connectors,
+			DCShare:    cfg.DCShare,
+			ACTariff:   cfg.ACTariff,
+			DCTariff:   cfg.DCTariff,
+			SessionFee: cfg.SessionFee,
+			Jitter:     cfg.SessionJitter,
+		},
+		topics:  session.NewTopicBuilder(cfg.MQTT.TopicPrefix),
+		store:   newAckStore(),
+		slots:   cfg.MaxInflight,
+		free:    make(chan *slot, cfg.MaxInflight),
+		pending: make(chan *slot, cfg.MaxInflight),
+	}
+	wallInterval := time.Duration(float64(cfg.SessionInterval) / cfg.TimeScale)
+	p.fleet = newFleet(p.params, cfg.Chargers, cfg.ShardIndex, cfg.ShardCount, wallInterval)
+	for range p.slots {
+		p.free <- &slot{}
+	}
+	m.chargers.Set(float64(p.fleet.len()))
+	m.rate.Set(cfg.SessionRate())
+
+	opts, err := cfg.MQTT.Options("publisher")
+	if err != nil {
+		return nil, fmt.Errorf("mqtt options: %w", err)
+	}
+	// Clean session: the broker keeps nothing for a publisher. Unacknowledged publishes live
+	// in the client's store (ackStore) and are resent after a reconnect.
+	opts.SetCleanSession(true).
+		SetStore(p.store).
+		SetConnectionNotificationHandler(p.onConnection)
+	p.client = mqtt.NewClient(opts)
+	return p, nil
+}
+
+// onConnection keeps the connected gauge and logs connection changes. paho calls it from
+// goroutines, possibly out of order, so the gauge follows the client's state, not the event.
+func (p *Publisher) onConnection(c mqtt.Client, n mqtt.ConnectionNotification) {
+	if c.IsConnectionOpen() {
+		p.m.connected.Set(1)
+	} else {
+		p.m.connected.Set(0)
+	}
+	switch n := n.(type) {
+	case mqtt.ConnectionNotificationConnected:
+		p.log.Info("connected to MQTT broker", "url", p.cfg.MQTT.URL)
+	case mqtt.ConnectionNotificationLost:
+		p.log.Warn("lost MQTT connection, reconnecting", "url", p.cfg.MQTT.URL, "err", n.Reason)
+	case mqtt.ConnectionNotificationFailed:
+		p.log.Warn("MQTT connection attempt failed", "url", p.cfg.MQTT.URL, "err", n.Reason)
+	}
+}
+
+// Ready reports whether the publisher holds a connection to the broker.
+func (p *Publisher) Ready(context.Context) error { return mqttclient.Ready(p.client) }
+
+// Run connects (retrying until ctx is done), then simulates the fleet until ctx is done, then
+// shuts down gracefully: stops scheduling, flushes the window within ShutdownTimeout, counts
+// what is left as failed and disconnects. It returns nil after a shutdown.
+func (p *Publisher) Run(ctx context.Context) error {
+	if !p.ran.CompareAndSwap(false, true) {
+		return errAlreadyRun
+	}
+	p.log.Info("publisher starting", "url", p.cfg.MQTT.URL, "chargers", p.fleet.len(),
+		"fleet", p.cfg.Chargers, "shard", p.cfg.ShardIndex, "shards", p.cfg.ShardCount,
+		"sessions_per_second", p.cfg.SessionRate(), "max_inflight", p.slots)
+	if p.fleet.len() == 0 {
+		p.log.Warn("this shard owns no charger: --shard-index is beyond --chargers")
+	}
+	// Scheduling starts only once connected: with a clean session paho wipes its store when
+	// the first connection comes up, which would lose anything published before.
+	tok := p.client.Connect()
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("connect to MQTT broker %s: %w", p.cfg.MQTT.URL, err)
+		}
+	case <-ctx.Done():
+		p.client.Disconnect(0)
+		p.log.Info("publisher stopped before connecting")
+		return nil
+	}
+	abandon := make(chan struct{})
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		p.collect(abandon)
+	}()
+	p.schedule(ctx)
+	p.shutdown(abandon, collected)
+	return nil
+}
+
+// schedule fires the fleet's sessions as they fall due until ctx is done.
+func (p *Publisher) schedule(ctx context.Context) {
+	done := ctx.Done()
+	t0 := time.Now()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var s session.Session
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		next, ok := p.fleet.peek()
+		if !ok {
+			<-done
+			return
+		}
+		if wait := time.Duration(next) - time.Since(t0); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-done:
+				return
+			case <-timer.C:
+			}
+			continue
+		}
+		var sl *slot
+		select {
+		case sl = <-p.free:
+		default:
+			// Window full: wait for PUBACKs. The session fires late rather than not at all.
+			select {
+			case sl = <-p.free:
+			case <-done:
+				return
+			}
+		}
+		p.fire(sl, &s)
+	}
+}
+
+// fire generates the fleet's next session into sl and publishes it without waiting.
+func (p *Publisher) fire(sl *slot, s *session.Session) {
+	p.build(sl, s, time.Now())
+	p.inUse.Add(1)
+	p.m.inflight.Inc()
+	p.m.scheduled.Inc()
+	sl.tok = p.client.Publish(sl.topic, 1, false, sl.payload)
+	p.pending <- sl
+}
+
+// build takes the fleet's next session, ending now, and encodes its topic and payload into sl.
+func (p *Publisher) build(sl *slot, s *session.Session, now time.Time) {
+	charger, n, id := p.fleet.fire(now)
+	d := p.params.Session(charger, n)
+	cid := sim.ChargerID(charger)
+	d.Fill(s, cid, id, now)
+	sl.payload = s.AppendJSON(sl.payload[:0])
+	sl.topicBuf = p.topics.Append(sl.topicBuf[:0], cid, s.ConnectorID, id)
+	sl.topic = string(sl.topicBuf)
+	sl.sentAt = now
+	sl.attempts = 0
+}
+
+// collect settles the window's slots in publish order until abandon is closed.
+func (p *Publisher) collect(abandon <-chan struct{}) {
+	for {
+		select {
+		case sl := <-p.pending:
+			if !p.settle(sl, abandon) {
+				return
+			}
+		case <-abandon:
+			return
+		}
+	}
+}
+
+// settle waits for one slot's publish to be acknowledged (then frees the slot) or to fail
+// (then publishes it again at the back of the window). It returns false when abandoned.
+func (p *Publisher) settle(sl *slot, abandon <-chan struct{}) bool {
+	select {
+	case <-sl.tok.Done():
+	case <-abandon:
+		return false
+	}
+	if err := sl.tok.Error(); err != nil {
+		return p.retry(sl, err, abandon)
+	}
+	// A token without error is a PUBACK, unless paho completed it because it is resending the
+	// message from its store after a reconnect (see ackStore): then wait for that PUBACK.
+	var mid uint16
+	if pt, ok := sl.tok.(*mqtt.PublishToken); ok {
+		mid = pt.MessageID()
+	}
+	if acked := p.store.pending(mid, sl.payload); acked != nil {
+		select {
+		case <-acked:
+		case <-abandon:
+			return false
+		}
+	}
+	p.m.latency.Observe(time.Since(sl.sentAt).Seconds())
+	p.m.published.Inc()
+	p.m.inflight.Dec()
+	p.inUse.Add(-1)
+	sl.tok = nil
+	p.free <- sl
+	return true
+}
+
+// Retry backoff: a failing publish usually means a broken connection that paho is already
+// re-establishing, so retries need not be fast, only certain.
+const (
+	retryBase = 50 * time.Millisecond
+	retryMax  = 5 * time.Second
+)
+
+func (p *Publisher) retry(sl *slot, err error, abandon <-chan struct{}) bool {
+	sl.attempts++
+	p.m.retries.Inc()
+	if sl.attempts == 1 || sl.attempts%10 == 0 {
+		p.log.Warn("publish failed, retrying", "topic", sl.topic, "attempt", sl.attempts, "err", err)
+	}
+	delay := min(retryBase<<min(sl.attempts-1, 10), retryMax)
+	t := time.NewTimer(delay)
+	select {
+	case <-t.C:
+	case <-abandon:
+		t.Stop()
+		return false
+	}
+	// paho may still hold the old payload in its store and resend it later; a fresh copy
+	// keeps the session that reuses this slot next from overwriting it.
+	sl.payload = bytes.Clone(sl.payload)
+	sl.tok = p.client.Publish(sl.topic, 1, false, sl.payload)
+	p.pending <- sl
+	return true
+}
+
+// shutdown flushes the window within ShutdownTimeout, counts the rest as failed, and
+// disconnects.
+func (p *Publisher) shutdown(abandon chan struct{}, collected <-chan struct{}) {
+	start := time.Now()
+	p.log.Info("publisher stopping: flushing in-flight sessions", "inflight", p.inUse.Load(), "timeout", p.cfg.ShutdownTimeout)
+	deadline := time.NewTimer(p.cfg.ShutdownTimeout)
+	defer deadline.Stop()
+	for returned := 0; returned < p.slots; returned++ {
+		select {
+		case <-p.free:
+			continue
+		case <-deadline.C:
+		}
+		break
+	}
+	close(abandon)
+	<-collected
+	if n := p.inUse.Swap(0); n > 0 {
+		p.m.failed.Add(float64(n))
+		p.m.inflight.Sub(float64(n))
+		p.log.Error("shutdown timeout: sessions left unacknowledged", "failed", n, "timeout", p.cfg.ShutdownTimeout)
+	}
+	p.client.Disconnect(250)
+	p.m.connected.Set(0)
+	p.log.Info("publisher stopped", "flush", time.Since(start).Round(time.Millisecond))
+}
+
+var _ cli.Component = (*Publisher)(nil)
