@@ -49,7 +49,7 @@ func newTestServer(tb testing.TB, st *store.Store) (*Server, *prometheus.Registr
 	tb.Helper()
 	reg := prometheus.NewRegistry()
 	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	s, err := New(Config{QueryTimeout: 5 * time.Second}, st, log, reg, reg)
+	s, err := New(Config{QueryTimeout: 2 * time.Second}, st, log, reg, reg)
 	if err != nil {
 		tb.Fatalf("New: %v", err)
 	}
