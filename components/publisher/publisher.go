@@ -106,18 +106,10 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Publisher, e
 		return nil, err
 	}
 	p := &Publisher{
-		cfg: cfg,
-		log: log,
-		m:   m,
-		params: sim.Params{
-			Seed:       cfg.Seed,
-			Connectors: cfg.Connectors,
-			DCShare:    cfg.DCShare,
-			ACTariff:   cfg.ACTariff,
-			DCTariff:   cfg.DCTariff,
-			SessionFee: cfg.SessionFee,
-			Jitter:     cfg.SessionJitter,
-		},
+		cfg:     cfg,
+		log:     log,
+		m:       m,
+		params:  paramsOf(cfg),
 		topics:  session.NewTopicBuilder(cfg.MQTT.TopicPrefix),
 		store:   newAckStore(),
 		slots:   cfg.MaxInflight,
@@ -143,6 +135,19 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Publisher, e
 		SetConnectionNotificationHandler(p.onConnection)
 	p.client = mqtt.NewClient(opts)
 	return p, nil
+}
+
+// paramsOf returns the physics settings of cfg.
+func paramsOf(cfg Config) sim.Params {
+	return sim.Params{
+		Seed:       cfg.Seed,
+		Connectors: cfg.Connectors,
+		DCShare:    cfg.DCShare,
+		ACTariff:   cfg.ACTariff,
+		DCTariff:   cfg.DCTariff,
+		SessionFee: cfg.SessionFee,
+		Jitter:     cfg.SessionJitter,
+	}
 }
 
 // onConnection keeps the connected gauge and logs connection changes. paho calls it from

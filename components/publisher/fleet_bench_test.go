@@ -1,0 +1,68 @@
+package publisher
+
+import (
+	"testing"
+	"time"
+
+	"github.com/chargesim/chargesim/components/session"
+)
+
+// BenchmarkFleetMemory builds a 1,000,000-charger publisher (fleet schedule, window, metrics,
+// MQTT client; no broker needed) and reports the heap it holds after a GC.
+func BenchmarkFleetMemory(b *testing.B) {
+	var perCharger, total float64
+	for b.Loop() {
+		perCharger, total = fleetHeap(b, 1_000_000)
+	}
+	b.ReportMetric(total/1e6, "heap-MB")
+	b.ReportMetric(perCharger, "B/charger")
+}
+
+// BenchmarkFleetFire is the scheduler's own cost per session on a million-charger heap.
+func BenchmarkFleetFire(b *testing.B) {
+	cfg := DefaultConfig()
+	f := newFleet(paramsOf(cfg), 1_000_000, 0, 1, time.Minute)
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		f.fire(now)
+	}
+}
+
+// BenchmarkBuild is everything the scheduler does per session before paho: fire, physics,
+// payload and topic encoding. The only allocations are the topic string (paho takes a string)
+// and the charger ID of chargers ≥ 100.
+func BenchmarkBuild(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.Chargers = 1_000_000
+	p, err := New(cfg, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var sl slot
+	var s session.Session
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		p.build(&sl, &s, now)
+	}
+	b.SetBytes(int64(len(sl.payload)))
+}
+
+// BenchmarkAppendJSON encodes one session: no allocation.
+func BenchmarkAppendJSON(b *testing.B) {
+	cfg := DefaultConfig()
+	p, err := New(cfg, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var sl slot
+	var s session.Session
+	p.build(&sl, &s, time.Now())
+	buf := make([]byte, 0, 1024)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = s.AppendJSON(buf[:0])
+	}
+	b.SetBytes(int64(len(buf)))
+}
