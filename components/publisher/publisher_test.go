@@ -378,3 +378,44 @@ func fleetHeap(tb testing.TB, chargers int) (perCharger, total float64) {
 	total = float64(after.HeapAlloc) - float64(before.HeapAlloc)
 	return total / float64(chargers), total
 }
+
+// A publish the client reports as failed is sent again, with a fresh payload buffer (paho may
+// still hold the old one), and never counted as published; abandoning stops the retries.
+func TestFailedPublishIsRetried(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p, err := New(DefaultConfig(), nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Never connected: paho fails every publish at once with ErrNotConnected.
+	sl := <-p.free
+	var s session.Session
+	p.build(sl, &s, time.Now())
+	p.inUse.Add(1)
+	first := &sl.payload[0]
+	sl.tok = p.client.Publish(sl.topic, 1, false, sl.payload)
+	p.pending <- sl
+	abandon := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.collect(abandon)
+	}()
+	for testutil.ToFloat64(p.m.retries) < 3 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(abandon)
+	<-done
+	if got := testutil.ToFloat64(p.m.published); got != 0 {
+		t.Fatalf("published %g with no broker", got)
+	}
+	if sl.attempts < 3 || &sl.payload[0] == first {
+		t.Fatalf("attempts %d, payload buffer replaced: %t", sl.attempts, &sl.payload[0] != first)
+	}
+	if _, err := session.Decode(sl.topic, sl.payload); err != nil {
+		t.Fatalf("retried payload: %v", err)
+	}
+	if len(p.free) != p.slots-1 || p.inUse.Load() != 1 {
+		t.Fatalf("slot freed although never acknowledged: free %d of %d, in use %d", len(p.free), p.slots, p.inUse.Load())
+	}
+}
