@@ -190,7 +190,7 @@ build_tool() {
 
 ensure_tool() {
   local tool=$1 ver dir out start
-  ver=$(version_of "$tool") || die "unknown tool '$tool' (known: ${ALL_TOOLS[*]} envtest cluster all)"
+  ver=$(version_of "$tool")
   dir=$(tool_dir "$tool")
   out=$dir/$tool
   if [[ -x $out ]]; then
@@ -227,6 +227,7 @@ EOF
 main() {
   command -v go >/dev/null || die "go is not on PATH"
   local -a tools=()
+  local t a
   if (($# == 0)); then
     tools=("${ALL_TOOLS[@]}")
   fi
@@ -242,10 +243,16 @@ main() {
       *) tools+=("$a") ;;
     esac
   done
+  for t in "${tools[@]}"; do
+    version_of "$t" >/dev/null || die "unknown tool '$t' (known: ${ALL_TOOLS[*]} envtest cluster all)"
+  done
   mkdir -p "$CACHE" "$BIN"
   # Several worktrees/CI jobs may share the cache: serialise builds.
   exec 9>"$CACHE/.kube-tools.lock"
-  flock 9
+  if ! flock -n 9; then
+    log "kube-tools: another hack/kube-tools.sh is building, waiting for it"
+    flock 9
+  fi
   local -A seen=()
   for t in "${tools[@]}"; do
     [[ -n ${seen[$t]:-} ]] && continue
