@@ -1,0 +1,449 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Condition types of a ChargerSimulation. They follow the kstatus conventions: Ready is the
+// summary, Progressing says a rollout is under way, Degraded says the operator cannot make the
+// cluster match the spec (and why).
+const (
+	ConditionReady       = "Ready"
+	ConditionProgressing = "Progressing"
+	ConditionDegraded    = "Degraded"
+)
+
+// Condition reasons. A Ready=False condition carries the Degraded reason when the simulation is
+// degraded, so `kubectl get csim -o wide` shows the cause in one place.
+const (
+	// ReasonAvailable: every component has all its replicas updated and available.
+	ReasonAvailable = "Available"
+	// ReasonSuspended: spec.suspend is set; the publisher runs zero replicas, the rest is available.
+	ReasonSuspended = "Suspended"
+	// ReasonComponentsNotReady: some component has fewer available replicas than desired.
+	ReasonComponentsNotReady = "ComponentsNotReady"
+	// ReasonRollingOut: a workload is being created, updated or scaled.
+	ReasonRollingOut = "RollingOut"
+	// ReasonRolloutComplete: nothing is rolling out.
+	ReasonRolloutComplete = "RolloutComplete"
+	// ReasonAsExpected: nothing is wrong.
+	ReasonAsExpected = "AsExpected"
+	// ReasonSecretNotFound: a Secret named in the spec does not exist.
+	ReasonSecretNotFound = "SecretNotFound"
+	// ReasonSecretKeyNotFound: a Secret exists but lacks the key the spec names (or it is empty).
+	ReasonSecretKeyNotFound = "SecretKeyNotFound"
+	// ReasonInvalidBrokerURL: spec.broker.url passed the schema but cannot be used.
+	ReasonInvalidBrokerURL = "InvalidBrokerURL"
+	// ReasonApplyFailed: the API server refused a child object.
+	ReasonApplyFailed = "ApplyFailed"
+	// ReasonRolloutStalled: a Deployment reports ProgressDeadlineExceeded.
+	ReasonRolloutStalled = "RolloutStalled"
+)
+
+// ChargerSimulationSpec is the desired simulation: the fleet, how it charges, where its
+// sessions go, and how each component of the pipeline runs.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.publisher) || !has(self.publisher.replicas) || !has(self.chargers) || self.chargers >= self.publisher.replicas",message="spec.chargers must be at least spec.publisher.replicas: each publisher replica simulates its own share of the chargers"
+type ChargerSimulationSpec struct {
+	// chargers is the size of the simulated fleet (charger IDs 1..chargers). The publisher
+	// replicas split it: replica i simulates the chargers c with (c-1) % replicas == i.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	// +kubebuilder:default=10
+	// +optional
+	Chargers int32 `json:"chargers,omitempty"`
+
+	// connectors per charger.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=64
+	// +kubebuilder:default=2
+	// +optional
+	Connectors int32 `json:"connectors,omitempty"`
+
+	// sessionInterval is how often each charger starts a session, in simulated time
+	// (a Go duration such as 60s, 5m or 1h30m; at least 1s).
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1s')",message="sessionInterval must be a duration of at least 1s, such as 30s, 5m or 1h30m"
+	// +kubebuilder:default="60s"
+	// +optional
+	SessionInterval *metav1.Duration `json:"sessionInterval,omitempty"`
+
+	// sessionJitter is the fraction of the interval by which each session start is randomly
+	// shifted, between 0 (clockwork) and 1.
+	// +kubebuilder:validation:XValidation:rule="self >= 0.0 && self <= 1.0",message="sessionJitter is a fraction of the session interval and must be between 0 and 1, e.g. 0.2"
+	// +kubebuilder:default=0.2
+	// +optional
+	SessionJitter *float64 `json:"sessionJitter,omitempty"`
+
+	// timeScale is the number of simulated seconds per wall-clock second (1 = real time,
+	// 60 = one simulated minute per second).
+	// +kubebuilder:validation:XValidation:rule="self > 0.0 && self <= 100000.0",message="timeScale must be greater than 0 and at most 100000 (1 = real time, 60 = one simulated minute per second)"
+	// +kubebuilder:default=1
+	// +optional
+	TimeScale *float64 `json:"timeScale,omitempty"`
+
+	// seed of the pseudo-random generator: the same seed, fleet and time scale reproduce the
+	// same sessions.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:default=1
+	// +optional
+	Seed *int64 `json:"seed,omitempty"`
+
+	// suspend stops publishing: the publisher is scaled to zero while broker, listener, API and
+	// the stored data stay.
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+
+	// profile is how the fleet charges: AC/DC mix and prices.
+	// +kubebuilder:default={}
+	// +optional
+	Profile ChargingProfile `json:"profile,omitempty"`
+
+	// broker is where sessions are published. Without a url the operator runs a broker for
+	// this simulation in its namespace (`chargesim broker`, a Deployment and a Service).
+	// +kubebuilder:default={}
+	// +optional
+	Broker BrokerSpec `json:"broker,omitempty"`
+
+	// mongo is where the listener stores sessions and the API reads them.
+	// +required
+	Mongo MongoSpec `json:"mongo"`
+
+	// publisher simulates the chargers (a StatefulSet: each pod learns its shard index from
+	// its pod-index label).
+	// +kubebuilder:default={}
+	// +optional
+	Publisher PublisherSpec `json:"publisher,omitempty"`
+
+	// listener subscribes to the sessions and stores them.
+	// +kubebuilder:default={}
+	// +optional
+	Listener ListenerSpec `json:"listener,omitempty"`
+
+	// api serves the stored sessions over HTTP.
+	// +kubebuilder:default={}
+	// +optional
+	API APISpec `json:"api,omitempty"`
+
+	// image of chargesim for every component; empty means the operator's --default-image.
+	// +kubebuilder:validation:MaxLength=512
+	// +kubebuilder:validation:XValidation:rule="!self.contains(' ')",message="image must not contain spaces"
+	// +optional
+	Image string `json:"image,omitempty"`
+
+	// imagePullPolicy of every component; empty means Kubernetes' default for the image tag.
+	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
+	// +optional
+	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
+
+	// logLevel of every component.
+	// +kubebuilder:validation:Enum=debug;info;warn;error
+	// +kubebuilder:default=info
+	// +optional
+	LogLevel string `json:"logLevel,omitempty"`
+}
+
+// ChargingProfile is the AC/DC mix of the fleet and its prices.
+type ChargingProfile struct {
+	// dcShare is the share of chargers that are DC fast chargers (the rest are AC), 0 to 1.
+	// +kubebuilder:validation:XValidation:rule="self >= 0.0 && self <= 1.0",message="dcShare is the share of DC chargers and must be between 0 and 1, e.g. 0.3"
+	// +kubebuilder:default=0.3
+	// +optional
+	DCShare *float64 `json:"dcShare,omitempty"`
+
+	// acTariffCents is the AC price in cents per kWh.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=10000
+	// +kubebuilder:default=35
+	// +optional
+	ACTariffCents *int32 `json:"acTariffCents,omitempty"`
+
+	// dcTariffCents is the DC price in cents per kWh.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=10000
+	// +kubebuilder:default=59
+	// +optional
+	DCTariffCents *int32 `json:"dcTariffCents,omitempty"`
+
+	// sessionFeeCents is a fixed fee per session in cents.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000000
+	// +optional
+	SessionFeeCents int32 `json:"sessionFeeCents,omitempty"`
+}
+
+// BrokerSpec selects the MQTT broker. With url empty the operator manages one.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.url) || (!has(self.credentialsSecretRef) && !has(self.tls))",message="a managed broker (no broker.url) takes no tls or credentialsSecretRef: set broker.url to use an external broker with them"
+// +kubebuilder:validation:XValidation:rule="!has(self.url) || !has(self.managed)",message="broker.managed configures the operator's own broker and cannot be combined with broker.url"
+type BrokerSpec struct {
+	// url of an external broker, e.g. tcp://mosquitto.mqtt.svc:1883 or ssl://broker:8883.
+	// +kubebuilder:validation:MaxLength=512
+	// +kubebuilder:validation:XValidation:rule="self.matches('^(tcp|mqtt|ssl|tls|mqtts|ws|wss)://[^/?#@ ]+([/?#].*)?$')",message="broker.url must be <scheme>://<host>[:<port>] with scheme tcp, mqtt, ssl, tls, mqtts, ws or wss, e.g. tcp://mosquitto:1883"
+	// +optional
+	URL string `json:"url,omitempty"`
+
+	// topicPrefix is prepended as <prefix>/ to every session topic.
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:XValidation:rule="!self.contains('+') && !self.contains('#') && !self.startsWith('/') && !self.endsWith('/') && !self.startsWith('$')",message="topicPrefix must not contain MQTT wildcards (+, #), start with $ or start or end with /"
+	// +optional
+	TopicPrefix string `json:"topicPrefix,omitempty"`
+
+	// credentialsSecretRef names a Secret with the username and password for an external broker.
+	// +optional
+	CredentialsSecretRef *CredentialsSecretRef `json:"credentialsSecretRef,omitempty"`
+
+	// tls verifies an external broker with a CA bundle (and enables TLS for tcp:// URLs).
+	// +optional
+	TLS *BrokerTLS `json:"tls,omitempty"`
+
+	// managed tunes the broker the operator runs when url is empty.
+	// +optional
+	Managed *ManagedBrokerSpec `json:"managed,omitempty"`
+}
+
+// CredentialsSecretRef names a Secret in the simulation's namespace holding MQTT credentials.
+type CredentialsSecretRef struct {
+	// name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +required
+	Name string `json:"name"`
+	// usernameKey is the key of the username.
+	// +kubebuilder:default=username
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	UsernameKey string `json:"usernameKey,omitempty"`
+	// passwordKey is the key of the password.
+	// +kubebuilder:default=password
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	PasswordKey string `json:"passwordKey,omitempty"`
+}
+
+// BrokerTLS is the trust anchor for an external broker.
+type BrokerTLS struct {
+	// caSecretRef names the Secret key holding the PEM CA bundle.
+	// +required
+	CASecretRef CASecretRef `json:"caSecretRef"`
+}
+
+// CASecretRef names a key of a Secret in the simulation's namespace holding a PEM CA bundle.
+type CASecretRef struct {
+	// name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +required
+	Name string `json:"name"`
+	// key holding the PEM bundle.
+	// +kubebuilder:default="ca.crt"
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Key string `json:"key,omitempty"`
+}
+
+// ManagedBrokerSpec tunes the in-namespace broker.
+type ManagedBrokerSpec struct {
+	// resources of the broker container; empty means small requests and a memory limit.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+}
+
+// MongoSpec is the store.
+type MongoSpec struct {
+	// uriSecretRef names the Secret key holding the MongoDB URI (it usually carries credentials).
+	// +required
+	URISecretRef URISecretRef `json:"uriSecretRef"`
+
+	// database name.
+	// +kubebuilder:default=chargesim
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="!self.contains('/') && !self.contains('.') && !self.contains(' ') && !self.contains('$')",message="mongo.database must not contain /, ., spaces or $"
+	// +optional
+	Database string `json:"database,omitempty"`
+
+	// caSecretRef names the Secret key holding a PEM CA for TLS to MongoDB (the URI also needs
+	// tls=true).
+	// +optional
+	CASecretRef *CASecretRef `json:"caSecretRef,omitempty"`
+}
+
+// URISecretRef names a key of a Secret in the simulation's namespace holding a URI.
+type URISecretRef struct {
+	// name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +required
+	Name string `json:"name"`
+	// key holding the URI.
+	// +kubebuilder:default=uri
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Key string `json:"key,omitempty"`
+}
+
+// PublisherSpec runs the simulated fleet.
+type PublisherSpec struct {
+	// replicas of the publisher; the chargers are split between them without overlap.
+	// Changing it restarts the publisher pods, because each pod's share depends on it.
+	// +kubebuilder:validation:XValidation:rule="self >= 1",message="publisher.replicas must be at least 1: set spec.suspend to stop publishing"
+	// +kubebuilder:validation:Maximum=1000
+	// +kubebuilder:default=1
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+
+	// resources of the publisher container; empty means small requests and a memory limit.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+}
+
+// ListenerSpec runs the subscribers that store sessions.
+type ListenerSpec struct {
+	// replicas of the listener; they share one MQTT shared subscription.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +kubebuilder:default=1
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+
+	// resources of the listener container; empty means small requests and a memory limit.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// batchSize is the maximum number of sessions per bulk write.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	// +kubebuilder:default=500
+	// +optional
+	BatchSize int32 `json:"batchSize,omitempty"`
+
+	// flushInterval is the longest a session waits for its batch (a duration, at least 10ms).
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') && duration(self) >= duration('10ms') && duration(self) <= duration('1m')",message="listener.flushInterval must be a duration between 10ms and 1m, such as 200ms or 1s"
+	// +kubebuilder:default="200ms"
+	// +optional
+	FlushInterval *metav1.Duration `json:"flushInterval,omitempty"`
+}
+
+// APISpec runs the REST API and its Service.
+type APISpec struct {
+	// replicas of the API.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +kubebuilder:default=1
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+
+	// resources of the API container; empty means small requests and a memory limit.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// serviceType of the API Service.
+	// +kubebuilder:validation:Enum=ClusterIP;NodePort;LoadBalancer
+	// +kubebuilder:default=ClusterIP
+	// +optional
+	ServiceType corev1.ServiceType `json:"serviceType,omitempty"`
+
+	// port of the API Service (the container always listens on 8080).
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +kubebuilder:default=8080
+	// +optional
+	Port int32 `json:"port,omitempty"`
+}
+
+// ComponentStatus is what the operator last saw of one component's workload.
+type ComponentStatus struct {
+	// desiredReplicas is the number of replicas the spec asks for (0 for a suspended publisher).
+	DesiredReplicas int32 `json:"desiredReplicas"`
+	// replicas is the number of pods the workload currently has.
+	Replicas int32 `json:"replicas"`
+	// readyReplicas is the number of those pods that are ready.
+	ReadyReplicas int32 `json:"readyReplicas"`
+	// selector is the label selector of the component's pods (for the scale subresource).
+	// +optional
+	Selector string `json:"selector,omitempty"`
+}
+
+// ChargerSimulationStatus is the observed state.
+type ChargerSimulationStatus struct {
+	// observedGeneration is the generation of the spec this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions: Ready, Progressing, Degraded.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// publisher workload status.
+	// +optional
+	Publisher ComponentStatus `json:"publisher"`
+	// listener workload status.
+	// +optional
+	Listener ComponentStatus `json:"listener"`
+	// api workload status.
+	// +optional
+	API ComponentStatus `json:"api"`
+	// broker workload status; absent with an external broker.
+	// +optional
+	Broker *ComponentStatus `json:"broker,omitempty"`
+
+	// brokerURL is the broker the publisher and listener use.
+	// +optional
+	BrokerURL string `json:"brokerURL,omitempty"`
+	// apiAddress is the in-cluster address of the API Service, <service>.<namespace>.svc:<port>.
+	// +optional
+	APIAddress string `json:"apiAddress,omitempty"`
+	// sessionsPerSecond is the configured session rate of the whole fleet,
+	// chargers × timeScale / sessionInterval (0 while suspended).
+	// +optional
+	SessionsPerSecond string `json:"sessionsPerSecond,omitempty"`
+}
+
+// ChargerSimulation runs a simulated EV charging fleet and its telemetry pipeline:
+// publisher → MQTT broker → listener → MongoDB → REST API.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 42 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name must be at most 42 characters of lower-case letters, digits and '-', starting with a letter: it prefixes the names of the Services and the StatefulSet the operator creates"
+// +kubebuilder:resource:shortName=csim,categories=chargesim
+// +kubebuilder:subresource:status
+// +kubebuilder:subresource:scale:specpath=.spec.publisher.replicas,statuspath=.status.publisher.replicas,selectorpath=.status.publisher.selector
+// +kubebuilder:printcolumn:name="Chargers",type=integer,JSONPath=`.spec.chargers`
+// +kubebuilder:printcolumn:name="Sessions/s",type=string,JSONPath=`.status.sessionsPerSecond`,description="configured session rate of the fleet"
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Publishers",type=integer,JSONPath=`.status.publisher.readyReplicas`,priority=1
+// +kubebuilder:printcolumn:name="API",type=string,JSONPath=`.status.apiAddress`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ChargerSimulation struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec ChargerSimulationSpec `json:"spec"`
+	// +optional
+	Status ChargerSimulationStatus `json:"status,omitempty"`
+}
+
+// ChargerSimulationList is a list of ChargerSimulations.
+//
+// +kubebuilder:object:root=true
+type ChargerSimulationList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ChargerSimulation `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ChargerSimulation{}, &ChargerSimulationList{})
+}

@@ -1,0 +1,299 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/chargesim/chargesim/api/v1alpha1"
+	"github.com/chargesim/chargesim/components/cli"
+)
+
+// ImageRepository is where the default component image comes from; --default-image defaults to
+// ImageRepository:<version of this binary>. main may override both before calling Command.
+var (
+	ImageRepository = "ghcr.io/chargesim/chargesim"
+	ImageTag        = ""
+)
+
+func defaultImage() string {
+	tag := ImageTag
+	if tag == "" {
+		tag = "latest"
+		if bi, ok := debug.ReadBuildInfo(); ok && strings.HasPrefix(bi.Main.Version, "v") {
+			tag = bi.Main.Version
+		}
+	}
+	return ImageRepository + ":" + tag
+}
+
+// Config is the operator's configuration (flags with CHARGESIM_* equivalents).
+type Config struct {
+	LogLevel                string
+	LogFormat               string
+	MetricsAddr             string        // --metrics-bind-address
+	ProbeAddr               string        // --health-probe-bind-address
+	LeaderElect             bool          // --leader-elect
+	LeaderElectionID        string        // --leader-election-id
+	LeaderElectionNamespace string        // --leader-election-namespace
+	DefaultImage            string        // --default-image
+	Kubeconfig              string        // --kubeconfig
+	WatchNamespace          string        // --watch-namespace
+	MaxConcurrentReconciles int           // --max-concurrent-reconciles
+	ResyncInterval          time.Duration // --resync-interval
+	KubeAPIQPS              float64       // --kube-api-qps
+	KubeAPIBurst            int           // --kube-api-burst
+	ShutdownTimeout         time.Duration // --shutdown-timeout
+
+	// RestConfig, when set, is used instead of --kubeconfig / in-cluster discovery (tests).
+	RestConfig *rest.Config
+	// SkipNameValidation lets tests start several managers in one process.
+	SkipNameValidation bool
+}
+
+// Register adds the operator's flags.
+func (c *Config) Register(fs *flag.FlagSet) {
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "listen address of /metrics (\"0\" disables it)")
+	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "listen address of /healthz and /readyz")
+	fs.BoolVar(&c.LeaderElect, "leader-elect", false, "elect a leader among operator replicas (a Lease); only the leader reconciles")
+	fs.StringVar(&c.LeaderElectionID, "leader-election-id", "chargesim-operator.chargesim.io", "name of the leader-election Lease")
+	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the Lease (default: the operator's own namespace when in a cluster)")
+	fs.StringVar(&c.DefaultImage, "default-image", defaultImage(), "chargesim image for simulations that do not set spec.image")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, then $KUBECONFIG, then ~/.kube/config)")
+	fs.StringVar(&c.WatchNamespace, "watch-namespace", "", "only reconcile simulations in this namespace (default: all)")
+	fs.IntVar(&c.MaxConcurrentReconciles, "max-concurrent-reconciles", 4, "simulations reconciled in parallel")
+	fs.DurationVar(&c.ResyncInterval, "resync-interval", 10*time.Minute, "re-read the Secrets of healthy simulations this often, to roll pods when their content changed")
+	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", 50, "sustained requests per second to the API server")
+	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 100, "burst of requests to the API server")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "grace period for running reconciles on shutdown")
+}
+
+// Validate checks the settings; errors name the flag.
+func (c *Config) Validate() error {
+	common := cli.Common{LogLevel: c.LogLevel, LogFormat: c.LogFormat, ShutdownTimeout: c.ShutdownTimeout}
+	if err := common.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.DefaultImage == "" || strings.ContainsAny(c.DefaultImage, " \t\n"):
+		return cli.Invalid("default-image", c.DefaultImage, "must be an image reference such as ghcr.io/chargesim/chargesim:v1.0.0")
+	case c.MaxConcurrentReconciles < 1:
+		return cli.Invalid("max-concurrent-reconciles", c.MaxConcurrentReconciles, "must be ≥ 1")
+	case c.ResyncInterval < 0:
+		return cli.Invalid("resync-interval", c.ResyncInterval, "must be ≥ 0 (0 disables it)")
+	case c.KubeAPIQPS <= 0:
+		return cli.Invalid("kube-api-qps", c.KubeAPIQPS, "must be > 0")
+	case c.KubeAPIBurst < 1:
+		return cli.Invalid("kube-api-burst", c.KubeAPIBurst, "must be ≥ 1")
+	case c.LeaderElect && c.LeaderElectionID == "":
+		return cli.Invalid("leader-election-id", c.LeaderElectionID, "must be set with --leader-elect")
+	}
+	return nil
+}
+
+// Scheme knows the built-in types and chargesim.io/v1alpha1.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := v1alpha1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// ManagedSelector selects the objects the operator created; it is the cache's label selector
+// for every child kind, so unrelated Deployments, Services and ConfigMaps are never cached.
+func ManagedSelector() labels.Selector {
+	return labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedByValue})
+}
+
+// Operator is the controller manager with the ChargerSimulation controller.
+type Operator struct {
+	mgr ctrl.Manager
+	log *slog.Logger
+}
+
+// New builds the manager. reg receives the operator's own metrics; Command passes
+// controller-runtime's registry so they are served next to its metrics.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, error) {
+	restCfg := cfg.RestConfig
+	if restCfg == nil {
+		var err error
+		restCfg, err = loadRestConfig(cfg.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+	}
+	restCfg = rest.CopyConfig(restCfg)
+	if cfg.KubeAPIQPS > 0 {
+		restCfg.QPS = float32(cfg.KubeAPIQPS)
+	}
+	if cfg.KubeAPIBurst > 0 {
+		restCfg.Burst = cfg.KubeAPIBurst
+	}
+	restCfg.UserAgent = "chargesim-operator"
+
+	logger := logr.FromSlogHandler(log.Handler())
+	ctrl.SetLogger(logger)
+	klog.SetLogger(logger.WithName("client-go"))
+
+	managed := ManagedSelector()
+	cacheOpts := cache.Options{
+		// The operator compares desired and live objects field by field; managed fields are
+		// large and never needed, so they are dropped before objects enter the cache.
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&appsv1.Deployment{}:  {Label: managed},
+			&appsv1.StatefulSet{}: {Label: managed},
+			&corev1.Service{}:     {Label: managed},
+			&corev1.ConfigMap{}:   {Label: managed},
+		},
+	}
+	if cfg.WatchNamespace != "" {
+		cacheOpts.DefaultNamespaces = map[string]cache.Config{cfg.WatchNamespace: {}}
+	}
+	grace := cfg.ShutdownTimeout
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                        Scheme(),
+		Logger:                        logger,
+		Metrics:                       metricsserver.Options{BindAddress: orDefault(cfg.MetricsAddr, "0")},
+		HealthProbeBindAddress:        orDefault(cfg.ProbeAddr, "0"),
+		LeaderElection:                cfg.LeaderElect,
+		LeaderElectionID:              cfg.LeaderElectionID,
+		LeaderElectionNamespace:       cfg.LeaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		GracefulShutdownTimeout:       &grace,
+		Cache:                         cacheOpts,
+		Client: client.Options{Cache: &client.CacheOptions{
+			// Never start an informer for Secrets, whatever code path asks for one.
+			DisableFor: []client.Object{&corev1.Secret{}},
+		}},
+		Controller: ctrlconfig.Controller{SkipNameValidation: &cfg.SkipNameValidation},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create manager: %w", err)
+	}
+	metrics, err := NewMetrics(reg, mgr.GetCache())
+	if err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	r := &Reconciler{
+		Client:                  mgr.GetClient(),
+		APIReader:               mgr.GetAPIReader(),
+		Recorder:                mgr.GetEventRecorder("chargesim-operator"),
+		Metrics:                 metrics,
+		DefaultImage:            cfg.DefaultImage,
+		ResyncInterval:          cfg.ResyncInterval,
+		MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("set up controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return nil, fmt.Errorf("add healthz check: %w", err)
+	}
+	op := &Operator{mgr: mgr, log: log}
+	if err := mgr.AddReadyzCheck("cache", func(req *http.Request) error { return op.Ready(req.Context()) }); err != nil {
+		return nil, fmt.Errorf("add readyz check: %w", err)
+	}
+	return op, nil
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+func loadRestConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("invalid --kubeconfig=%s: %w", kubeconfig, err)
+		}
+		return c, nil
+	}
+	c, err := ctrl.GetConfig()
+	if err != nil {
+		return nil, fmt.Errorf("find a Kubernetes API server (in-cluster, $KUBECONFIG or ~/.kube/config; or --kubeconfig): %w", err)
+	}
+	return c, nil
+}
+
+// Manager exposes the controller-runtime manager (tests use its client and cache).
+func (o *Operator) Manager() ctrl.Manager { return o.mgr }
+
+// Run starts the manager and blocks until ctx is done; then running reconciles finish (within
+// --shutdown-timeout), the Lease is released and Run returns nil.
+func (o *Operator) Run(ctx context.Context) error {
+	o.log.Info("operator starting")
+	if err := o.mgr.Start(ctx); err != nil {
+		return fmt.Errorf("operator: %w", err)
+	}
+	o.log.Info("operator stopped")
+	return nil
+}
+
+// Ready reports whether the informer caches have synced (before that, reconciles would act on
+// an empty picture of the cluster).
+func (o *Operator) Ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if !o.mgr.GetCache().WaitForCacheSync(ctx) {
+		return errors.New("informer caches not synced")
+	}
+	return nil
+}
+
+// Command is `chargesim operator`.
+func Command(ctx context.Context, args []string) error {
+	var cfg Config
+	fs := cli.NewFlagSet("operator", "Run the ChargerSimulation operator: turns chargesim.io/v1alpha1 ChargerSimulations into running publisher, broker, listener and API workloads.")
+	cfg.Register(fs)
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	common := cli.Common{LogLevel: cfg.LogLevel, LogFormat: cfg.LogFormat}
+	log, err := common.Logger(os.Stderr, "operator")
+	if err != nil {
+		return fmt.Errorf("logger: %w", err)
+	}
+	op, err := New(cfg, log, ctrlmetrics.Registry)
+	if err != nil {
+		return err
+	}
+	return op.Run(ctx)
+}

@@ -1,0 +1,558 @@
+package controllers
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+
+	"github.com/chargesim/chargesim/api/v1alpha1"
+)
+
+// Names, labels and annotations the operator puts on what it creates. The managed-by label is
+// also the manager's cache selector: objects without it are invisible to the operator.
+const (
+	FieldOwner = "chargesim-operator"
+
+	LabelManagedBy  = "app.kubernetes.io/managed-by"
+	ManagedByValue  = "chargesim-operator"
+	LabelSimulation = "chargesim.io/simulation"
+	LabelName       = "app.kubernetes.io/name"
+	LabelInstance   = "app.kubernetes.io/instance"
+	LabelComponent  = "app.kubernetes.io/component"
+	// LabelPodIndex is set by the StatefulSet controller on each pod (Kubernetes ≥ 1.28).
+	LabelPodIndex = "apps.kubernetes.io/pod-index"
+
+	// AnnotationConfigHash on a pod template changes whenever the configuration the pods read at
+	// start (ConfigMap keys, Secret contents) changes, so the workload rolls.
+	AnnotationConfigHash = "chargesim.io/config-hash"
+
+	// RunAsID is the uid/gid of the distroless "nonroot" user the image runs as.
+	RunAsID int64 = 65532
+
+	secretsDir = "/var/run/secrets/chargesim"
+)
+
+// Component is one workload of a simulation.
+type Component string
+
+// The workloads of a simulation.
+const (
+	Broker    Component = "broker"
+	Publisher Component = "publisher"
+	Listener  Component = "listener"
+	API       Component = "api"
+)
+
+// Ports the components listen on (docs/configuration.md).
+const (
+	opsPort  = 9090 // publisher, listener, broker: /healthz, /readyz, /metrics
+	apiPort  = 8080 // api: routes and ops endpoints
+	mqttPort = 1883 // managed broker
+)
+
+// Object names, all derived from the simulation's name (at most 42 characters, enforced by the
+// CRD, so "<name>-publisher-<revision hash>" stays a valid label value).
+func configMapName(sim string) string      { return sim + "-config" }
+func workloadName(sim string, c Component) string { return sim + "-" + string(c) }
+
+// selectorLabels select one component's pods. They must never change: a workload's selector is
+// immutable.
+func selectorLabels(sim string, c Component) map[string]string {
+	return map[string]string{
+		LabelName:      "chargesim",
+		LabelInstance:  sim,
+		LabelComponent: string(c),
+	}
+}
+
+// objectLabels go on every child and pod template.
+func objectLabels(sim string, c Component) map[string]string {
+	l := selectorLabels(sim, c)
+	l[LabelManagedBy] = ManagedByValue
+	l[LabelSimulation] = sim
+	return l
+}
+
+func selectorString(sim string, c Component) string {
+	l := selectorLabels(sim, c)
+	keys := make([]string, 0, len(l))
+	for k := range l {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	s := ""
+	for i, k := range keys {
+		if i > 0 {
+			s += ","
+		}
+		s += k + "=" + l[k]
+	}
+	return s
+}
+
+func ownerRef(sim *v1alpha1.ChargerSimulation) *metav1ac.OwnerReferenceApplyConfiguration {
+	return metav1ac.OwnerReference().
+		WithAPIVersion(v1alpha1.GroupVersion.String()).
+		WithKind("ChargerSimulation").
+		WithName(sim.Name).
+		WithUID(sim.UID).
+		WithController(true).
+		WithBlockOwnerDeletion(true)
+}
+
+// Environment variables (docs/configuration.md: --flag ⇔ CHARGESIM_FLAG).
+const (
+	envLogLevel        = "CHARGESIM_LOG_LEVEL"
+	envLogFormat       = "CHARGESIM_LOG_FORMAT"
+	envHTTPAddr        = "CHARGESIM_HTTP_ADDR"
+	envMQTTURL         = "CHARGESIM_MQTT_URL"
+	envMQTTAddr        = "CHARGESIM_MQTT_ADDR"
+	envMQTTUsername    = "CHARGESIM_MQTT_USERNAME"
+	envMQTTPassword    = "CHARGESIM_MQTT_PASSWORD_FILE"
+	envMQTTCA          = "CHARGESIM_MQTT_CA_FILE"
+	envTopicPrefix     = "CHARGESIM_TOPIC_PREFIX"
+	envChargers        = "CHARGESIM_CHARGERS"
+	envConnectors      = "CHARGESIM_CONNECTORS"
+	envShardIndex      = "CHARGESIM_SHARD_INDEX"
+	envShardCount      = "CHARGESIM_SHARD_COUNT"
+	envSessionInterval = "CHARGESIM_SESSION_INTERVAL"
+	envSessionJitter   = "CHARGESIM_SESSION_JITTER"
+	envTimeScale       = "CHARGESIM_TIME_SCALE"
+	envSeed            = "CHARGESIM_SEED"
+	envDCShare         = "CHARGESIM_DC_SHARE"
+	envACTariff        = "CHARGESIM_AC_TARIFF"
+	envDCTariff        = "CHARGESIM_DC_TARIFF"
+	envSessionFee      = "CHARGESIM_SESSION_FEE"
+	envMongoURIFile    = "CHARGESIM_MONGO_URI_FILE"
+	envMongoDatabase   = "CHARGESIM_MONGO_DATABASE"
+	envMongoCA         = "CHARGESIM_MONGO_CA_FILE"
+	envBatchSize       = "CHARGESIM_BATCH_SIZE"
+	envFlushInterval   = "CHARGESIM_FLUSH_INTERVAL"
+)
+
+// componentKeys are the ConfigMap keys each component reads. All components get the whole
+// ConfigMap (the flag parser ignores variables of flags it does not have), but only these keys
+// go into a component's config hash, so a listener setting does not restart the publisher.
+var componentKeys = map[Component][]string{
+	Broker: {envLogLevel, envLogFormat},
+	Publisher: {envLogLevel, envLogFormat, envMQTTURL, envTopicPrefix, envChargers, envConnectors,
+		envSessionInterval, envSessionJitter, envTimeScale, envSeed, envDCShare, envACTariff,
+		envDCTariff, envSessionFee},
+	Listener: {envLogLevel, envLogFormat, envMQTTURL, envTopicPrefix, envMongoDatabase,
+		envBatchSize, envFlushInterval},
+	API: {envLogLevel, envLogFormat, envMongoDatabase},
+}
+
+func formatFloat(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
+
+// managedBrokerURL is the address of the broker the operator runs for sim.
+func managedBrokerURL(sim *v1alpha1.ChargerSimulation) string {
+	return fmt.Sprintf("tcp://%s.%s.svc:%d", workloadName(sim.Name, Broker), sim.Namespace, mqttPort)
+}
+
+// brokerURL is the broker publisher and listener connect to. The schema has checked the shape
+// of an external URL; this catches what a regular expression cannot (ports, hosts).
+func brokerURL(sim *v1alpha1.ChargerSimulation) (string, error) {
+	if sim.Spec.Broker.IsManaged() {
+		return managedBrokerURL(sim), nil
+	}
+	raw := sim.Spec.Broker.URL
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("broker.url %q: %w", raw, err)
+	}
+	switch u.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
+	default:
+		return "", fmt.Errorf("broker.url %q: unsupported scheme %q", raw, u.Scheme)
+	}
+	if u.Hostname() == "" {
+		return "", fmt.Errorf("broker.url %q: no host", raw)
+	}
+	if u.User != nil {
+		return "", fmt.Errorf("broker.url %q: credentials belong in broker.credentialsSecretRef, not in the URL", raw)
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return "", fmt.Errorf("broker.url %q: port %q is not between 1 and 65535", raw, p)
+		}
+	} else if _, _, err := net.SplitHostPort(u.Host); err == nil {
+		return "", fmt.Errorf("broker.url %q: empty port", raw)
+	}
+	return raw, nil
+}
+
+// renderConfig is the ConfigMap data: every non-secret setting of every component.
+func renderConfig(sim *v1alpha1.ChargerSimulation, broker string) map[string]string {
+	s := &sim.Spec
+	d := map[string]string{
+		envLogLevel:        s.Level(),
+		envLogFormat:       "json",
+		envMQTTURL:         broker,
+		envChargers:        strconv.Itoa(int(s.FleetSize())),
+		envConnectors:      strconv.Itoa(int(s.ConnectorsPerCharger())),
+		envSessionInterval: s.Interval().String(),
+		envSessionJitter:   formatFloat(s.Jitter()),
+		envTimeScale:       formatFloat(s.Scale()),
+		envSeed:            strconv.FormatInt(s.PRNGSeed(), 10),
+		envDCShare:         formatFloat(s.Profile.DC()),
+		envACTariff:        strconv.Itoa(int(s.Profile.ACTariff())),
+		envDCTariff:        strconv.Itoa(int(s.Profile.DCTariff())),
+		envSessionFee:      strconv.Itoa(int(s.Profile.SessionFeeCents)),
+		envMongoDatabase:   s.Mongo.DatabaseOrDefault(),
+		envBatchSize:       strconv.Itoa(int(s.Listener.Batch())),
+		envFlushInterval:   s.Listener.Flush().String(),
+	}
+	if s.Broker.TopicPrefix != "" {
+		d[envTopicPrefix] = s.Broker.TopicPrefix
+	}
+	return d
+}
+
+// configHash digests what component c reads at start: its ConfigMap keys and the contents of
+// the Secret keys it uses (contents, not resourceVersions: relabelling a Secret must not
+// restart anything).
+func configHash(c Component, config map[string]string, secrets []secretUse) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "component=%s\n", c)
+	for _, k := range componentKeys[c] {
+		if v, ok := config[k]; ok {
+			fmt.Fprintf(h, "%s=%q\n", k, v)
+		}
+	}
+	for _, s := range secrets {
+		if s.usedBy(c) {
+			fmt.Fprintf(h, "secret %s/%s=%s\n", s.name, s.key, s.digest)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))[:32]
+}
+
+// desired is everything the workloads are rendered from.
+type desired struct {
+	sim        *v1alpha1.ChargerSimulation
+	image      string
+	brokerURL  string
+	config     map[string]string
+	secrets    []secretUse
+	configHash map[Component]string
+}
+
+func newDesired(sim *v1alpha1.ChargerSimulation, defaultImage, broker string, secrets []secretUse) *desired {
+	img := sim.Spec.Image
+	if img == "" {
+		img = defaultImage
+	}
+	cfg := renderConfig(sim, broker)
+	d := &desired{sim: sim, image: img, brokerURL: broker, config: cfg, secrets: secrets,
+		configHash: map[Component]string{}}
+	for _, c := range []Component{Broker, Publisher, Listener, API} {
+		d.configHash[c] = configHash(c, cfg, secrets)
+	}
+	return d
+}
+
+func (d *desired) configMap() *corev1ac.ConfigMapApplyConfiguration {
+	sim := d.sim
+	l := objectLabels(sim.Name, "config")
+	return corev1ac.ConfigMap(configMapName(sim.Name), sim.Namespace).
+		WithLabels(l).
+		WithOwnerReferences(ownerRef(sim)).
+		WithData(d.config)
+}
+
+// defaultResources keep a simulation schedulable on a small cluster while giving the scheduler
+// something to go on; the memory limit stops a runaway component from starving its node.
+func defaultResources() corev1.ResourceRequirements {
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{
+			corev1.ResourceCPU:    resource.MustParse("50m"),
+			corev1.ResourceMemory: resource.MustParse("64Mi"),
+		},
+		Limits: corev1.ResourceList{
+			corev1.ResourceMemory: resource.MustParse("256Mi"),
+		},
+	}
+}
+
+func resourcesAC(r *corev1.ResourceRequirements) *corev1ac.ResourceRequirementsApplyConfiguration {
+	if r == nil || (len(r.Requests) == 0 && len(r.Limits) == 0) {
+		def := defaultResources()
+		r = &def
+	}
+	ac := corev1ac.ResourceRequirements()
+	if len(r.Requests) > 0 {
+		ac.WithRequests(r.Requests)
+	}
+	if len(r.Limits) > 0 {
+		ac.WithLimits(r.Limits)
+	}
+	return ac
+}
+
+// secretVolume mounts one key of a Secret as a read-only file.
+type secretVolume struct {
+	volume string // volume name
+	secret string
+	key    string
+	dir    string
+	file   string
+}
+
+func (v secretVolume) path() string { return v.dir + "/" + v.file }
+
+// pod builds the pod template shared by every component.
+func (d *desired) pod(c Component, port int32, res *corev1.ResourceRequirements, env []*corev1ac.EnvVarApplyConfiguration, vols []secretVolume) *corev1ac.PodTemplateSpecApplyConfiguration {
+	sim := d.sim
+	ports := []*corev1ac.ContainerPortApplyConfiguration{
+		corev1ac.ContainerPort().WithName("http").WithContainerPort(port).WithProtocol(corev1.ProtocolTCP),
+	}
+	if c == Broker {
+		ports = append(ports, corev1ac.ContainerPort().WithName("mqtt").WithContainerPort(mqttPort).WithProtocol(corev1.ProtocolTCP))
+	}
+	env = append([]*corev1ac.EnvVarApplyConfiguration{
+		corev1ac.EnvVar().WithName(envHTTPAddr).WithValue(fmt.Sprintf(":%d", port)),
+	}, env...)
+	container := corev1ac.Container().
+		WithName(string(c)).
+		WithImage(d.image).
+		WithArgs(string(c)).
+		WithPorts(ports...).
+		WithEnvFrom(corev1ac.EnvFromSource().WithConfigMapRef(corev1ac.ConfigMapEnvSource().WithName(configMapName(sim.Name)))).
+		WithEnv(env...).
+		WithResources(resourcesAC(res)).
+		WithLivenessProbe(corev1ac.Probe().
+			WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromString("http"))).
+			WithPeriodSeconds(10).WithTimeoutSeconds(2).WithFailureThreshold(3)).
+		WithReadinessProbe(corev1ac.Probe().
+			WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString("http"))).
+			WithPeriodSeconds(5).WithTimeoutSeconds(3).WithFailureThreshold(3)).
+		WithSecurityContext(corev1ac.SecurityContext().
+			WithRunAsNonRoot(true).
+			WithRunAsUser(RunAsID).
+			WithRunAsGroup(RunAsID).
+			WithAllowPrivilegeEscalation(false).
+			WithReadOnlyRootFilesystem(true).
+			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL")))
+	if sim.Spec.ImagePullPolicy != "" {
+		container.WithImagePullPolicy(sim.Spec.ImagePullPolicy)
+	}
+	spec := corev1ac.PodSpec().
+		WithAutomountServiceAccountToken(false).
+		WithEnableServiceLinks(false). // service links would inject variables into the CHARGESIM_ namespace
+		WithTerminationGracePeriodSeconds(30).
+		WithSecurityContext(corev1ac.PodSecurityContext().
+			WithRunAsNonRoot(true).
+			WithRunAsUser(RunAsID).
+			WithRunAsGroup(RunAsID).
+			WithFSGroup(RunAsID).
+			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault)))
+	for _, v := range vols {
+		container.WithVolumeMounts(corev1ac.VolumeMount().WithName(v.volume).WithMountPath(v.dir).WithReadOnly(true))
+		spec.WithVolumes(corev1ac.Volume().WithName(v.volume).WithSecret(corev1ac.SecretVolumeSource().
+			WithSecretName(v.secret).
+			WithItems(corev1ac.KeyToPath().WithKey(v.key).WithPath(v.file)).
+			WithDefaultMode(0o440)))
+	}
+	spec.WithContainers(container)
+	return corev1ac.PodTemplateSpec().
+		WithLabels(objectLabels(sim.Name, c)).
+		WithAnnotations(map[string]string{AnnotationConfigHash: d.configHash[c]}).
+		WithSpec(spec)
+}
+
+// mqttClient is the env and files publisher and listener need to reach the broker.
+func (d *desired) mqttClient() ([]*corev1ac.EnvVarApplyConfiguration, []secretVolume) {
+	b := &d.sim.Spec.Broker
+	var env []*corev1ac.EnvVarApplyConfiguration
+	var vols []secretVolume
+	if b.CredentialsSecretRef != nil {
+		ref := b.CredentialsSecretRef
+		env = append(env, corev1ac.EnvVar().WithName(envMQTTUsername).WithValueFrom(corev1ac.EnvVarSource().
+			WithSecretKeyRef(corev1ac.SecretKeySelector().WithName(ref.Name).WithKey(ref.UsernameKeyOrDefault()))))
+		v := secretVolume{volume: "mqtt-credentials", secret: ref.Name, key: ref.PasswordKeyOrDefault(),
+			dir: secretsDir + "/mqtt-credentials", file: "password"}
+		vols = append(vols, v)
+		env = append(env, corev1ac.EnvVar().WithName(envMQTTPassword).WithValue(v.path()))
+	}
+	if b.TLS != nil {
+		ref := b.TLS.CASecretRef
+		v := secretVolume{volume: "mqtt-ca", secret: ref.Name, key: ref.KeyOrDefault(),
+			dir: secretsDir + "/mqtt-ca", file: "ca.crt"}
+		vols = append(vols, v)
+		env = append(env, corev1ac.EnvVar().WithName(envMQTTCA).WithValue(v.path()))
+	}
+	return env, vols
+}
+
+// mongoClient is the env and files listener and API need to reach MongoDB. The URI is read
+// from a file so it never shows up in the environment of the process.
+func (d *desired) mongoClient() ([]*corev1ac.EnvVarApplyConfiguration, []secretVolume) {
+	m := &d.sim.Spec.Mongo
+	uri := secretVolume{volume: "mongo-uri", secret: m.URISecretRef.Name, key: m.URISecretRef.KeyOrDefault(),
+		dir: secretsDir + "/mongo-uri", file: "uri"}
+	env := []*corev1ac.EnvVarApplyConfiguration{corev1ac.EnvVar().WithName(envMongoURIFile).WithValue(uri.path())}
+	vols := []secretVolume{uri}
+	if m.CASecretRef != nil {
+		v := secretVolume{volume: "mongo-ca", secret: m.CASecretRef.Name, key: m.CASecretRef.KeyOrDefault(),
+			dir: secretsDir + "/mongo-ca", file: "ca.crt"}
+		vols = append(vols, v)
+		env = append(env, corev1ac.EnvVar().WithName(envMongoCA).WithValue(v.path()))
+	}
+	return env, vols
+}
+
+func (d *desired) deployment(c Component, replicas int32, tmpl *corev1ac.PodTemplateSpecApplyConfiguration) *appsv1ac.DeploymentApplyConfiguration {
+	sim := d.sim
+	spec := appsv1ac.DeploymentSpec().
+		WithReplicas(replicas).
+		WithRevisionHistoryLimit(3).
+		WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(sim.Name, c))).
+		WithTemplate(tmpl)
+	if c == Broker {
+		// One broker at a time: two behind the Service would split publishers and subscribers.
+		spec.WithStrategy(appsv1ac.DeploymentStrategy().WithType(appsv1.RecreateDeploymentStrategyType))
+	}
+	return appsv1ac.Deployment(workloadName(sim.Name, c), sim.Namespace).
+		WithLabels(objectLabels(sim.Name, c)).
+		WithOwnerReferences(ownerRef(sim)).
+		WithSpec(spec)
+}
+
+func (d *desired) service(c Component, typ corev1.ServiceType, headless bool, ports ...*corev1ac.ServicePortApplyConfiguration) *corev1ac.ServiceApplyConfiguration {
+	sim := d.sim
+	spec := corev1ac.ServiceSpec().
+		WithType(typ).
+		WithSelector(selectorLabels(sim.Name, c)).
+		WithPorts(ports...)
+	if headless {
+		spec.WithClusterIP(corev1.ClusterIPNone)
+	}
+	return corev1ac.Service(workloadName(sim.Name, c), sim.Namespace).
+		WithLabels(objectLabels(sim.Name, c)).
+		WithOwnerReferences(ownerRef(sim)).
+		WithSpec(spec)
+}
+
+func servicePort(name string, port int32, target string) *corev1ac.ServicePortApplyConfiguration {
+	return corev1ac.ServicePort().WithName(name).WithPort(port).WithTargetPort(intstr.FromString(target)).WithProtocol(corev1.ProtocolTCP)
+}
+
+// brokerObjects: the managed broker's Deployment and Service.
+func (d *desired) brokerObjects() (*appsv1ac.DeploymentApplyConfiguration, *corev1ac.ServiceApplyConfiguration) {
+	var res *corev1.ResourceRequirements
+	if m := d.sim.Spec.Broker.Managed; m != nil {
+		res = m.Resources
+	}
+	env := []*corev1ac.EnvVarApplyConfiguration{
+		corev1ac.EnvVar().WithName(envMQTTAddr).WithValue(fmt.Sprintf(":%d", mqttPort)),
+	}
+	dep := d.deployment(Broker, 1, d.pod(Broker, opsPort, res, env, nil))
+	svc := d.service(Broker, corev1.ServiceTypeClusterIP, false,
+		servicePort("mqtt", mqttPort, "mqtt"), servicePort("http", opsPort, "http"))
+	return dep, svc
+}
+
+// publisherReplicas is what the StatefulSet runs: the spec, or zero while suspended.
+func publisherReplicas(sim *v1alpha1.ChargerSimulation) int32 {
+	if sim.Spec.Suspend {
+		return 0
+	}
+	return sim.Spec.Publisher.DesiredReplicas()
+}
+
+// publisherObjects: the publisher StatefulSet and the headless Service that governs it.
+//
+// The shard count is spec.publisher.replicas even while suspended, so suspending and resuming
+// changes only .spec.replicas and does not roll the pods; changing the replica count changes
+// the shard count of every pod and therefore rolls them all.
+func (d *desired) publisherObjects() (*appsv1ac.StatefulSetApplyConfiguration, *corev1ac.ServiceApplyConfiguration) {
+	sim := d.sim
+	env := []*corev1ac.EnvVarApplyConfiguration{
+		corev1ac.EnvVar().WithName(envShardIndex).WithValueFrom(corev1ac.EnvVarSource().
+			WithFieldRef(corev1ac.ObjectFieldSelector().WithAPIVersion("v1").
+				WithFieldPath(fmt.Sprintf("metadata.labels['%s']", LabelPodIndex)))),
+		corev1ac.EnvVar().WithName(envShardCount).WithValue(strconv.Itoa(int(sim.Spec.Publisher.DesiredReplicas()))),
+	}
+	mqttEnv, vols := d.mqttClient()
+	env = append(env, mqttEnv...)
+	tmpl := d.pod(Publisher, opsPort, sim.Spec.Publisher.Resources, env, vols)
+	name := workloadName(sim.Name, Publisher)
+	sts := appsv1ac.StatefulSet(name, sim.Namespace).
+		WithLabels(objectLabels(sim.Name, Publisher)).
+		WithOwnerReferences(ownerRef(sim)).
+		WithSpec(appsv1ac.StatefulSetSpec().
+			WithReplicas(publisherReplicas(sim)).
+			WithServiceName(name).
+			// Shards are independent: start, stop and replace them all at once.
+			WithPodManagementPolicy(appsv1.ParallelPodManagement).
+			WithUpdateStrategy(appsv1ac.StatefulSetUpdateStrategy().WithType(appsv1.RollingUpdateStatefulSetStrategyType)).
+			WithRevisionHistoryLimit(3).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(sim.Name, Publisher))).
+			WithTemplate(tmpl))
+	svc := d.service(Publisher, corev1.ServiceTypeClusterIP, true, servicePort("http", opsPort, "http"))
+	return sts, svc
+}
+
+func (d *desired) listenerObject() *appsv1ac.DeploymentApplyConfiguration {
+	sim := d.sim
+	env, vols := d.mqttClient()
+	menv, mvols := d.mongoClient()
+	env = append(env, menv...)
+	vols = append(vols, mvols...)
+	return d.deployment(Listener, sim.Spec.Listener.DesiredReplicas(),
+		d.pod(Listener, opsPort, sim.Spec.Listener.Resources, env, vols))
+}
+
+func (d *desired) apiObjects() (*appsv1ac.DeploymentApplyConfiguration, *corev1ac.ServiceApplyConfiguration) {
+	sim := d.sim
+	env, vols := d.mongoClient()
+	dep := d.deployment(API, sim.Spec.API.DesiredReplicas(), d.pod(API, apiPort, sim.Spec.API.Resources, env, vols))
+	typ := sim.Spec.API.ServiceType
+	if typ == "" {
+		typ = corev1.ServiceTypeClusterIP
+	}
+	svc := d.service(API, typ, false, servicePort("http", sim.Spec.API.ServicePort(), "http"))
+	return dep, svc
+}
+
+// apiAddress is the in-cluster address of the API Service.
+func apiAddress(sim *v1alpha1.ChargerSimulation) string {
+	return fmt.Sprintf("%s.%s.svc:%d", workloadName(sim.Name, API), sim.Namespace, sim.Spec.API.ServicePort())
+}
+
+// sessionRate is status.sessionsPerSecond: the configured rate, 0 while suspended.
+func sessionRate(sim *v1alpha1.ChargerSimulation) string {
+	if sim.Spec.Suspend {
+		return "0"
+	}
+	return formatRate(sim.Spec.SessionsPerSecond())
+}
+
+// formatRate prints a rate with four significant digits and never in exponent form, which
+// reads badly in a kubectl column.
+func formatRate(r float64) string {
+	if r <= 0 || math.IsNaN(r) || math.IsInf(r, 0) {
+		return "0"
+	}
+	if r >= 1000 {
+		return strconv.FormatFloat(math.Round(r), 'f', 0, 64)
+	}
+	exp := math.Floor(math.Log10(r))
+	scale := math.Pow(10, 3-exp)
+	return strconv.FormatFloat(math.Round(r*scale)/scale, 'f', -1, 64)
+}

@@ -1,0 +1,373 @@
+package controllers
+
+import (
+	"encoding/json"
+	"maps"
+	"strconv"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/chargesim/chargesim/api/v1alpha1"
+)
+
+func testSim() *v1alpha1.ChargerSimulation {
+	return &v1alpha1.ChargerSimulation{
+		ObjectMeta: metav1.ObjectMeta{Name: "fleet", Namespace: "ns", UID: "uid-1", Generation: 1},
+		Spec: v1alpha1.ChargerSimulationSpec{
+			Chargers:  100,
+			TimeScale: ptr.To(60.0),
+			Mongo:     v1alpha1.MongoSpec{URISecretRef: v1alpha1.URISecretRef{Name: "mongo"}},
+			Publisher: v1alpha1.PublisherSpec{Replicas: 3},
+		},
+	}
+}
+
+func testSecrets(sim *v1alpha1.ChargerSimulation) []secretUse {
+	uses := secretUses(sim)
+	for i := range uses {
+		uses[i].digest = "d-" + uses[i].name + "-" + uses[i].key
+	}
+	return uses
+}
+
+// decode turns an apply configuration into the typed object the API server would hold.
+func decode[T any](t *testing.T, ac any) *T {
+	t.Helper()
+	b, err := json.Marshal(ac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var obj T
+	if err := json.Unmarshal(b, &obj); err != nil {
+		t.Fatal(err)
+	}
+	return &obj
+}
+
+func envMap(c corev1.Container) map[string]corev1.EnvVar {
+	m := map[string]corev1.EnvVar{}
+	for _, e := range c.Env {
+		m[e.Name] = e
+	}
+	return m
+}
+
+func TestPublisherStatefulSet(t *testing.T) {
+	sim := testSim()
+	d := newDesired(sim, "img:1", managedBrokerURL(sim), testSecrets(sim))
+	stsAC, svcAC := d.publisherObjects()
+	sts := decode[appsv1.StatefulSet](t, stsAC)
+	svc := decode[corev1.Service](t, svcAC)
+
+	if sts.Name != "fleet-publisher" || sts.Namespace != "ns" {
+		t.Fatalf("name %s/%s", sts.Namespace, sts.Name)
+	}
+	if *sts.Spec.Replicas != 3 || sts.Spec.ServiceName != "fleet-publisher" || sts.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
+		t.Fatalf("spec: replicas %d service %q policy %q", *sts.Spec.Replicas, sts.Spec.ServiceName, sts.Spec.PodManagementPolicy)
+	}
+	if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		t.Fatalf("publisher service must be headless, clusterIP %q", svc.Spec.ClusterIP)
+	}
+	c := sts.Spec.Template.Spec.Containers[0]
+	env := envMap(c)
+	idx := env[envShardIndex]
+	if idx.ValueFrom == nil || idx.ValueFrom.FieldRef == nil || idx.ValueFrom.FieldRef.FieldPath != "metadata.labels['apps.kubernetes.io/pod-index']" {
+		t.Fatalf("shard index env: %+v", idx)
+	}
+	if env[envShardCount].Value != "3" {
+		t.Fatalf("shard count %q", env[envShardCount].Value)
+	}
+	if len(c.Args) != 1 || c.Args[0] != "publisher" || c.Image != "img:1" {
+		t.Fatalf("args %v image %s", c.Args, c.Image)
+	}
+	// Publisher does not touch MongoDB: no URI volume.
+	for _, v := range sts.Spec.Template.Spec.Volumes {
+		if v.Name == "mongo-uri" {
+			t.Fatal("publisher mounts the Mongo URI")
+		}
+	}
+	owner := sts.OwnerReferences
+	if len(owner) != 1 || owner[0].UID != "uid-1" || !*owner[0].Controller || owner[0].Kind != "ChargerSimulation" {
+		t.Fatalf("owner refs %+v", owner)
+	}
+	for k, v := range map[string]string{LabelManagedBy: ManagedByValue, LabelSimulation: "fleet", LabelComponent: "publisher"} {
+		if sts.Labels[k] != v || sts.Spec.Template.Labels[k] != v {
+			t.Fatalf("label %s: %q / %q", k, sts.Labels[k], sts.Spec.Template.Labels[k])
+		}
+	}
+}
+
+func TestSuspendKeepsShardCount(t *testing.T) {
+	sim := testSim()
+	d := newDesired(sim, "img", managedBrokerURL(sim), testSecrets(sim))
+	running, _ := d.publisherObjects()
+	sim.Spec.Suspend = true
+	suspended, _ := newDesired(sim, "img", managedBrokerURL(sim), testSecrets(sim)).publisherObjects()
+	a := decode[appsv1.StatefulSet](t, running)
+	b := decode[appsv1.StatefulSet](t, suspended)
+	if *b.Spec.Replicas != 0 {
+		t.Fatalf("suspended replicas %d", *b.Spec.Replicas)
+	}
+	ja, _ := json.Marshal(a.Spec.Template)
+	jb, _ := json.Marshal(b.Spec.Template)
+	if string(ja) != string(jb) {
+		t.Fatal("suspending changes the pod template: resuming would roll the publisher")
+	}
+	if sessionRate(sim) != "0" {
+		t.Fatalf("rate while suspended %q", sessionRate(sim))
+	}
+}
+
+func TestPodHardening(t *testing.T) {
+	sim := testSim()
+	d := newDesired(sim, "img", managedBrokerURL(sim), testSecrets(sim))
+	bdep, _ := d.brokerObjects()
+	adep, _ := d.apiObjects()
+	sts, _ := d.publisherObjects()
+	templates := map[Component]corev1.PodTemplateSpec{
+		Broker:    decode[appsv1.Deployment](t, bdep).Spec.Template,
+		Listener:  decode[appsv1.Deployment](t, d.listenerObject()).Spec.Template,
+		API:       decode[appsv1.Deployment](t, adep).Spec.Template,
+		Publisher: decode[appsv1.StatefulSet](t, sts).Spec.Template,
+	}
+	for comp, tmpl := range templates {
+		ps := tmpl.Spec
+		if ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
+			t.Errorf("%s: service account token mounted", comp)
+		}
+		sc := ps.SecurityContext
+		if sc == nil || !*sc.RunAsNonRoot || *sc.RunAsUser != 65532 || sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+			t.Errorf("%s: pod security context %+v", comp, sc)
+		}
+		c := ps.Containers[0]
+		csc := c.SecurityContext
+		if csc == nil || *csc.AllowPrivilegeEscalation || !*csc.ReadOnlyRootFilesystem || len(csc.Capabilities.Drop) != 1 || csc.Capabilities.Drop[0] != "ALL" {
+			t.Errorf("%s: container security context %+v", comp, csc)
+		}
+		if c.LivenessProbe.HTTPGet.Path != "/healthz" || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+			t.Errorf("%s: probes %s %s", comp, c.LivenessProbe.HTTPGet.Path, c.ReadinessProbe.HTTPGet.Path)
+		}
+		wantPort := int32(opsPort)
+		if comp == API {
+			wantPort = apiPort
+		}
+		if c.Ports[0].Name != "http" || c.Ports[0].ContainerPort != wantPort || envMap(c)[envHTTPAddr].Value != ":"+strconv.Itoa(int(wantPort)) {
+			t.Errorf("%s: port %+v http addr %q", comp, c.Ports[0], envMap(c)[envHTTPAddr].Value)
+		}
+		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
+			t.Errorf("%s: no default resource requests", comp)
+		}
+		if tmpl.Annotations[AnnotationConfigHash] == "" {
+			t.Errorf("%s: no config hash", comp)
+		}
+		if len(c.EnvFrom) != 1 || c.EnvFrom[0].ConfigMapRef.Name != "fleet-config" {
+			t.Errorf("%s: envFrom %+v", comp, c.EnvFrom)
+		}
+		if len(c.Args) != 1 || c.Args[0] != string(comp) {
+			t.Errorf("%s: args %v", comp, c.Args)
+		}
+	}
+}
+
+func TestSecretsReachPodsAsFilesAndRefs(t *testing.T) {
+	sim := testSim()
+	sim.Spec.Broker = v1alpha1.BrokerSpec{
+		URL:                  "ssl://broker.example:8883",
+		CredentialsSecretRef: &v1alpha1.CredentialsSecretRef{Name: "mqtt"},
+		TLS:                  &v1alpha1.BrokerTLS{CASecretRef: v1alpha1.CASecretRef{Name: "mqtt-ca"}},
+	}
+	sim.Spec.Mongo.CASecretRef = &v1alpha1.CASecretRef{Name: "mongo-ca", Key: "root.pem"}
+	u, err := brokerURL(sim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newDesired(sim, "img", u, testSecrets(sim))
+	lis := decode[appsv1.Deployment](t, d.listenerObject()).Spec.Template
+	env := envMap(lis.Spec.Containers[0])
+	if ref := env[envMQTTUsername].ValueFrom.SecretKeyRef; ref.Name != "mqtt" || ref.Key != "username" {
+		t.Fatalf("username ref %+v", ref)
+	}
+	want := map[string]string{
+		envMQTTPassword: "/var/run/secrets/chargesim/mqtt-credentials/password",
+		envMQTTCA:       "/var/run/secrets/chargesim/mqtt-ca/ca.crt",
+		envMongoURIFile: "/var/run/secrets/chargesim/mongo-uri/uri",
+		envMongoCA:      "/var/run/secrets/chargesim/mongo-ca/ca.crt",
+	}
+	for k, v := range want {
+		if env[k].Value != v {
+			t.Errorf("%s = %q, want %q", k, env[k].Value, v)
+		}
+	}
+	vols := map[string]corev1.Volume{}
+	for _, v := range lis.Spec.Volumes {
+		vols[v.Name] = v
+	}
+	if v := vols["mongo-ca"]; v.Secret == nil || v.Secret.SecretName != "mongo-ca" || v.Secret.Items[0].Key != "root.pem" || v.Secret.Items[0].Path != "ca.crt" {
+		t.Fatalf("mongo-ca volume %+v", v)
+	}
+	if v := vols["mqtt-credentials"]; v.Secret == nil || v.Secret.Items[0].Key != "password" {
+		t.Fatalf("mqtt-credentials volume %+v", v)
+	}
+	for _, m := range lis.Spec.Containers[0].VolumeMounts {
+		if !m.ReadOnly {
+			t.Errorf("mount %s writable", m.Name)
+		}
+	}
+	// The API reads only MongoDB.
+	adep, _ := d.apiObjects()
+	apiEnv := envMap(decode[appsv1.Deployment](t, adep).Spec.Template.Spec.Containers[0])
+	if _, ok := apiEnv[envMQTTUsername]; ok {
+		t.Fatal("API gets MQTT credentials")
+	}
+	if d.config[envMQTTURL] != "ssl://broker.example:8883" {
+		t.Fatalf("mqtt url %q", d.config[envMQTTURL])
+	}
+}
+
+func TestConfigHashScope(t *testing.T) {
+	sim := testSim()
+	base := newDesired(sim, "img", managedBrokerURL(sim), testSecrets(sim)).configHash
+
+	sim.Spec.Listener.BatchSize = 1000
+	batch := newDesired(sim, "img", managedBrokerURL(sim), testSecrets(sim)).configHash
+	if batch[Listener] == base[Listener] {
+		t.Error("listener batch size does not change the listener hash")
+	}
+	if batch[Publisher] != base[Publisher] || batch[API] != base[API] {
+		t.Error("listener batch size changes the publisher or API hash")
+	}
+
+	secrets := testSecrets(sim)
+	secrets[0].digest = "rotated" // the Mongo URI
+	rotated := newDesired(sim, "img", managedBrokerURL(sim), secrets).configHash
+	if rotated[Listener] == batch[Listener] || rotated[API] == batch[API] {
+		t.Error("a rotated Mongo URI does not roll listener and API")
+	}
+	if rotated[Publisher] != batch[Publisher] {
+		t.Error("a rotated Mongo URI rolls the publisher")
+	}
+
+	sim.Spec.TimeScale = ptr.To(120.0)
+	scaled := newDesired(sim, "img", managedBrokerURL(sim), secrets).configHash
+	if scaled[Publisher] == rotated[Publisher] {
+		t.Error("time scale does not roll the publisher")
+	}
+}
+
+func TestRenderConfig(t *testing.T) {
+	sim := testSim()
+	sim.Spec.SessionInterval = &metav1.Duration{Duration: 90 * time.Second}
+	sim.Spec.SessionJitter = ptr.To(0.0)
+	sim.Spec.Broker.TopicPrefix = "lab/a"
+	got := renderConfig(sim, "tcp://b:1883")
+	want := map[string]string{
+		envLogLevel: "info", envLogFormat: "json", envMQTTURL: "tcp://b:1883", envTopicPrefix: "lab/a",
+		envChargers: "100", envConnectors: "2", envSessionInterval: "1m30s", envSessionJitter: "0",
+		envTimeScale: "60", envSeed: "1", envDCShare: "0.3", envACTariff: "35", envDCTariff: "59",
+		envSessionFee: "0", envMongoDatabase: "chargesim", envBatchSize: "500", envFlushInterval: "200ms",
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("config\n got %v\nwant %v", got, want)
+	}
+}
+
+func TestBrokerURL(t *testing.T) {
+	for _, tc := range []struct {
+		url string
+		ok  bool
+	}{
+		{"", true},
+		{"tcp://mosquitto:1883", true},
+		{"wss://broker.example/mqtt", true},
+		{"tcp://mosquitto:99999", false},
+		{"tcp://mosquitto:", false},
+		{"tcp://user:pw@mosquitto:1883", false},
+		{"http://mosquitto", false},
+		{"tcp://:1883", false},
+	} {
+		sim := testSim()
+		sim.Spec.Broker.URL = tc.url
+		got, err := brokerURL(sim)
+		if (err == nil) != tc.ok {
+			t.Errorf("%q: err %v", tc.url, err)
+		}
+		if tc.url == "" && got != "tcp://fleet-broker.ns.svc:1883" {
+			t.Errorf("managed broker url %q", got)
+		}
+	}
+}
+
+func TestSessionRate(t *testing.T) {
+	for _, tc := range []struct {
+		chargers int32
+		scale    float64
+		interval time.Duration
+		want     string
+	}{
+		{10, 1, time.Minute, "0.1667"},
+		{100, 60, time.Minute, "100"},
+		{1_000_000, 100_000, time.Second, "100000000000"},
+		{1, 1, time.Hour, "0.0002778"},
+	} {
+		sim := testSim()
+		sim.Spec.Chargers = tc.chargers
+		sim.Spec.TimeScale = &tc.scale
+		sim.Spec.SessionInterval = &metav1.Duration{Duration: tc.interval}
+		if got := sessionRate(sim); got != tc.want {
+			t.Errorf("%d chargers × %g / %s = %q, want %q", tc.chargers, tc.scale, tc.interval, got, tc.want)
+		}
+	}
+}
+
+func TestContainsFields(t *testing.T) {
+	sim := testSim()
+	d := newDesired(sim, "img", managedBrokerURL(sim), testSecrets(sim))
+	ac := d.listenerObject()
+	live := decode[appsv1.Deployment](t, ac)
+	// What the API server adds must not count as a difference.
+	live.ResourceVersion = "7"
+	live.Spec.Template.Spec.Containers[0].TerminationMessagePath = "/dev/termination-log"
+	live.Spec.Template.Spec.DNSPolicy = corev1.DNSClusterFirst
+	live.Status.ReadyReplicas = 1
+	live.Labels["extra"] = "someone else's"
+	ok, err := containsFields(ac, live)
+	if err != nil || !ok {
+		t.Fatalf("defaulted live object reported as different: %v %v", ok, err)
+	}
+	// Drift must.
+	drifted := live.DeepCopy()
+	drifted.Spec.Template.Spec.Containers[0].Image = "evil"
+	if ok, _ := containsFields(ac, drifted); ok {
+		t.Fatal("changed image not detected")
+	}
+	drifted = live.DeepCopy()
+	delete(drifted.Labels, LabelManagedBy)
+	if ok, _ := containsFields(ac, drifted); ok {
+		t.Fatal("removed label not detected")
+	}
+	drifted = live.DeepCopy()
+	drifted.Spec.Template.Spec.Containers[0].Env = drifted.Spec.Template.Spec.Containers[0].Env[1:]
+	if ok, _ := containsFields(ac, drifted); ok {
+		t.Fatal("removed env var not detected")
+	}
+}
+
+func TestDegradedBackoff(t *testing.T) {
+	for in, want := range map[time.Duration]time.Duration{
+		0: time.Second, 500 * time.Millisecond: time.Second, 8 * time.Second: 8 * time.Second, time.Hour: time.Minute,
+	} {
+		if got := degradedBackoff(in); got != want {
+			t.Errorf("degradedBackoff(%s) = %s, want %s", in, got, want)
+		}
+	}
+	for range 100 {
+		if j := jitter(time.Minute); j < 54*time.Second || j > 66*time.Second {
+			t.Fatalf("jitter(1m) = %s", j)
+		}
+	}
+}
