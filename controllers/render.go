@@ -65,7 +65,7 @@ const (
 
 // Object names, all derived from the simulation's name (at most 42 characters, enforced by the
 // CRD, so "<name>-publisher-<revision hash>" stays a valid label value).
-func configMapName(sim string) string      { return sim + "-config" }
+func configMapName(sim string) string             { return sim + "-config" }
 func workloadName(sim string, c Component) string { return sim + "-" + string(c) }
 
 // selectorLabels select one component's pods. They must never change: a workload's selector is
