@@ -45,11 +45,18 @@ func loadSpec(tb testing.TB) *openapi3.T {
 	return doc
 }
 
+// newTestServer builds the API with a short query timeout, so that outage tests do not wait
+// long for their 503s.
 func newTestServer(tb testing.TB, st *store.Store) (*Server, *prometheus.Registry) {
+	tb.Helper()
+	return newTestServerWith(tb, st, 2*time.Second)
+}
+
+func newTestServerWith(tb testing.TB, st *store.Store, queryTimeout time.Duration) (*Server, *prometheus.Registry) {
 	tb.Helper()
 	reg := prometheus.NewRegistry()
 	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	s, err := New(Config{QueryTimeout: 2 * time.Second}, st, log, reg, reg)
+	s, err := New(Config{QueryTimeout: queryTimeout}, st, log, reg, reg)
 	if err != nil {
 		tb.Fatalf("New: %v", err)
 	}

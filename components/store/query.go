@@ -139,7 +139,7 @@ type Totals struct {
 	LastSessionAt  time.Time
 }
 
-// ChargerTotals are the totals of one charger.
+// ChargerTotals are the totals of one charger; FirstSessionAt is not computed.
 type ChargerTotals struct {
 	ChargerID string
 	Totals
@@ -152,9 +152,10 @@ type FleetStats struct {
 	Rejected int64 // messages kept in the rejected collection
 }
 
-// ChargerTotals returns the totals of one charger, or ErrNotFound when it has no session.
+// ChargerTotals returns the totals of one charger (FirstSessionAt left zero), or ErrNotFound
+// when it has no session.
 func (s *Store) ChargerTotals(ctx context.Context, chargerID string) (ChargerTotals, error) {
-	t, err := s.totals(ctx, bson.D{{Key: fieldCharger, Value: chargerID}})
+	t, err := s.totals(ctx, bson.D{{Key: fieldCharger, Value: chargerID}}, false)
 	if err != nil {
 		return ChargerTotals{}, fmt.Errorf("totals of charger %q: %w", chargerID, err)
 	}
@@ -169,7 +170,7 @@ func (s *Store) FleetStats(ctx context.Context) (FleetStats, error) {
 	var st FleetStats
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		t, err := s.totals(gctx, bson.D{})
+		t, err := s.totals(gctx, bson.D{}, true)
 		st.Totals = t
 		return err
 	})
@@ -198,8 +199,9 @@ func (s *Store) FleetStats(ctx context.Context) (FleetStats, error) {
 	return st, nil
 }
 
-// totals runs one query per figure (see the file comment), concurrently.
-func (s *Store) totals(ctx context.Context, match bson.D) (Totals, error) {
+// totals runs one query per figure (see the file comment), concurrently; FirstSessionAt
+// only when first is set (it costs one more query).
+func (s *Store) totals(ctx context.Context, match bson.D, first bool) (Totals, error) {
 	var t Totals
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -220,11 +222,13 @@ func (s *Store) totals(ctx context.Context, match bson.D) (Totals, error) {
 		t.CostCents = v
 		return err
 	})
-	g.Go(func() error {
-		v, err := s.endedAt(gctx, match, 1)
-		t.FirstSessionAt = v
-		return err
-	})
+	if first {
+		g.Go(func() error {
+			v, err := s.endedAt(gctx, match, 1)
+			t.FirstSessionAt = v
+			return err
+		})
+	}
 	g.Go(func() error {
 		v, err := s.endedAt(gctx, match, -1)
 		t.LastSessionAt = v
@@ -306,9 +310,8 @@ func (s *Store) countPipeline(ctx context.Context, coll *mongo.Collection, p mon
 // ListChargerTotals returns the totals of up to limit chargers in ascending charger ID order
 // (byte order: "10" sorts before "9"), starting after the charger ID after ("" = first), and
 // whether more chargers follow.
-// It runs one pipeline per figure over the page's chargers (one $sum each), and one
-// sort+limit 1 find per charger for its last session, at most chargerQueryConcurrency at a
-// time.
+// It runs one pipeline per figure over the page's chargers (one $sum each) and finds their
+// last sessions with lastSessions.
 func (s *Store) ListChargerTotals(ctx context.Context, after string, limit int) ([]ChargerTotals, bool, error) {
 	if limit < 1 || limit > MaxQueryLimit {
 		return nil, false, fmt.Errorf("list chargers: limit %d outside 1..%d", limit, MaxQueryLimit)
@@ -368,16 +371,14 @@ func (s *Store) ListChargerTotals(ctx context.Context, after string, limit int) 
 		})
 	}
 	g.Go(func() error {
-		lg, lctx := errgroup.WithContext(gctx)
-		lg.SetLimit(chargerQueryConcurrency)
-		for i := range out {
-			lg.Go(func() error {
-				t, err := s.endedAt(lctx, bson.D{{Key: fieldCharger, Value: out[i].ChargerID}}, -1)
-				out[i].LastSessionAt = t
-				return err
-			})
+		last, err := s.lastSessions(gctx, ids)
+		if err != nil {
+			return err
 		}
-		return lg.Wait()
+		for id, t := range last {
+			out[index[id]].LastSessionAt = t
+		}
+		return nil
 	})
 	if err := g.Wait(); err != nil {
 		return nil, false, fmt.Errorf("list chargers: %w", err)
@@ -385,7 +386,83 @@ func (s *Store) ListChargerTotals(ctx context.Context, after string, limit int) 
 	return out, more, nil
 }
 
-// chargerQueryConcurrency bounds the per-charger finds of one ListChargerTotals call.
+// lastSessions returns the latest ended_at of each charger in ids. One newest-first find over
+// those chargers' sessions usually meets every charger within a few documents per charger
+// (an active fleet ends sessions all the time); it reads at most lastScanPerCharger documents
+// per charger, and chargers it has not met by then get a sort+limit 1 find each (an index
+// lookup on MongoDB). On FerretDB, which scans the table for every find, this makes one scan instead
+// of one per charger.
+func (s *Store) lastSessions(ctx context.Context, ids bson.A) (map[string]time.Time, error) {
+	last := make(map[string]time.Time, len(ids))
+	if budget := int64(lastScanPerCharger * len(ids)); budget > 0 {
+		if err := s.scanLastSessions(ctx, ids, budget, last); err != nil {
+			return nil, err
+		}
+	}
+	var missing []string
+	for _, id := range ids {
+		if _, ok := last[id.(string)]; !ok {
+			missing = append(missing, id.(string))
+		}
+	}
+	if len(missing) == 0 {
+		return last, nil
+	}
+	found := make([]time.Time, len(missing))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(chargerQueryConcurrency)
+	for i, id := range missing {
+		g.Go(func() error {
+			t, err := s.endedAt(gctx, bson.D{{Key: fieldCharger, Value: id}}, -1)
+			found[i] = t
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	for i, id := range missing {
+		last[id] = found[i]
+	}
+	return last, nil
+}
+
+// scanLastSessions reads the newest sessions of the chargers in ids, at most budget of them,
+// and records in last the first ended_at met for each charger.
+func (s *Store) scanLastSessions(ctx context.Context, ids bson.A, budget int64, last map[string]time.Time) error {
+	opts := options.Find().
+		SetSort(bson.D{{Key: fieldEndedAt, Value: -1}}).
+		SetProjection(bson.D{{Key: fieldID, Value: 0}, {Key: fieldCharger, Value: 1}, {Key: fieldEndedAt, Value: 1}}).
+		SetLimit(budget).
+		SetBatchSize(int32(min(budget, 1000)))
+	cur, err := s.Sessions.Find(ctx, bson.D{{Key: fieldCharger, Value: bson.D{{Key: "$in", Value: ids}}}}, opts)
+	if err != nil {
+		return fmt.Errorf("find last sessions: %w", err)
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	for len(last) < len(ids) && cur.Next(ctx) {
+		var row struct {
+			ChargerID string    `bson:"charger_id"`
+			EndedAt   time.Time `bson:"ended_at"`
+		}
+		if err := cur.Decode(&row); err != nil {
+			return fmt.Errorf("decode last session: %w", err)
+		}
+		if _, seen := last[row.ChargerID]; !seen {
+			last[row.ChargerID] = row.EndedAt.UTC()
+		}
+	}
+	if err := cur.Err(); err != nil {
+		return fmt.Errorf("read last sessions: %w", err)
+	}
+	return nil
+}
+
+// lastScanPerCharger is how many documents per charger lastSessions reads before it falls
+// back to one find per charger not met yet (0: always fall back).
+var lastScanPerCharger = 20
+
+// chargerQueryConcurrency bounds the per-charger finds of one lastSessions call.
 const chargerQueryConcurrency = 8
 
 type groupRow struct {

@@ -5,6 +5,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -198,32 +199,40 @@ func TestQueryChargerTotals(t *testing.T) {
 		t.Errorf("ChargerTotals(C) error = %v, want ErrNotFound", err)
 	}
 
-	for limit := 1; limit <= len(queryWantChargers)+1; limit++ {
-		var got []store.ChargerTotals
-		after := ""
-		for page := 0; ; page++ {
-			if page > len(queryWantChargers) {
-				t.Fatalf("limit %d: more pages than chargers", limit)
+	// Per-charger scan budgets: 0 = one find per charger; 1 = the shared scan meets the two
+	// newest chargers (9, B) and the others fall back; 20 = the shared scan meets all.
+	for _, perCharger := range []int{0, 1, 20} {
+		restore := store.SetLastScanPerCharger(perCharger)
+		t.Run(fmt.Sprintf("scan%d", perCharger), func(t *testing.T) {
+			for limit := 1; limit <= len(queryWantChargers)+1; limit++ {
+				var got []store.ChargerTotals
+				after := ""
+				for page := 0; ; page++ {
+					if page > len(queryWantChargers) {
+						t.Fatalf("limit %d: more pages than chargers", limit)
+					}
+					rows, more, err := st.ListChargerTotals(ctx, after, limit)
+					if err != nil {
+						t.Fatalf("ListChargerTotals(%q, %d): %v", after, limit, err)
+					}
+					if len(rows) > limit {
+						t.Fatalf("limit %d: %d rows", limit, len(rows))
+					}
+					got = append(got, rows...)
+					if !more {
+						break
+					}
+					after = rows[len(rows)-1].ChargerID
+				}
+				if len(got) != len(queryWantChargers) {
+					t.Fatalf("budget %d limit %d: %d chargers, want %d: %+v", perCharger, limit, len(got), len(queryWantChargers), got)
+				}
+				for i := range got {
+					queryCheckTotals(t, got[i], queryWantChargers[i])
+				}
 			}
-			rows, more, err := st.ListChargerTotals(ctx, after, limit)
-			if err != nil {
-				t.Fatalf("ListChargerTotals(%q, %d): %v", after, limit, err)
-			}
-			if len(rows) > limit {
-				t.Fatalf("limit %d: %d rows", limit, len(rows))
-			}
-			got = append(got, rows...)
-			if !more {
-				break
-			}
-			after = rows[len(rows)-1].ChargerID
-		}
-		if len(got) != len(queryWantChargers) {
-			t.Fatalf("limit %d: %d chargers, want %d: %+v", limit, len(got), len(queryWantChargers), got)
-		}
-		for i := range got {
-			queryCheckTotals(t, got[i], queryWantChargers[i])
-		}
+		})
+		restore()
 	}
 }
 
