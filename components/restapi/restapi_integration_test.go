@@ -546,27 +546,34 @@ func TestMetricsPassPromtool(t *testing.T) {
 	}
 }
 
-// The docs page renders every documented endpoint and schema in a real browser.
-func TestDocsPageInChromium(t *testing.T) {
-	e := startAPI(t)
+// dumpDOM loads url in headless chromium and returns the DOM once the page's scripts and
+// requests are done (virtual time lets the page's fetches finish before the dump).
+func dumpDOM(t *testing.T, url string) string {
+	t.Helper()
 	chromium := testenv.Bin(t, "chromium")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
 		"--disable-dev-shm-usage", "--user-data-dir="+filepath.Join(t.TempDir(), "profile"),
-		// Lets the page's fetch of /openapi.json finish before the DOM is dumped.
 		"--virtual-time-budget=10000",
-		"--dump-dom", e.base+"/docs")
+		"--dump-dom", url)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("chromium: %v\nstderr: %s", err, stderr.String())
+		t.Fatalf("chromium %s: %v\nstderr: %s", url, err, stderr.String())
 	}
 	dom := stdout.String()
 	if !strings.Contains(dom, `data-rendered="true"`) {
-		t.Fatalf("the docs page did not render the document; DOM:\n%.3000s\nstderr: %.2000s", dom, stderr.String())
+		t.Fatalf("%s did not render the OpenAPI document; DOM:\n%.3000s\nstderr: %.2000s", url, dom, stderr.String())
 	}
+	return dom
+}
+
+// The docs page renders every documented endpoint, parameter and schema in a real browser.
+func TestDocsPageInChromium(t *testing.T) {
+	e := startAPI(t)
+	dom := dumpDOM(t, e.base+"/docs")
 	spec := e.c.spec
 	gets := 0
 	for path, item := range spec.Paths.Map() {
@@ -592,6 +599,93 @@ func TestDocsPageInChromium(t *testing.T) {
 	}
 	if n := strings.Count(dom, `class="try"`); n != gets {
 		t.Errorf("docs page has %d try-it forms, want one per GET operation (%d)", n, gets)
+	}
+}
+
+// The docs page's try-it forms send real requests (driven by #try-<operationId> links).
+func TestDocsTryItInChromium(t *testing.T) {
+	e := startAPI(t)
+	e.seed(t, handDocs())
+	for _, tc := range []struct {
+		hash   string
+		status int
+		want   []string
+	}{
+		{"#try-listSessions?charger=A&limit=2", 200, []string{`"charger_id": "A"`, `"next_cursor": "`}},
+		{"#try-getSession?key=A:1:2", 200, []string{`"id": "A:1:2"`, `"session_cost_in_cents": 708.75`}},
+		{"#try-getCharger?id=B", 200, []string{`"cost_cents": 1858.5`}},
+		{"#try-getCharger?id=nope", 404, []string{`"status": 404`}},
+		{"#try-listSessions?limit=0", 400, []string{`"name": "limit"`}},
+	} {
+		dom := dumpDOM(t, e.base+"/docs"+tc.hash)
+		if !strings.Contains(dom, fmt.Sprintf(`data-result-status="%d"`, tc.status)) {
+			t.Errorf("%s: no result with status %d in the page", tc.hash, tc.status)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(dom, w) {
+				t.Errorf("%s: the result lacks %s", tc.hash, w)
+			}
+		}
+	}
+}
+
+// `chargesim api` waits for its database, serves, and shuts down cleanly on cancel.
+func TestCommand(t *testing.T) {
+	db := testenv.StartFerretDB(t)
+	db.Stop() // the API starts before its database
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- Command(ctx, []string{"--http-addr", addr, "--mongo-uri", db.URI, "--mongo-database", "cmdtest", "--log-level", "warn"})
+	}()
+	time.Sleep(time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("Command returned while waiting for the database: %v", err)
+	default:
+	}
+	db.Start()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		res, err := http.Get("http://" + addr + "/health")
+		if err == nil {
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK && bytes.Contains(body, []byte(`"database":"up"`)) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("chargesim api not healthy 90s after the database started: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	res, err := http.Get("http://" + addr + "/api/v1/stats")
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("/api/v1/stats: %v %v", res, err)
+	}
+	res.Body.Close()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Command after cancel: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("Command did not return after cancel")
+	}
+	if _, err := http.Get("http://" + addr + "/healthz"); err == nil {
+		t.Errorf("still serving after shutdown")
+	}
+
+	// Bad settings stop it at once, naming the flag.
+	for _, args := range [][]string{{"--query-timeout", "0s"}, {"--mongo-uri", "http://x"}} {
+		err := Command(context.Background(), args)
+		if err == nil || !strings.Contains(err.Error(), strings.TrimPrefix(args[0], "--")) {
+			t.Errorf("Command(%q) = %v, want an error naming %s", args, err, args[0])
+		}
 	}
 }
 
