@@ -35,6 +35,9 @@ const (
 
 const problemContentType = "application/problem+json"
 
+// statusClientClosedRequest is recorded when the client disconnects before the answer.
+const statusClientClosedRequest = 499
+
 func writeProblem(w http.ResponseWriter, p Problem) {
 	if p.Type == "" {
 		p.Type = problemBlank
@@ -70,6 +73,13 @@ func writeNotFound(w http.ResponseWriter, detail string) {
 // time (a client may retry), 500 for anything else. The error itself is logged, not sent:
 // it may name hosts and internals.
 func (s *Server) writeStoreError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil && errors.Is(err, context.Canceled) {
+		// The client went away: nobody reads the answer and nothing failed. 499 (nginx's
+		// "client closed request") keeps these out of the 5xx error rate.
+		s.log.Debug("client closed the request", "path", r.URL.Path)
+		w.WriteHeader(statusClientClosedRequest)
+		return
+	}
 	if unavailable(err) {
 		s.log.Warn("store unavailable", "path", r.URL.Path, "err", err)
 		w.Header().Set("Retry-After", "5")

@@ -732,3 +732,18 @@ func BenchmarkChargerTotals(b *testing.B) {
 	b.Run("list50", func(b *testing.B) { benchGet(b, h, "/api/v1/chargers?limit=100") }) // all 50 chargers
 	b.Run("stats", func(b *testing.B) { benchGet(b, h, "/api/v1/stats") })
 }
+
+// A request whose client has gone is neither a server error nor logged as one.
+func TestClientGoneIsNot5xx(t *testing.T) {
+	e := startAPI(t)
+	e.seed(t, handDocs())
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, target := range []string{"/readings/", "/api/v1/sessions", "/api/v1/chargers", "/api/v1/stats"} {
+		rec := httptest.NewRecorder()
+		e.srv.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, target, nil).WithContext(ctx))
+		if rec.Code != statusClientClosedRequest {
+			t.Errorf("%s with the client gone: %d, want %d", target, rec.Code, statusClientClosedRequest)
+		}
+	}
+}

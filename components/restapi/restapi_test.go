@@ -421,8 +421,8 @@ func TestConfig(t *testing.T) {
 	var c Config
 	fs := flag.NewFlagSet("api", flag.ContinueOnError)
 	c.Register(fs)
-	if err := fs.Parse(nil); err != nil || c.Validate() != nil || c.QueryTimeout != 10*time.Second {
-		t.Errorf("defaults: %+v, %v", c, c.Validate())
+	if err := fs.Parse(nil); err != nil || c.Validate() != nil || c.QueryTimeout != 10*time.Second || c != DefaultConfig() {
+		t.Errorf("flag defaults %+v (%v), DefaultConfig %+v", c, c.Validate(), DefaultConfig())
 	}
 	for _, bad := range []time.Duration{0, -time.Second, 26 * time.Second} {
 		c.QueryTimeout = bad

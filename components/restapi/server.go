@@ -34,12 +34,16 @@ type Config struct {
 	QueryTimeout time.Duration
 }
 
+// DefaultConfig returns the settings the flags default to (for callers that build a Server
+// without flags, like `chargesim run`).
+func DefaultConfig() Config { return Config{QueryTimeout: 10 * time.Second} }
+
 // maxQueryTimeout keeps QueryTimeout below cli.Serve's 30s write timeout.
 const maxQueryTimeout = 25 * time.Second
 
 // Register adds the API flags.
 func (c *Config) Register(fs *flag.FlagSet) {
-	fs.DurationVar(&c.QueryTimeout, "query-timeout", 10*time.Second, "time limit of one request's database queries (at most 25s)")
+	fs.DurationVar(&c.QueryTimeout, "query-timeout", DefaultConfig().QueryTimeout, "time limit of one request's database queries (at most 25s)")
 }
 
 // Validate checks the settings.
