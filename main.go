@@ -14,6 +14,8 @@ import (
 	"syscall"
 
 	"github.com/chargesim/chargesim/components/broker"
+	"github.com/chargesim/chargesim/components/publisher"
+	"github.com/chargesim/chargesim/components/restapi"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -25,6 +27,8 @@ type command struct {
 }
 
 var commands = []command{
+	{"publisher", "simulated charger fleet publishing sessions over MQTT", publisher.Command},
+	{"api", "REST API over the stored sessions", restapi.Command},
 	{"broker", "embedded MQTT broker (mochi-mqtt)", broker.Command},
 	{"version", "print the version", func(context.Context, []string) error { fmt.Println(version); return nil }},
 }
