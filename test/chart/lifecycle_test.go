@@ -472,4 +472,3 @@ func ownedTransitively(t testing.TB, kc, ns, o, uid string) bool {
 	}
 	return false
 }
-
