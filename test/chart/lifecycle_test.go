@@ -5,14 +5,10 @@ package chart
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -50,15 +46,8 @@ func helmIn(t testing.TB, kc string, args ...string) string {
 	return out
 }
 
-// operatorProc is `chargesim operator` running outside the cluster as the chart's
-// ServiceAccount: kwok fakes the chart's operator pod, so the real binary runs here with exactly
-// the permissions the chart grants (impersonation via the kubeconfig's `as`).
-type operatorProc struct {
-	cmd     *exec.Cmd
-	logPath string
-	metrics string // host:port of /metrics
-	done    chan struct{}
-}
+// The chart's operator pod is fake under kwok, so `chargesim operator` runs here as the chart's
+// ServiceAccount, with exactly the permissions the chart grants (the kubeconfig's `as`).
 
 func impersonatingKubeconfig(t testing.TB, kc, user string) string {
 	t.Helper()
@@ -83,17 +72,9 @@ func impersonatingKubeconfig(t testing.TB, kc, user string) string {
 	return p
 }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func startOperator(t testing.TB, kc, ns string, extra ...string) *operatorProc {
+// startOperator runs the operator against kc as the chart's ServiceAccount in ns; metrics is
+// the host:port of its /metrics.
+func startOperator(t testing.TB, kc, ns string, extra ...string) (op *proc, metrics string) {
 	t.Helper()
 	opKC := impersonatingKubeconfig(t, kc, "system:serviceaccount:"+ns+":"+operatorSA)
 	// The impersonation is in force: the ServiceAccount may patch a simulation's status, but not
@@ -107,73 +88,16 @@ func startOperator(t testing.TB, kc, ns string, extra ...string) *operatorProc {
 			t.Fatalf("chart ServiceAccount can %s: %v", verb, r)
 		}
 	}
-	p := &operatorProc{logPath: filepath.Join(t.TempDir(), "operator.log"), metrics: freeAddr(t), done: make(chan struct{})}
-	probe := freeAddr(t)
-	args := append([]string{"operator", "--kubeconfig=" + opKC, "--leader-elect", "--leader-election-namespace=" + ns,
-		"--metrics-bind-address=" + p.metrics, "--health-probe-bind-address=" + probe,
-		"--default-image=chargesim:kwok", "--log-format=text"}, extra...)
-	logf, err := os.Create(p.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd = exec.Command(chargesimBin(t), args...)
-	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	// The whole-process environment may carry CHARGESIM_* settings of the developer's shell.
-	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = p.cmd.Wait(); logf.Close(); close(p.done) }()
-	t.Cleanup(func() {
-		p.stop(t)
-		if t.Failed() {
-			b, _ := os.ReadFile(p.logPath)
-			t.Logf("operator log:\n%s", tail(b, 8000))
-		}
-	})
-	eventually(t, 60*time.Second, "operator /readyz", func() error {
-		select {
-		case <-p.done:
-			b, _ := os.ReadFile(p.logPath)
-			t.Fatalf("operator exited:\n%s", tail(b, 4000))
-		default:
-		}
-		resp, err := http.Get("http://" + probe + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("readyz: %s", resp.Status)
-		}
-		return nil
-	})
-	return p
+	return runOperator(t, opKC, "--leader-elect", "--leader-election-namespace="+ns)
 }
 
-func (p *operatorProc) stop(t testing.TB) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		t.Errorf("operator did not stop on SIGTERM within 20s")
-	}
-}
-
-func (p *operatorProc) log() string { b, _ := os.ReadFile(p.logPath); return string(b) }
-
-func tail(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
+// runOperator starts `chargesim operator` with kubeconfig kc.
+func runOperator(t testing.TB, kc string, extra ...string) (*proc, string) {
+	t.Helper()
+	metrics, probe := freeAddr(t), freeAddr(t)
+	args := append([]string{"operator", "--kubeconfig=" + kc, "--metrics-bind-address=" + metrics,
+		"--health-probe-bind-address=" + probe, "--default-image=chargesim:kwok", "--log-format=text"}, extra...)
+	return startProc(t, "operator", "http://"+probe+"/readyz", nil, args...), metrics
 }
 
 func jsonpath(t testing.TB, kc string, args ...string) string {
@@ -287,7 +211,7 @@ func TestLifecycle(t *testing.T) {
 		// The example is a post-install hook; it exists once install returns.
 		demoUID := jsonpath(t, kc, "-n", ns, "get", "chargersimulation", "demo", "-o", "jsonpath={.metadata.uid}")
 
-		op := startOperator(t, kc, ns)
+		op, _ := startOperator(t, kc, ns)
 		waitReady(t, kc, ns, "demo")
 		kubectl(t, kc, simulationYAML("second", ns, "cs-chargesim-mongodb"), "apply", "-f", "-")
 		waitReady(t, kc, ns, "second")
@@ -357,7 +281,7 @@ func TestLifecycle(t *testing.T) {
 		// Defaults: the CRD is kept. MongoDB without a volume this time.
 		helmIn(t, kc, "install", release, chartDir, "-n", ns, "--wait", "--timeout", "3m",
 			"--set", "mongodb.enabled=true", "--set", "mongodb.persistence.enabled=false")
-		op := startOperator(t, kc, ns)
+		op, _ := startOperator(t, kc, ns)
 		kubectl(t, kc, simulationYAML("kept", ns, "cs-chargesim-mongodb"), "apply", "-f", "-")
 		waitReady(t, kc, ns, "kept")
 		op.stop(t)
