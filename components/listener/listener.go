@@ -1,0 +1,347 @@
+package listener
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/chargesim/chargesim/components/mqttclient"
+	"github.com/chargesim/chargesim/components/session"
+	"github.com/chargesim/chargesim/components/store"
+)
+
+// appName identifies the listener to MongoDB (visible in server logs and currentOp).
+const appName = "chargesim-listener"
+
+// Listener consumes session messages and stores them. Build it with New, run it with Run.
+type Listener struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *metrics
+	lim    *logLimiter
+	filter string // the subscription, $share/<group>/... unless the group is empty
+
+	p *pipeline
+
+	store      atomic.Pointer[store.Store]
+	client     atomic.Value // mqtt.Client, set once Run has built it
+	subscribed atomic.Bool
+	stopping   chan struct{} // closed when Run starts shutting down
+	stopOnce   sync.Once
+
+	// Test hooks (nil in production).
+	holdAck  func() bool                                            // see pipeline.holdAck
+	mqttOpts func(*mqtt.ClientOptions)                              // adjusts the client options
+	now      func() time.Time                                       // receive time
+	onStored func(sessions []store.SessionDoc, r store.WriteResult) // after each stored sessions write
+}
+
+// New validates nothing (call cfg.Validate first) and connects nothing: Run does. reg receives
+// the listener's metrics (nil: not registered).
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Listener, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("register listener metrics: %w", err)
+	}
+	l := &Listener{
+		cfg:      cfg,
+		log:      log,
+		m:        m,
+		lim:      newLogLimiter(logInterval, nil),
+		filter:   session.SharedSubscription(cfg.ShareGroup, session.SubscriptionFilter(cfg.MQTT.TopicPrefix)),
+		stopping: make(chan struct{}),
+		now:      time.Now,
+	}
+	l.p = newPipeline(pipelineConfig{
+		batchSize:   cfg.BatchSize,
+		interval:    cfg.FlushInterval,
+		quiet:       min(quietFlush, cfg.FlushInterval),
+		maxPending:  cfg.MaxPending,
+		concurrency: cfg.WriteConcurrency,
+	}, l.write, m, log)
+	return l, nil
+}
+
+// Subscription returns the topic filter the listener subscribes to.
+func (l *Listener) Subscription() string { return l.filter }
+
+// Run connects to the store (retrying until it answers), then to the broker, and consumes until
+// ctx is cancelled. It then stops taking messages, stores what it holds within
+// cfg.ShutdownTimeout, acknowledges what was stored and disconnects; anything not stored stays
+// unacknowledged and the broker redelivers it. It returns nil after a graceful shutdown.
+func (l *Listener) Run(ctx context.Context) error {
+	st, err := l.connectStore(ctx)
+	if err != nil {
+		return err
+	}
+	if st == nil {
+		return nil // cancelled before the store answered: nothing received, nothing to flush
+	}
+	l.store.Store(st)
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := st.Close(cctx); err != nil {
+			l.log.Warn("close store connection", "error", err)
+		}
+	}()
+
+	hard, cancelHard := context.WithCancel(context.Background())
+	defer cancelHard()
+	l.p.holdAck = l.holdAck
+	l.p.start(hard)
+
+	opts, err := l.cfg.MQTT.Options("listener")
+	if err != nil {
+		return fmt.Errorf("mqtt options: %w", err)
+	}
+	l.clientOptions(opts)
+	client := mqtt.NewClient(opts)
+	l.client.Store(client)
+	l.log.Info("connecting to broker", "url", l.cfg.MQTT.URL, "client_id", opts.ClientID, "subscription", l.filter)
+	tok := client.Connect() // with ConnectRetry the token completes once connected
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			l.shutdown(cancelHard)
+			return fmt.Errorf("connect to broker %s: %w", l.cfg.MQTT.URL, err)
+		}
+	case <-ctx.Done():
+	}
+	<-ctx.Done()
+	l.shutdown(cancelHard)
+	// Acks were handed to paho before this point, and paho writes them before DISCONNECT.
+	client.Disconnect(250)
+	l.m.connected.Set(0)
+	l.log.Info("listener stopped")
+	return nil
+}
+
+// shutdown stops consumption and waits for the final flush, up to the shutdown timeout.
+func (l *Listener) shutdown(cancelHard context.CancelFunc) {
+	l.stopOnce.Do(func() { close(l.stopping) })
+	l.p.close()
+	l.log.Info("shutting down: flushing pending messages", "pending", l.p.seq.len(), "timeout", l.cfg.ShutdownTimeout)
+	t := time.NewTimer(l.cfg.ShutdownTimeout)
+	defer t.Stop()
+	select {
+	case <-l.p.done:
+		l.log.Info("flushed all pending messages")
+	case <-t.C:
+		cancelHard()
+		<-l.p.done
+		l.log.Warn("shutdown timeout: messages not stored are left unacknowledged for redelivery",
+			"unacknowledged", l.p.seq.len())
+	}
+}
+
+func (l *Listener) clientOptions(o *mqtt.ClientOptions) {
+	o.SetCleanSession(false) // the broker keeps our subscription and unacknowledged messages
+	o.SetAutoAckDisabled(true)
+	o.SetOrderMatters(true) // handler on paho's router goroutine: blocking it is our backpressure
+	o.SetResumeSubs(false)  // we subscribe in OnConnect, every time
+	// Messages of a resumed session can arrive right after CONNACK, before OnConnect has
+	// subscribed (and so before any route exists): the default handler takes them all.
+	o.SetDefaultPublishHandler(l.onMessage)
+	o.SetOnConnectHandler(l.onConnect)
+	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		l.subscribed.Store(false)
+		l.m.connected.Set(0)
+		l.log.Warn("connection to broker lost; reconnecting", "error", err)
+	})
+	o.SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) {
+		l.log.Debug("reconnecting to broker")
+	})
+	if l.mqttOpts != nil {
+		l.mqttOpts(o)
+	}
+}
+
+// onConnect (re)subscribes. It runs on its own goroutine after every (re)connection.
+func (l *Listener) onConnect(c mqtt.Client) {
+	backoff := minBackoff
+	for {
+		select {
+		case <-l.stopping:
+			return
+		default:
+		}
+		if !c.IsConnectionOpen() {
+			return // lost again: the next OnConnect subscribes
+		}
+		tok := c.Subscribe(l.filter, 1, nil) // nil: messages go to the default handler
+		err := mqttclient.Wait(tok, 10*time.Second, "subscribe "+l.filter)
+		if err == nil {
+			if q, ok := tok.(*mqtt.SubscribeToken).Result()[l.filter]; ok && q > 2 {
+				err = fmt.Errorf("subscribe %s: refused by the broker (return code %#x)", l.filter, q)
+			}
+		}
+		if err == nil {
+			l.subscribed.Store(true)
+			l.m.connected.Set(1)
+			l.log.Info("connected and subscribed", "subscription", l.filter)
+			return
+		}
+		l.log.Error("subscription failed; retrying", "error", err, "retry_in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-l.stopping:
+			return
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// onMessage runs on paho's router goroutine, one message at a time in receive order.
+func (l *Listener) onMessage(c mqtt.Client, msg mqtt.Message) {
+	l.m.received.Inc()
+	if !l.p.admit(l.stopping, c.IsConnectionOpen) {
+		return // stopping, or the connection is gone: unacknowledged, so redelivered
+	}
+	e := l.decode(msg, l.now())
+	if !l.p.submit(e) {
+		return
+	}
+}
+
+// decode turns a message into the document to store: a session, or a rejection.
+func (l *Listener) decode(msg mqtt.Message, now time.Time) *entry {
+	e := &entry{msg: msg}
+	topic, payload := msg.Topic(), msg.Payload()
+	var err error
+	if len(payload) > l.cfg.MaxPayloadBytes {
+		err = &session.RejectError{Reason: session.ReasonOversized,
+			Detail: fmt.Sprintf("payload of %d bytes exceeds --max-payload-bytes=%d", len(payload), l.cfg.MaxPayloadBytes)}
+	} else {
+		var s session.Session
+		if s, err = session.Decode(topic, payload); err == nil {
+			d := store.NewSessionDoc(s, topic, now)
+			e.session = &d
+			return e
+		}
+	}
+	reason, detail := session.ReasonOf(err), err.Error()
+	var re *session.RejectError
+	if errors.As(err, &re) {
+		detail = re.Detail
+	}
+	if reason == "" { // Decode promises a RejectError; keep the message anyway
+		reason = session.ReasonBadJSON
+	}
+	l.m.rejected.WithLabelValues(string(reason)).Inc()
+	if ok, suppressed := l.lim.allow(string(reason)); ok {
+		l.log.Warn("message rejected; kept in the rejected collection", "reason", reason, "detail", detail,
+			"topic", truncate(topic, 256), "size", len(payload), "suppressed", suppressed)
+	}
+	d := store.NewRejectedDoc(topic, payload, reason, detail, now)
+	e.rejected = &d
+	return e
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// write is the pipeline's sink: sessions and rejections of one batch, each an idempotent
+// unordered insert, each done once even when the other has to be retried.
+func (l *Listener) write(ctx context.Context, b *batch) error {
+	st := l.store.Load()
+	if !b.built {
+		for _, e := range b.entries {
+			if e.session != nil {
+				b.sessions = append(b.sessions, *e.session)
+			} else {
+				b.rejected = append(b.rejected, *e.rejected)
+			}
+		}
+		b.built = true
+	}
+	if !b.sessionsDone && len(b.sessions) > 0 {
+		start := time.Now()
+		r, err := st.InsertSessions(ctx, b.sessions)
+		l.m.writeDuration.Observe(time.Since(start).Seconds())
+		if err != nil {
+			return err
+		}
+		b.sessionsDone = true
+		stored := time.Now()
+		l.m.stored.Add(float64(r.Inserted))
+		l.m.duplicates.Add(float64(len(r.Duplicates)))
+		for i := range b.sessions {
+			if !r.IsDuplicate(i) {
+				l.m.lag.Observe(max(0, stored.Sub(b.sessions[i].EndedAt).Seconds()))
+			}
+		}
+		if l.onStored != nil {
+			l.onStored(b.sessions, r)
+		}
+	}
+	if !b.rejectedDone && len(b.rejected) > 0 {
+		start := time.Now()
+		_, err := st.InsertRejected(ctx, b.rejected)
+		l.m.writeDuration.Observe(time.Since(start).Seconds())
+		if err != nil {
+			return err
+		}
+		b.rejectedDone = true
+	}
+	return nil
+}
+
+// connectStore connects and creates the indexes, retrying with backoff while the store is
+// unreachable: the listener must come up (and report not ready) before its store does. It
+// returns nil, nil if ctx ends first.
+func (l *Listener) connectStore(ctx context.Context) (*store.Store, error) {
+	backoff := minBackoff
+	for attempt := 1; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		st, err := store.Connect(cctx, l.cfg.Store, appName)
+		cancel()
+		if err == nil {
+			l.log.Info("connected to store", "database", l.cfg.Store.Database)
+			return st, nil
+		}
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		if ok, suppressed := l.lim.allow("store-connect"); ok {
+			l.log.Warn("store unreachable; retrying", "error", err, "attempt", attempt, "suppressed", suppressed)
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil, nil
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// Ready reports whether the listener can do its work: connected and subscribed to the broker,
+// and the store answering ping.
+func (l *Listener) Ready(ctx context.Context) error {
+	c, _ := l.client.Load().(mqtt.Client)
+	if err := mqttclient.Ready(c); err != nil {
+		return err
+	}
+	if !l.subscribed.Load() {
+		return errors.New("not subscribed yet")
+	}
+	st := l.store.Load()
+	if st == nil {
+		return errors.New("store not connected yet")
+	}
+	return st.Ping(ctx)
+}
