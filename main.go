@@ -14,8 +14,10 @@ import (
 	"syscall"
 
 	"github.com/chargesim/chargesim/components/broker"
+	"github.com/chargesim/chargesim/components/listener"
 	"github.com/chargesim/chargesim/components/publisher"
 	"github.com/chargesim/chargesim/components/restapi"
+	"github.com/chargesim/chargesim/components/stack"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -28,8 +30,10 @@ type command struct {
 
 var commands = []command{
 	{"publisher", "simulated charger fleet publishing sessions over MQTT", publisher.Command},
+	{"listener", "MQTT → MongoDB ingest: validate, store once, ack after store", listener.Command},
 	{"api", "REST API over the stored sessions", restapi.Command},
 	{"broker", "embedded MQTT broker (mochi-mqtt)", broker.Command},
+	{"run", "broker + publisher + listener + API in one process (laptop)", stack.Command},
 	{"version", "print the version", func(context.Context, []string) error { fmt.Println(version); return nil }},
 }
 

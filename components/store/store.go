@@ -137,18 +137,45 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// EnsureIndexes creates the indexes the listener and API rely on; it is idempotent.
+// EnsureIndexes creates the indexes the listener and API rely on; it is idempotent. Only
+// missing indexes are created: FerretDB v1 drops the connection (an internal panic) when
+// createIndexes names an index that already exists, which MongoDB would accept as a no-op.
 func (s *Store) EnsureIndexes(ctx context.Context) error {
-	models := []mongo.IndexModel{
+	sessions := []mongo.IndexModel{
 		{Keys: bson.D{{Key: "charger_id", Value: 1}, {Key: "ended_at", Value: -1}}, Options: options.Index().SetName("charger_ended")},
 		{Keys: bson.D{{Key: "ended_at", Value: -1}}, Options: options.Index().SetName("ended")},
 	}
-	if _, err := s.Sessions.Indexes().CreateMany(ctx, models); err != nil {
-		return fmt.Errorf("create indexes on %s: %w", SessionsCollection, err)
+	rejected := []mongo.IndexModel{{Keys: bson.D{{Key: "received_at", Value: -1}}, Options: options.Index().SetName("received")}}
+	if err := ensureIndexes(ctx, s.Sessions, sessions); err != nil {
+		return err
 	}
-	rej := []mongo.IndexModel{{Keys: bson.D{{Key: "received_at", Value: -1}}, Options: options.Index().SetName("received")}}
-	if _, err := s.Rejected.Indexes().CreateMany(ctx, rej); err != nil {
-		return fmt.Errorf("create indexes on %s: %w", RejectedCollection, err)
+	return ensureIndexes(ctx, s.Rejected, rejected)
+}
+
+func ensureIndexes(ctx context.Context, coll *mongo.Collection, models []mongo.IndexModel) error {
+	specs, err := coll.Indexes().ListSpecifications(ctx)
+	if err != nil {
+		return fmt.Errorf("list indexes on %s: %w", coll.Name(), err)
+	}
+	have := make(map[string]bool, len(specs))
+	for _, spec := range specs {
+		have[spec.Name] = true
+	}
+	var missing []mongo.IndexModel
+	for _, m := range models {
+		var o options.IndexOptions
+		for _, set := range m.Options.List() {
+			_ = set(&o)
+		}
+		if o.Name == nil || !have[*o.Name] {
+			missing = append(missing, m)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if _, err := coll.Indexes().CreateMany(ctx, missing); err != nil {
+		return fmt.Errorf("create indexes on %s: %w", coll.Name(), err)
 	}
 	return nil
 }

@@ -1,0 +1,188 @@
+// Package stack is `chargesim run`: broker, publisher, listener and API in one process, for a
+// laptop. Each part is the same component the cluster runs; only the wiring is local (one
+// registry, one HTTP server for the API and every part's metrics, loopback addresses).
+package stack
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/chargesim/chargesim/components/broker"
+	"github.com/chargesim/chargesim/components/cli"
+	"github.com/chargesim/chargesim/components/listener"
+	"github.com/chargesim/chargesim/components/publisher"
+	"github.com/chargesim/chargesim/components/restapi"
+	"github.com/chargesim/chargesim/components/store"
+)
+
+// Defaults for a laptop: loopback only, ports that do not clash with a system mosquitto or
+// MongoDB (DEVELOPERS.md lists them).
+const (
+	DefaultMQTTAddr = "127.0.0.1:18830"
+	DefaultAPIAddr  = "127.0.0.1:8008"
+	DefaultMongoURI = "mongodb://127.0.0.1:27027/"
+)
+
+// Config is the settings of `chargesim run`: the publisher's (simulation and MQTT client),
+// the store's, and where the local broker and API listen.
+type Config struct {
+	Publisher publisher.Config
+	Store     store.Config
+	// MQTTAddr is where the embedded broker listens; empty runs no broker (use --mqtt-url).
+	MQTTAddr string
+	APIAddr  string
+}
+
+// Register adds the flags, with laptop defaults for the broker URL and the store.
+func (c *Config) Register(fs *flag.FlagSet) {
+	c.Publisher.Register(fs)
+	c.Store.Register(fs)
+	fs.StringVar(&c.MQTTAddr, "mqtt-addr", DefaultMQTTAddr, "listen address of the embedded broker; empty: no broker, use --mqtt-url")
+	fs.StringVar(&c.APIAddr, "api-addr", DefaultAPIAddr, "listen address of the REST API (also /metrics of every part)")
+	setDefault(fs, "mqtt-url", "tcp://"+DefaultMQTTAddr)
+	setDefault(fs, "mongo-uri", DefaultMongoURI)
+}
+
+func setDefault(fs *flag.FlagSet, name, value string) {
+	f := fs.Lookup(name)
+	f.DefValue = value
+	_ = f.Value.Set(value)
+}
+
+// Validate checks every part's settings.
+func (c *Config) Validate() error {
+	errs := []error{c.Publisher.Validate(), c.Store.Validate()}
+	if c.MQTTAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MQTTAddr); err != nil {
+			errs = append(errs, cli.Invalid("mqtt-addr", c.MQTTAddr, "want host:port or empty"))
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.APIAddr); err != nil {
+		errs = append(errs, cli.Invalid("api-addr", c.APIAddr, "want host:port"))
+	}
+	return errors.Join(errs...)
+}
+
+// Command is `chargesim run`.
+func Command(ctx context.Context, args []string) error {
+	var cfg Config
+	common, log, err := cli.Setup("run",
+		"Run broker, publisher, listener and API in one process (a laptop's whole pipeline). The API and /metrics are on --api-addr.",
+		args, "", &cfg)
+	if err != nil {
+		return err
+	}
+	return Run(ctx, log, common.ShutdownTimeout, cfg)
+}
+
+// Run starts every part and blocks until ctx is done or one part fails, then stops them all:
+// the publisher first (flushing), the listener next (so it stores what was published), then
+// the API and the broker.
+func Run(ctx context.Context, log *slog.Logger, grace time.Duration, cfg Config) error {
+	reg := cli.NewRegistry()
+	cfg.Publisher.ShutdownTimeout = grace
+
+	var b *broker.Broker
+	if cfg.MQTTAddr != "" {
+		var err error
+		b, err = broker.New(broker.Config{MQTTAddr: cfg.MQTTAddr, MaxInflight: 65535}, log.With("part", "broker"), reg)
+		if err != nil {
+			return err
+		}
+	}
+	lcfg := listener.DefaultConfig()
+	lcfg.MQTT, lcfg.Store, lcfg.ShutdownTimeout = cfg.Publisher.MQTT, cfg.Store, grace
+	lcfg.MQTT.ClientID = "" // each part gets its own default client ID
+	cfg.Publisher.MQTT.ClientID = ""
+	lis, err := listener.New(lcfg, log.With("part", "listener"), reg)
+	if err != nil {
+		return err
+	}
+	pub, err := publisher.New(cfg.Publisher, log.With("part", "publisher"), reg)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.APIAddr, err)
+	}
+	log.Info("chargesim is running", "api", "http://"+ln.Addr().String()+"/docs",
+		"mqtt", cfg.Publisher.MQTT.URL, "chargers", cfg.Publisher.Chargers,
+		"sessions_per_second", cfg.Publisher.SessionRate())
+
+	// Stages stop in order: each has its own context, cancelled after the one before returned.
+	brokerCtx, stopBroker := context.WithCancel(context.Background())
+	listenerCtx, stopListener := context.WithCancel(context.Background())
+	apiCtx, stopAPI := context.WithCancel(context.Background())
+	defer stopBroker()
+	defer stopListener()
+	defer stopAPI()
+
+	g, gctx := errgroup.WithContext(ctx)
+	brokerDone := make(chan struct{})
+	if b != nil {
+		g.Go(func() error { defer close(brokerDone); return b.Run(brokerCtx) })
+	} else {
+		close(brokerDone)
+	}
+	listenerDone := make(chan struct{})
+	g.Go(func() error { defer close(listenerDone); return lis.Run(listenerCtx) })
+	apiDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(apiDone)
+		st, err := store.ConnectRetry(apiCtx, cfg.Store, "chargesim-api", log)
+		if err != nil || st == nil {
+			_ = ln.Close()
+			return err
+		}
+		defer st.Close(context.Background()) //nolint:errcheck // best effort at exit
+		api, err := restapi.New(restapi.DefaultConfig(), st, log.With("part", "api"), reg, reg)
+		if err != nil {
+			_ = ln.Close()
+			return err
+		}
+		parts := []cli.Component{pub, lis}
+		if b != nil {
+			parts = append(parts, b)
+		}
+		return cli.ServeListener(apiCtx, log, ln, withReady(api.Handler(), parts), grace)
+	})
+	g.Go(func() error {
+		err := pub.Run(gctx)
+		// Shutdown order: publisher has flushed; let the listener store it, then the rest.
+		stopListener()
+		<-listenerDone
+		stopAPI()
+		<-apiDone
+		stopBroker()
+		<-brokerDone
+		return err
+	})
+	return g.Wait()
+}
+
+// withReady answers /readyz for the whole stack: every part must be ready.
+func withReady(api http.Handler, parts []cli.Component) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", api)
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		for _, p := range parts {
+			if err := p.Ready(ctx); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}

@@ -1,0 +1,79 @@
+//go:build integration
+
+package store
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/chargesim/chargesim/test/testenv"
+)
+
+// Every component connects (and ensures indexes) at start, so connecting to a database that
+// already has the indexes must work: FerretDB v1 drops the connection when asked to create an
+// existing index.
+func TestConnectIsIdempotent(t *testing.T) {
+	f := testenv.StartFerretDB(t)
+	ctx := context.Background()
+	cfg := Config{URI: f.URI, Database: "idem"}
+	for round := range 3 {
+		st, err := Connect(ctx, cfg, "test")
+		if err != nil {
+			t.Fatalf("connect round %d: %v", round, err)
+		}
+		specs, err := st.Sessions.Indexes().ListSpecifications(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := map[string]bool{}
+		for _, s := range specs {
+			names[s.Name] = true
+		}
+		if !names["charger_ended"] || !names["ended"] {
+			t.Fatalf("round %d: indexes %v", round, names)
+		}
+		_ = st.Close(ctx)
+	}
+}
+
+// A component may start before its database: ConnectRetry waits for it.
+func TestConnectRetryWaitsForTheDatabase(t *testing.T) {
+	f := testenv.StartFerretDB(t)
+	f.Stop()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	type result struct {
+		st  *Store
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := ConnectRetry(context.Background(), Config{URI: f.URI, Database: "late"}, "test", log)
+		done <- result{st, err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("ConnectRetry returned while the database was down: %+v", r)
+	case <-time.After(time.Second):
+	}
+	f.Start()
+	r := <-done
+	if r.err != nil || r.st == nil {
+		t.Fatalf("ConnectRetry: %v", r.err)
+	}
+	if err := r.st.Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.st.Close(context.Background())
+
+	// Cancelled while waiting: nil, nil.
+	f.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	st, err := ConnectRetry(ctx, Config{URI: f.URI, Database: "late"}, "test", log)
+	if st != nil || err != nil {
+		t.Fatalf("cancelled ConnectRetry = %v, %v; want nil, nil", st, err)
+	}
+}
