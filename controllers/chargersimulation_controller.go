@@ -381,7 +381,11 @@ func (r *Reconciler) summarize(ctx context.Context, sim *v1alpha1.ChargerSimulat
 		deg = &configError{reason: v1alpha1.ReasonRolloutStalled, message: strings.Join(stalled, "; ")}
 	}
 
-	wasDegraded := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionDegraded)
+	// A copy: FindStatusCondition points into the slice that SetStatusCondition rewrites.
+	var wasDegraded *metav1.Condition
+	if c := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionDegraded); c != nil {
+		wasDegraded = c.DeepCopy()
+	}
 	wasReady := meta.IsStatusConditionTrue(st.Conditions, v1alpha1.ConditionReady)
 	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{

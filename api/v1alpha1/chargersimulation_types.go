@@ -363,10 +363,13 @@ type APISpec struct {
 // ComponentStatus is what the operator last saw of one component's workload.
 type ComponentStatus struct {
 	// desiredReplicas is the number of replicas the spec asks for (0 for a suspended publisher).
+	// +optional
 	DesiredReplicas int32 `json:"desiredReplicas"`
 	// replicas is the number of pods the workload currently has.
+	// +optional
 	Replicas int32 `json:"replicas"`
 	// readyReplicas is the number of those pods that are ready.
+	// +optional
 	ReadyReplicas int32 `json:"readyReplicas"`
 	// selector is the label selector of the component's pods (for the scale subresource).
 	// +optional

@@ -1,0 +1,847 @@
+//go:build envtest
+
+package controllers_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv1 "k8s.io/api/autoscaling/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/chargesim/chargesim/api/v1alpha1"
+	"github.com/chargesim/chargesim/controllers"
+)
+
+var ctx = context.Background()
+
+func createSecret(t *testing.T, ns, name string, data map[string]string) *corev1.Secret {
+	t.Helper()
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, StringData: data}
+	if err := k8s.Create(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func simulation(ns, name string) *v1alpha1.ChargerSimulation {
+	return &v1alpha1.ChargerSimulation{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: v1alpha1.ChargerSimulationSpec{
+			Mongo: v1alpha1.MongoSpec{URISecretRef: v1alpha1.URISecretRef{Name: "mongo"}},
+		},
+	}
+}
+
+func createSim(t *testing.T, sim *v1alpha1.ChargerSimulation) {
+	t.Helper()
+	if err := k8s.Create(ctx, sim); err != nil {
+		t.Fatalf("create %s: %v", sim.Name, err)
+	}
+}
+
+func getSim(t *testing.T, ns, name string) *v1alpha1.ChargerSimulation {
+	t.Helper()
+	sim := &v1alpha1.ChargerSimulation{}
+	if err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, sim); err != nil {
+		t.Fatal(err)
+	}
+	return sim
+}
+
+func updateSim(t *testing.T, ns, name string, mutate func(*v1alpha1.ChargerSimulation)) {
+	t.Helper()
+	eventually(t, "update "+name, func() error {
+		sim := getSim(t, ns, name)
+		mutate(sim)
+		return k8s.Update(ctx, sim)
+	})
+}
+
+// waitCondition waits until the simulation's condition has status and reason for its current
+// generation.
+func waitCondition(t *testing.T, ns, name, typ string, status metav1.ConditionStatus, reason string) *v1alpha1.ChargerSimulation {
+	t.Helper()
+	var sim *v1alpha1.ChargerSimulation
+	eventually(t, fmt.Sprintf("%s %s=%s/%s", name, typ, status, reason), func() error {
+		sim = getSim(t, ns, name)
+		c := meta.FindStatusCondition(sim.Status.Conditions, typ)
+		switch {
+		case sim.Status.ObservedGeneration != sim.Generation:
+			return fmt.Errorf("observedGeneration %d, generation %d", sim.Status.ObservedGeneration, sim.Generation)
+		case c == nil:
+			return errors.New("no condition")
+		case c.Status != status || c.Reason != reason:
+			return fmt.Errorf("condition is %s/%s: %s", c.Status, c.Reason, c.Message)
+		case c.ObservedGeneration != sim.Generation:
+			return fmt.Errorf("condition observedGeneration %d", c.ObservedGeneration)
+		}
+		return nil
+	})
+	return sim
+}
+
+func key(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+
+func getObj[T client.Object](t *testing.T, ns, name string, obj T) T {
+	t.Helper()
+	eventually(t, fmt.Sprintf("get %T %s", obj, name), func() error { return k8s.Get(ctx, key(ns, name), obj) })
+	return obj
+}
+
+func envOf(c corev1.Container) map[string]corev1.EnvVar {
+	m := map[string]corev1.EnvVar{}
+	for _, e := range c.Env {
+		m[e.Name] = e
+	}
+	return m
+}
+
+// markReady plays the Deployment and StatefulSet controllers: every workload of the simulation
+// reports its spec replicas updated, ready and available for its current generation.
+func markReady(t *testing.T, ns, name string) {
+	t.Helper()
+	for _, c := range []string{"broker", "listener", "api"} {
+		eventually(t, "mark "+c+" ready", func() error {
+			d := &appsv1.Deployment{}
+			if err := k8s.Get(ctx, key(ns, name+"-"+c), d); err != nil {
+				return err
+			}
+			n := *d.Spec.Replicas
+			d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n}
+			return k8s.Status().Update(ctx, d)
+		})
+	}
+	eventually(t, "mark publisher ready", func() error {
+		s := &appsv1.StatefulSet{}
+		if err := k8s.Get(ctx, key(ns, name+"-publisher"), s); err != nil {
+			return err
+		}
+		n := *s.Spec.Replicas
+		rev := fmt.Sprintf("%s-publisher-%d", name, s.Generation)
+		s.Status = appsv1.StatefulSetStatus{ObservedGeneration: s.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n,
+			AvailableReplicas: n, CurrentReplicas: n, CurrentRevision: rev, UpdateRevision: rev}
+		return k8s.Status().Update(ctx, s)
+	})
+}
+
+func assertOwned(t *testing.T, obj client.Object, sim *v1alpha1.ChargerSimulation) {
+	t.Helper()
+	refs := obj.GetOwnerReferences()
+	if len(refs) != 1 {
+		t.Fatalf("%s: %d owner references", obj.GetName(), len(refs))
+	}
+	r := refs[0]
+	if r.UID != sim.UID || r.Kind != "ChargerSimulation" || r.APIVersion != "chargesim.io/v1alpha1" ||
+		r.Controller == nil || !*r.Controller || r.BlockOwnerDeletion == nil || !*r.BlockOwnerDeletion {
+		t.Fatalf("%s: owner reference %+v", obj.GetName(), r)
+	}
+	l := obj.GetLabels()
+	if l[controllers.LabelManagedBy] != controllers.ManagedByValue || l[controllers.LabelSimulation] != sim.Name {
+		t.Fatalf("%s: labels %v", obj.GetName(), l)
+	}
+}
+
+func TestCreateRendersChildren(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	sim := simulation(ns, "fleet")
+	sim.Spec.Chargers = 100
+	sim.Spec.TimeScale = ptr.To(60.0)
+	sim.Spec.Publisher.Replicas = 2
+	sim.Spec.API.Port = 80
+	sim.Spec.Listener.BatchSize = 250
+	createSim(t, sim)
+	sim = waitCondition(t, ns, "fleet", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+
+	cm := getObj(t, ns, "fleet-config", &corev1.ConfigMap{})
+	assertOwned(t, cm, sim)
+	for k, v := range map[string]string{
+		"CHARGESIM_MQTT_URL": "tcp://fleet-broker." + ns + ".svc:1883", "CHARGESIM_CHARGERS": "100",
+		"CHARGESIM_TIME_SCALE": "60", "CHARGESIM_BATCH_SIZE": "250", "CHARGESIM_MONGO_DATABASE": "chargesim",
+		"CHARGESIM_SESSION_INTERVAL": "1m0s", "CHARGESIM_SESSION_JITTER": "0.2",
+	} {
+		if cm.Data[k] != v {
+			t.Errorf("ConfigMap %s = %q, want %q", k, cm.Data[k], v)
+		}
+	}
+
+	sts := getObj(t, ns, "fleet-publisher", &appsv1.StatefulSet{})
+	assertOwned(t, sts, sim)
+	if *sts.Spec.Replicas != 2 || sts.Spec.ServiceName != "fleet-publisher" {
+		t.Errorf("publisher replicas %d service %q", *sts.Spec.Replicas, sts.Spec.ServiceName)
+	}
+	pc := sts.Spec.Template.Spec.Containers[0]
+	penv := envOf(pc)
+	if penv["CHARGESIM_SHARD_COUNT"].Value != "2" ||
+		penv["CHARGESIM_SHARD_INDEX"].ValueFrom.FieldRef.FieldPath != "metadata.labels['apps.kubernetes.io/pod-index']" {
+		t.Errorf("publisher shard env %+v %+v", penv["CHARGESIM_SHARD_COUNT"], penv["CHARGESIM_SHARD_INDEX"])
+	}
+	if pc.Image != testImage || strings.Join(pc.Args, " ") != "publisher" {
+		t.Errorf("publisher image %q args %v", pc.Image, pc.Args)
+	}
+
+	for _, c := range []string{"broker", "listener", "api"} {
+		d := getObj(t, ns, "fleet-"+c, &appsv1.Deployment{})
+		assertOwned(t, d, sim)
+		ps := d.Spec.Template.Spec
+		ctr := ps.Containers[0]
+		if strings.Join(ctr.Args, " ") != c || ctr.Image != testImage {
+			t.Errorf("%s: args %v image %s", c, ctr.Args, ctr.Image)
+		}
+		if !*ps.SecurityContext.RunAsNonRoot || *ps.SecurityContext.RunAsUser != 65532 ||
+			ps.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault ||
+			*ps.AutomountServiceAccountToken {
+			t.Errorf("%s: pod security %+v automount %v", c, ps.SecurityContext, *ps.AutomountServiceAccountToken)
+		}
+		sc := ctr.SecurityContext
+		if *sc.AllowPrivilegeEscalation || !*sc.ReadOnlyRootFilesystem || sc.Capabilities.Drop[0] != "ALL" {
+			t.Errorf("%s: container security %+v", c, sc)
+		}
+		if ctr.LivenessProbe.HTTPGet.Path != "/healthz" || ctr.ReadinessProbe.HTTPGet.Path != "/readyz" ||
+			ctr.LivenessProbe.HTTPGet.Port.StrVal != "http" {
+			t.Errorf("%s: probes", c)
+		}
+		if ctr.Resources.Requests.Cpu().IsZero() {
+			t.Errorf("%s: no cpu request", c)
+		}
+		if d.Spec.Template.Annotations[controllers.AnnotationConfigHash] == "" {
+			t.Errorf("%s: no config hash annotation", c)
+		}
+	}
+	lis := getObj(t, ns, "fleet-listener", &appsv1.Deployment{})
+	if e := envOf(lis.Spec.Template.Spec.Containers[0])["CHARGESIM_MONGO_URI_FILE"]; e.Value != "/var/run/secrets/chargesim/mongo-uri/uri" {
+		t.Errorf("listener mongo uri file %q", e.Value)
+	}
+	if v := lis.Spec.Template.Spec.Volumes; len(v) != 1 || v[0].Secret.SecretName != "mongo" || v[0].Secret.Items[0].Key != "uri" {
+		t.Errorf("listener volumes %+v", v)
+	}
+	for svc, port := range map[string]int32{"fleet-broker": 1883, "fleet-api": 80, "fleet-publisher": 9090} {
+		s := getObj(t, ns, svc, &corev1.Service{})
+		assertOwned(t, s, sim)
+		if s.Spec.Ports[0].Port != port {
+			t.Errorf("%s: port %d, want %d", svc, s.Spec.Ports[0].Port, port)
+		}
+	}
+
+	st := sim.Status
+	if st.SessionsPerSecond != "100" || st.APIAddress != "fleet-api."+ns+".svc:80" || st.BrokerURL != "tcp://fleet-broker."+ns+".svc:1883" {
+		t.Errorf("status rate %q api %q broker %q", st.SessionsPerSecond, st.APIAddress, st.BrokerURL)
+	}
+	if st.Publisher.DesiredReplicas != 2 || st.Broker == nil || st.Publisher.Selector == "" {
+		t.Errorf("status components %+v broker %+v", st.Publisher, st.Broker)
+	}
+	if !meta.IsStatusConditionTrue(st.Conditions, v1alpha1.ConditionProgressing) ||
+		!meta.IsStatusConditionFalse(st.Conditions, v1alpha1.ConditionDegraded) {
+		t.Errorf("conditions %+v", st.Conditions)
+	}
+}
+
+func hashOf(t *testing.T, ns, name string, obj client.Object) string {
+	t.Helper()
+	getObj(t, ns, name, obj)
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		return o.Spec.Template.Annotations[controllers.AnnotationConfigHash]
+	case *appsv1.StatefulSet:
+		return o.Spec.Template.Annotations[controllers.AnnotationConfigHash]
+	}
+	t.Fatalf("no template in %T", obj)
+	return ""
+}
+
+func TestUpdateRollsPods(t *testing.T) {
+	ns := newNamespace(t)
+	secret := createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "roll"))
+	waitCondition(t, ns, "roll", v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRollingOut)
+	pub0 := hashOf(t, ns, "roll-publisher", &appsv1.StatefulSet{})
+	lis0 := hashOf(t, ns, "roll-listener", &appsv1.Deployment{})
+	api0 := hashOf(t, ns, "roll-api", &appsv1.Deployment{})
+
+	// A publisher setting rolls the publisher only.
+	updateSim(t, ns, "roll", func(s *v1alpha1.ChargerSimulation) { s.Spec.TimeScale = ptr.To(30.0) })
+	eventually(t, "publisher rolled", func() error {
+		if h := hashOf(t, ns, "roll-publisher", &appsv1.StatefulSet{}); h == pub0 {
+			return errors.New("publisher template hash unchanged")
+		}
+		return nil
+	})
+	cm := getObj(t, ns, "roll-config", &corev1.ConfigMap{})
+	if cm.Data["CHARGESIM_TIME_SCALE"] != "30" {
+		t.Errorf("ConfigMap time scale %q", cm.Data["CHARGESIM_TIME_SCALE"])
+	}
+	waitCondition(t, ns, "roll", v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRollingOut)
+	if hashOf(t, ns, "roll-listener", &appsv1.Deployment{}) != lis0 || hashOf(t, ns, "roll-api", &appsv1.Deployment{}) != api0 {
+		t.Error("a publisher setting rolled the listener or API")
+	}
+	pub1 := hashOf(t, ns, "roll-publisher", &appsv1.StatefulSet{})
+
+	// A rotated Secret rolls its readers once the operator looks again (resync or any event).
+	secret.StringData = map[string]string{"uri": "mongodb://other:27017"}
+	if err := k8s.Update(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	updateSim(t, ns, "roll", func(s *v1alpha1.ChargerSimulation) {
+		s.Annotations = map[string]string{"test/poke": "1"}
+	})
+	eventually(t, "listener and API rolled", func() error {
+		if hashOf(t, ns, "roll-listener", &appsv1.Deployment{}) == lis0 || hashOf(t, ns, "roll-api", &appsv1.Deployment{}) == api0 {
+			return errors.New("listener/API template hash unchanged after Secret rotation")
+		}
+		return nil
+	})
+	if hashOf(t, ns, "roll-publisher", &appsv1.StatefulSet{}) != pub1 {
+		t.Error("rotating the Mongo Secret rolled the publisher")
+	}
+
+	// Replicas change the shard count: every publisher pod restarts with its new share.
+	updateSim(t, ns, "roll", func(s *v1alpha1.ChargerSimulation) { s.Spec.Publisher.Replicas = 3 })
+	eventually(t, "shard count 3", func() error {
+		sts := &appsv1.StatefulSet{}
+		if err := k8s.Get(ctx, key(ns, "roll-publisher"), sts); err != nil {
+			return err
+		}
+		if got := envOf(sts.Spec.Template.Spec.Containers[0])["CHARGESIM_SHARD_COUNT"].Value; got != "3" || *sts.Spec.Replicas != 3 {
+			return fmt.Errorf("shard count %q replicas %d", got, *sts.Spec.Replicas)
+		}
+		return nil
+	})
+}
+
+func TestInvalidRejected(t *testing.T) {
+	ns := newNamespace(t)
+	for _, tc := range []struct {
+		name   string
+		mutate func(*v1alpha1.ChargerSimulation)
+		want   string
+	}{
+		{"zero time scale", func(s *v1alpha1.ChargerSimulation) { s.Spec.TimeScale = ptr.To(0.0) }, "timeScale must be greater than 0"},
+		{"jitter above 1", func(s *v1alpha1.ChargerSimulation) { s.Spec.SessionJitter = ptr.To(1.5) }, "sessionJitter is a fraction of the session interval and must be between 0 and 1"},
+		{"negative dc share", func(s *v1alpha1.ChargerSimulation) { s.Spec.Profile.DCShare = ptr.To(-0.1) }, "dcShare is the share of DC chargers"},
+		{"interval too short", func(s *v1alpha1.ChargerSimulation) {
+			s.Spec.SessionInterval = &metav1.Duration{Duration: 500_000_000}
+		}, "sessionInterval must be a duration of at least 1s"},
+		{"flush interval too short", func(s *v1alpha1.ChargerSimulation) {
+			s.Spec.Listener.FlushInterval = &metav1.Duration{Duration: 1_000_000}
+		}, "listener.flushInterval must be a duration between 10ms and 1m"},
+		{"more publishers than chargers", func(s *v1alpha1.ChargerSimulation) {
+			s.Spec.Chargers = 2
+			s.Spec.Publisher.Replicas = 3
+		}, "spec.chargers must be at least spec.publisher.replicas"},
+		{"managed broker with credentials", func(s *v1alpha1.ChargerSimulation) {
+			s.Spec.Broker.CredentialsSecretRef = &v1alpha1.CredentialsSecretRef{Name: "mqtt"}
+		}, "a managed broker (no broker.url) takes no tls or credentialsSecretRef"},
+		{"managed broker with TLS", func(s *v1alpha1.ChargerSimulation) {
+			s.Spec.Broker.TLS = &v1alpha1.BrokerTLS{CASecretRef: v1alpha1.CASecretRef{Name: "ca"}}
+		}, "a managed broker (no broker.url) takes no tls or credentialsSecretRef"},
+		{"external broker with managed settings", func(s *v1alpha1.ChargerSimulation) {
+			s.Spec.Broker.URL = "tcp://mosquitto:1883"
+			s.Spec.Broker.Managed = &v1alpha1.ManagedBrokerSpec{}
+		}, "broker.managed configures the operator's own broker"},
+		{"broker url scheme", func(s *v1alpha1.ChargerSimulation) { s.Spec.Broker.URL = "http://mosquitto" }, "broker.url must be <scheme>://<host>[:<port>]"},
+		{"wildcard topic prefix", func(s *v1alpha1.ChargerSimulation) { s.Spec.Broker.TopicPrefix = "lab/#" }, "topicPrefix must not contain MQTT wildcards"},
+		{"bad database", func(s *v1alpha1.ChargerSimulation) { s.Spec.Mongo.Database = "a.b" }, "mongo.database must not contain"},
+		{"missing mongo secret name", func(s *v1alpha1.ChargerSimulation) { s.Spec.Mongo.URISecretRef.Name = "" }, "spec.mongo.uriSecretRef.name"},
+		{"long name", func(s *v1alpha1.ChargerSimulation) { s.Name = strings.Repeat("a", 43) }, "metadata.name must be at most 42 characters"},
+		{"name starting with a digit", func(s *v1alpha1.ChargerSimulation) { s.Name = "1fleet" }, "metadata.name must be at most 42 characters"},
+		{"too many chargers", func(s *v1alpha1.ChargerSimulation) { s.Spec.Chargers = 2_000_000 }, "spec.chargers: Invalid value"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sim := simulation(ns, "invalid")
+			tc.mutate(sim)
+			err := k8s.Create(ctx, sim)
+			if err == nil {
+				_ = k8s.Delete(ctx, sim)
+				t.Fatalf("accepted; want refusal with %q", tc.want)
+			}
+			if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("refused with %v; want Invalid with %q", err, tc.want)
+			}
+		})
+	}
+
+	// The scale subresource goes through the same validation.
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	sim := simulation(ns, "scaled")
+	sim.Spec.Chargers = 4
+	createSim(t, sim)
+	scale := &autoscalingv1.Scale{}
+	if err := k8s.SubResource("scale").Get(ctx, sim, scale); err != nil {
+		t.Fatal(err)
+	}
+	scale.Spec.Replicas = 5
+	err := k8s.SubResource("scale").Update(ctx, sim, client.WithSubResourceBody(scale))
+	if err == nil || !strings.Contains(err.Error(), "spec.chargers must be at least spec.publisher.replicas") {
+		t.Fatalf("scaling 4 chargers to 5 publishers: %v", err)
+	}
+}
+
+func TestScaleSubresource(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "scale"))
+	waitCondition(t, ns, "scale", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+	markReady(t, ns, "scale")
+	waitCondition(t, ns, "scale", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+
+	sim := getSim(t, ns, "scale")
+	scale := &autoscalingv1.Scale{}
+	if err := k8s.SubResource("scale").Get(ctx, sim, scale); err != nil {
+		t.Fatal(err)
+	}
+	if scale.Spec.Replicas != 1 || scale.Status.Replicas != 1 || !strings.Contains(scale.Status.Selector, "app.kubernetes.io/component=publisher") {
+		t.Fatalf("scale %+v", scale)
+	}
+	scale.Spec.Replicas = 3
+	if err := k8s.SubResource("scale").Update(ctx, sim, client.WithSubResourceBody(scale)); err != nil {
+		t.Fatal(err)
+	}
+	sim = waitCondition(t, ns, "scale", v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRollingOut)
+	if sim.Status.Publisher.DesiredReplicas != 3 {
+		t.Fatalf("publisher desired %d", sim.Status.Publisher.DesiredReplicas)
+	}
+	markReady(t, ns, "scale")
+	sim = waitCondition(t, ns, "scale", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	if sim.Status.Publisher.ReadyReplicas != 3 || sim.Status.Publisher.Replicas != 3 {
+		t.Fatalf("publisher status %+v", sim.Status.Publisher)
+	}
+}
+
+func TestStatusTracksReadiness(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	sim := simulation(ns, "ready")
+	sim.Spec.Listener.Replicas = 2
+	createSim(t, sim)
+	sim = waitCondition(t, ns, "ready", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+	if c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionReady); !strings.Contains(c.Message, "listener 0/2 ready") {
+		t.Errorf("Ready message %q", c.Message)
+	}
+	markReady(t, ns, "ready")
+	sim = waitCondition(t, ns, "ready", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	if !meta.IsStatusConditionFalse(sim.Status.Conditions, v1alpha1.ConditionProgressing) {
+		t.Errorf("Progressing %+v", meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionProgressing))
+	}
+	if s := sim.Status.Listener; s.ReadyReplicas != 2 || s.DesiredReplicas != 2 {
+		t.Errorf("listener status %+v", s)
+	}
+
+	// A pod of the API goes unready: the simulation is no longer Ready and says which.
+	eventually(t, "api unready", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(ctx, key(ns, "ready-api"), d); err != nil {
+			return err
+		}
+		d.Status.ReadyReplicas, d.Status.AvailableReplicas = 0, 0
+		return k8s.Status().Update(ctx, d)
+	})
+	sim = waitCondition(t, ns, "ready", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+	if c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionReady); !strings.Contains(c.Message, "api 0/1 ready") {
+		t.Errorf("Ready message %q", c.Message)
+	}
+
+	// A stuck rollout is Degraded.
+	eventually(t, "api stalled", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(ctx, key(ns, "ready-api"), d); err != nil {
+			return err
+		}
+		d.Status.Conditions = []appsv1.DeploymentCondition{{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionFalse,
+			Reason: "ProgressDeadlineExceeded", Message: `ReplicaSet "ready-api-1" has timed out progressing.`}}
+		return k8s.Status().Update(ctx, d)
+	})
+	waitCondition(t, ns, "ready", v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonRolloutStalled)
+	markReady(t, ns, "ready")
+	waitCondition(t, ns, "ready", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+}
+
+func TestSuspend(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	sim := simulation(ns, "pause")
+	sim.Spec.Publisher.Replicas = 2
+	createSim(t, sim)
+	markReady(t, ns, "pause")
+	waitCondition(t, ns, "pause", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	hash := hashOf(t, ns, "pause-publisher", &appsv1.StatefulSet{})
+
+	updateSim(t, ns, "pause", func(s *v1alpha1.ChargerSimulation) { s.Spec.Suspend = true })
+	eventually(t, "publisher scaled to zero", func() error {
+		sts := &appsv1.StatefulSet{}
+		if err := k8s.Get(ctx, key(ns, "pause-publisher"), sts); err != nil {
+			return err
+		}
+		if *sts.Spec.Replicas != 0 {
+			return fmt.Errorf("replicas %d", *sts.Spec.Replicas)
+		}
+		return nil
+	})
+	markReady(t, ns, "pause")
+	sim = waitCondition(t, ns, "pause", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonSuspended)
+	if sim.Status.SessionsPerSecond != "0" || sim.Status.Publisher.DesiredReplicas != 0 {
+		t.Errorf("suspended status rate %q publisher %+v", sim.Status.SessionsPerSecond, sim.Status.Publisher)
+	}
+	// Listener, API and broker keep running; the data stays.
+	for _, c := range []string{"listener", "api", "broker"} {
+		if d := getObj(t, ns, "pause-"+c, &appsv1.Deployment{}); *d.Spec.Replicas == 0 {
+			t.Errorf("%s scaled to zero", c)
+		}
+	}
+	if h := hashOf(t, ns, "pause-publisher", &appsv1.StatefulSet{}); h != hash {
+		t.Error("suspending changed the publisher pod template")
+	}
+
+	updateSim(t, ns, "pause", func(s *v1alpha1.ChargerSimulation) { s.Spec.Suspend = false })
+	eventually(t, "publisher resumed", func() error {
+		sts := &appsv1.StatefulSet{}
+		if err := k8s.Get(ctx, key(ns, "pause-publisher"), sts); err != nil {
+			return err
+		}
+		if *sts.Spec.Replicas != 2 {
+			return fmt.Errorf("replicas %d", *sts.Spec.Replicas)
+		}
+		return nil
+	})
+}
+
+func TestDriftCorrected(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "drift"))
+	waitCondition(t, ns, "drift", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+
+	// Someone edits a field the operator owns.
+	eventually(t, "edit listener", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(ctx, key(ns, "drift-listener"), d); err != nil {
+			return err
+		}
+		d.Spec.Template.Spec.Containers[0].Image = "evil:latest"
+		d.Spec.Replicas = ptr.To[int32](5)
+		return k8s.Update(ctx, d)
+	})
+	eventually(t, "listener restored", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(ctx, key(ns, "drift-listener"), d); err != nil {
+			return err
+		}
+		if img := d.Spec.Template.Spec.Containers[0].Image; img != testImage || *d.Spec.Replicas != 1 {
+			return fmt.Errorf("image %q replicas %d", img, *d.Spec.Replicas)
+		}
+		return nil
+	})
+
+	// Someone deletes children.
+	for _, obj := range []client.Object{
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "drift-api"}},
+		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "drift-publisher"}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "drift-config"}},
+	} {
+		old := getObj(t, ns, obj.GetName(), obj.DeepCopyObject().(client.Object))
+		if err := k8s.Delete(ctx, obj); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "recreate "+obj.GetName(), func() error {
+			cur := obj.DeepCopyObject().(client.Object)
+			if err := k8s.Get(ctx, key(ns, obj.GetName()), cur); err != nil {
+				return err
+			}
+			if cur.GetUID() == old.GetUID() {
+				return errors.New("not yet deleted")
+			}
+			return nil
+		})
+	}
+
+	// Someone strips the label the operator's cache selects on, and a ConfigMap value.
+	eventually(t, "unlabel configmap", func() error {
+		cm := &corev1.ConfigMap{}
+		if err := k8s.Get(ctx, key(ns, "drift-config"), cm); err != nil {
+			return err
+		}
+		delete(cm.Labels, controllers.LabelManagedBy)
+		cm.Data["CHARGESIM_CHARGERS"] = "1"
+		return k8s.Update(ctx, cm)
+	})
+	eventually(t, "configmap restored", func() error {
+		cm := &corev1.ConfigMap{}
+		if err := k8s.Get(ctx, key(ns, "drift-config"), cm); err != nil {
+			return err
+		}
+		if cm.Labels[controllers.LabelManagedBy] != controllers.ManagedByValue || cm.Data["CHARGESIM_CHARGERS"] != "10" {
+			return fmt.Errorf("labels %v chargers %q", cm.Labels, cm.Data["CHARGESIM_CHARGERS"])
+		}
+		return nil
+	})
+}
+
+// writeCounter counts every write a client sends.
+type writeCounter struct {
+	client.Client
+	writes atomic.Int64
+}
+
+func (w *writeCounter) Create(ctx context.Context, o client.Object, opts ...client.CreateOption) error {
+	w.writes.Add(1)
+	return w.Client.Create(ctx, o, opts...)
+}
+
+func (w *writeCounter) Update(ctx context.Context, o client.Object, opts ...client.UpdateOption) error {
+	w.writes.Add(1)
+	return w.Client.Update(ctx, o, opts...)
+}
+
+func (w *writeCounter) Patch(ctx context.Context, o client.Object, p client.Patch, opts ...client.PatchOption) error {
+	w.writes.Add(1)
+	return w.Client.Patch(ctx, o, p, opts...)
+}
+
+func (w *writeCounter) Delete(ctx context.Context, o client.Object, opts ...client.DeleteOption) error {
+	w.writes.Add(1)
+	return w.Client.Delete(ctx, o, opts...)
+}
+
+func (w *writeCounter) Apply(ctx context.Context, o runtime.ApplyConfiguration, opts ...client.ApplyOption) error {
+	w.writes.Add(1)
+	return w.Client.Apply(ctx, o, opts...)
+}
+
+func (w *writeCounter) Status() client.SubResourceWriter { return &statusCounter{w.Client.Status(), w} }
+
+type statusCounter struct {
+	client.SubResourceWriter
+	w *writeCounter
+}
+
+func (s *statusCounter) Patch(ctx context.Context, o client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+	s.w.writes.Add(1)
+	return s.SubResourceWriter.Patch(ctx, o, p, opts...)
+}
+
+func (s *statusCounter) Update(ctx context.Context, o client.Object, opts ...client.SubResourceUpdateOption) error {
+	s.w.writes.Add(1)
+	return s.SubResourceWriter.Update(ctx, o, opts...)
+}
+
+func (s *statusCounter) Apply(ctx context.Context, o runtime.ApplyConfiguration, opts ...client.SubResourceApplyOption) error {
+	s.w.writes.Add(1)
+	return s.SubResourceWriter.Apply(ctx, o, opts...)
+}
+
+func resourceVersions(t *testing.T, ns, name string) map[string]string {
+	t.Helper()
+	rv := map[string]string{}
+	objs := map[string]client.Object{
+		"sim": &v1alpha1.ChargerSimulation{}, "config": &corev1.ConfigMap{},
+		"broker": &appsv1.Deployment{}, "broker-svc": &corev1.Service{},
+		"publisher": &appsv1.StatefulSet{}, "publisher-svc": &corev1.Service{},
+		"listener": &appsv1.Deployment{}, "api": &appsv1.Deployment{}, "api-svc": &corev1.Service{},
+	}
+	for k, o := range objs {
+		n := name
+		if k != "sim" {
+			n = name + "-" + strings.TrimSuffix(k, "-svc")
+		}
+		if err := k8s.Get(ctx, key(ns, n), o); err != nil {
+			t.Fatalf("get %s: %v", k, err)
+		}
+		rv[k] = o.GetResourceVersion()
+	}
+	return rv
+}
+
+func TestNoWriteWhenNothingChanged(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "quiet"))
+	waitCondition(t, ns, "quiet", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+	markReady(t, ns, "quiet")
+	waitCondition(t, ns, "quiet", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	before := resourceVersions(t, ns, "quiet")
+
+	// Force reconciles with the operator's own client and cache, counting every write.
+	mgr := operator.Manager()
+	wc := &writeCounter{Client: mgr.GetClient()}
+	r := &controllers.Reconciler{Client: wc, APIReader: mgr.GetAPIReader(),
+		Recorder: mgr.GetEventRecorder("test"), DefaultImage: testImage}
+	for range 3 {
+		res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: key(ns, "quiet")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.RequeueAfter != 0 {
+			t.Errorf("healthy simulation requeued after %s with resync disabled", res.RequeueAfter)
+		}
+	}
+	if n := wc.writes.Load(); n != 0 {
+		t.Errorf("%d writes for a simulation that did not change", n)
+	}
+	after := resourceVersions(t, ns, "quiet")
+	for k, v := range before {
+		if after[k] != v {
+			t.Errorf("%s: resourceVersion %s → %s", k, v, after[k])
+		}
+	}
+}
+
+func events(t *testing.T, ns, name, reason string) []eventsv1.Event {
+	t.Helper()
+	list := &eventsv1.EventList{}
+	if err := k8s.List(ctx, list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	var out []eventsv1.Event
+	for _, e := range list.Items {
+		if e.Regarding.Name == name && e.Regarding.Kind == "ChargerSimulation" && e.Reason == reason {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func TestMissingSecretDegradedThenRecovers(t *testing.T) {
+	ns := newNamespace(t)
+	createSim(t, simulation(ns, "nosecret"))
+	sim := waitCondition(t, ns, "nosecret", v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonSecretNotFound)
+	c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionReady)
+	if c.Status != metav1.ConditionFalse || c.Reason != v1alpha1.ReasonSecretNotFound || !strings.Contains(c.Message, `Secret "mongo" named by spec.mongo.uriSecretRef does not exist`) {
+		t.Errorf("Ready %+v", c)
+	}
+	eventually(t, "SecretNotFound event", func() error {
+		if ev := events(t, ns, "nosecret", v1alpha1.ReasonSecretNotFound); len(ev) == 0 || ev[0].Type != corev1.EventTypeWarning {
+			return errors.New("no Warning event")
+		}
+		return nil
+	})
+	// Nothing is started that could not run.
+	if err := k8s.Get(ctx, key(ns, "nosecret-listener"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+		t.Errorf("listener exists without its Secret: %v", err)
+	}
+
+	// The Secret appears without the key.
+	s := createSecret(t, ns, "mongo", map[string]string{"url": "typo"})
+	waitCondition(t, ns, "nosecret", v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonSecretKeyNotFound)
+
+	// Fixed: the operator notices by itself (backoff), no edit of the simulation needed.
+	s.StringData = map[string]string{"uri": "mongodb://mongo:27017"}
+	if err := k8s.Update(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, ns, "nosecret", v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonAsExpected)
+	getObj(t, ns, "nosecret-listener", &appsv1.Deployment{})
+	eventually(t, "Recovered event", func() error {
+		if len(events(t, ns, "nosecret", "Recovered")) == 0 {
+			return errors.New("no Recovered event")
+		}
+		return nil
+	})
+}
+
+func TestExternalBroker(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSecret(t, ns, "mqtt", map[string]string{"username": "u", "password": "p", "ca.crt": "pem"})
+	createSim(t, simulation(ns, "ext"))
+	getObj(t, ns, "ext-broker", &appsv1.Deployment{})
+	getObj(t, ns, "ext-broker", &corev1.Service{})
+
+	// Switching to an external broker removes the managed one.
+	updateSim(t, ns, "ext", func(s *v1alpha1.ChargerSimulation) {
+		s.Spec.Broker = v1alpha1.BrokerSpec{
+			URL:                  "ssl://mosquitto.example:8883",
+			CredentialsSecretRef: &v1alpha1.CredentialsSecretRef{Name: "mqtt"},
+			TLS:                  &v1alpha1.BrokerTLS{CASecretRef: v1alpha1.CASecretRef{Name: "mqtt"}},
+		}
+	})
+	eventually(t, "managed broker removed", func() error {
+		for _, o := range []client.Object{&appsv1.Deployment{}, &corev1.Service{}} {
+			if err := k8s.Get(ctx, key(ns, "ext-broker"), o); err == nil {
+				if o.GetDeletionTimestamp() == nil {
+					return fmt.Errorf("%T still there", o)
+				}
+			} else if !apierrors.IsNotFound(err) {
+				return err
+			}
+		}
+		return nil
+	})
+	sim := waitCondition(t, ns, "ext", v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonAsExpected)
+	if sim.Status.Broker != nil || sim.Status.BrokerURL != "ssl://mosquitto.example:8883" {
+		t.Errorf("broker status %+v url %q", sim.Status.Broker, sim.Status.BrokerURL)
+	}
+	lis := getObj(t, ns, "ext-listener", &appsv1.Deployment{})
+	env := envOf(lis.Spec.Template.Spec.Containers[0])
+	if env["CHARGESIM_MQTT_USERNAME"].ValueFrom.SecretKeyRef.Name != "mqtt" || env["CHARGESIM_MQTT_CA_FILE"].Value == "" || env["CHARGESIM_MQTT_PASSWORD_FILE"].Value == "" {
+		t.Errorf("listener MQTT env %+v", env)
+	}
+
+	// A URL the schema lets through but that cannot work: Degraded, with an Event.
+	updateSim(t, ns, "ext", func(s *v1alpha1.ChargerSimulation) { s.Spec.Broker.URL = "tcp://mosquitto:99999" })
+	sim = waitCondition(t, ns, "ext", v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonInvalidBrokerURL)
+	if c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionDegraded); !strings.Contains(c.Message, "port") {
+		t.Errorf("message %q", c.Message)
+	}
+	eventually(t, "InvalidBrokerURL event", func() error {
+		if len(events(t, ns, "ext", v1alpha1.ReasonInvalidBrokerURL)) == 0 {
+			list := &eventsv1.EventList{}
+			_ = k8s.List(ctx, list, client.InNamespace(ns))
+			var got []string
+			for _, e := range list.Items {
+				got = append(got, e.Reason+"/"+e.Regarding.Kind+"/"+e.Regarding.Name+"/"+e.Note)
+			}
+			return fmt.Errorf("no event among %v", got)
+		}
+		return nil
+	})
+	// The running pipeline keeps its last good configuration.
+	cm := getObj(t, ns, "ext-config", &corev1.ConfigMap{})
+	if cm.Data["CHARGESIM_MQTT_URL"] != "ssl://mosquitto.example:8883" {
+		t.Errorf("ConfigMap rewritten with a bad URL: %q", cm.Data["CHARGESIM_MQTT_URL"])
+	}
+}
+
+func TestDeleteLeavesChildrenToGarbageCollector(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "gone"))
+	sim := waitCondition(t, ns, "gone", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+	// envtest runs no garbage collector (test/e2e checks the real one): what makes the children
+	// go is a controller owner reference to this simulation's UID on every one of them.
+	for _, o := range []client.Object{
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "gone-config"}},
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "gone-broker"}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "gone-broker"}},
+		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "gone-publisher"}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "gone-publisher"}},
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "gone-listener"}},
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "gone-api"}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "gone-api"}},
+	} {
+		assertOwned(t, getObj(t, ns, o.GetName(), o), sim)
+	}
+	if err := k8s.Delete(ctx, sim); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "simulation gone", func() error {
+		err := k8s.Get(ctx, key(ns, "gone"), &v1alpha1.ChargerSimulation{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there: %v", err)
+	})
+}
