@@ -95,7 +95,9 @@ func waitCondition(t *testing.T, ns, name, typ string, status metav1.ConditionSt
 	return sim
 }
 
-func key(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+func key(ns, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: ns, Name: name}
+}
 
 func getObj[T client.Object](t *testing.T, ns, name string, obj T) T {
 	t.Helper()

@@ -44,7 +44,7 @@ var (
 	operator *controllers.Operator
 	opReg    *prometheus.Registry
 	// forbidden counts operator log records that mention an RBAC denial.
-	forbidden atomic.Int64
+	forbidden  atomic.Int64
 	lastDenied atomic.Value
 )
 
@@ -172,7 +172,9 @@ func (d *denialCounter) WithAttrs(as []slog.Attr) slog.Handler {
 	return &denialCounter{d.Handler.WithAttrs(as)}
 }
 
-func (d *denialCounter) WithGroup(g string) slog.Handler { return &denialCounter{d.Handler.WithGroup(g)} }
+func (d *denialCounter) WithGroup(g string) slog.Handler {
+	return &denialCounter{d.Handler.WithGroup(g)}
+}
 
 // installRBAC creates the operator's namespace and the RBAC objects of config/rbac exactly as
 // the manifests declare them.
