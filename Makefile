@@ -28,23 +28,66 @@ envtest-assets:
 	hack/kube-tools.sh envtest
 
 ## ---- tests: `make test` is what CI runs (.ci/run) ----
-test: vet test-unit test-integration ## everything
+TAGS := integration,envtest,e2e,chart
+
+test: vet lint check-generated test-unit test-integration test-envtest test-e2e test-chart test-dashboards ## everything CI runs
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 vet: fmt
-	go vet ./...
-	go vet -tags integration ./...
+	go vet -tags $(TAGS) ./...
+
+lint: ## golangci-lint (pinned, built by hack/kube-tools.sh)
+	hack/kube-tools.sh golangci-lint
+	$(BIN)/golangci-lint run --build-tags $(TAGS) ./...
 
 test-unit: ## fast unit tests
 	go test $(GO_TEST_FLAGS) ./...
 
-test-integration: deps ## against real mosquitto and FerretDB
+test-integration: deps ## against real mosquitto and FerretDB (processes started per test)
 	source $(BIN)/deps.env && go test $(GO_TEST_FLAGS) -tags integration -timeout 20m ./...
+
+test-envtest: envtest-assets ## operator against a real kube-apiserver + etcd
+	source $(BIN)/kube.env && go test $(GO_TEST_FLAGS) -tags envtest -timeout 20m ./controllers/...
+
+test-e2e: ## operator on a kwok cluster (real apiserver, controller-manager, scheduler; fake nodes)
+	hack/kube-tools.sh cluster
+	source $(BIN)/kube.env && go test $(GO_TEST_FLAGS) -tags e2e -timeout 30m ./test/e2e/...
+
+test-chart: ## helm lint/template, schema, dry-run=server, install/upgrade/uninstall on kwok
+	hack/test-chart.sh
+
+test-dashboards: ## promtool rules and metrics, every dashboard query against a real Prometheus
+	hack/test-dashboards.sh
+
+test-e2e-kind: ## chart + image on kind (needs Docker; runs in GitHub Actions)
+	hack/test-e2e-kind.sh
 
 bench: deps ## benchmarks with ratios against the raw limits measured in the same run
 	hack/bench.sh
+
+bench-operator: ## 200 simulations to Ready on kwok; operator memory with 2,000 unrelated Deployments
+	hack/kube-tools.sh cluster
+	source $(BIN)/kube.env && go test -tags e2e -run '^$$' -bench BenchmarkOperator -benchtime 1x -timeout 30m ./test/e2e/...
+
+## ---- code generation ----
+generate: ## deepcopy
+	hack/kube-tools.sh controller-gen
+	$(BIN)/controller-gen object:headerFile=hack/boilerplate.go.txt paths=./api/...
+
+manifests: ## CRD, RBAC (config/), and the chart's copies
+	hack/kube-tools.sh controller-gen
+	$(BIN)/controller-gen crd rbac:roleName=chargesim-operator paths=./api/... paths=./controllers/... \
+		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	hack/sync-chart-crds.sh
+
+check-generated: generate manifests ## CI fails when generated files are stale
+	@git diff --exit-code -- api config charts/chargesim/files || \
+		{ echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
+
+image: ## container image (needs Docker)
+	docker build --build-arg VERSION=$(VERSION) -t $${IMG:-chargesim:dev} .
 
 clean:
 	rm -rf bin/chargesim data/
