@@ -3,8 +3,10 @@
 package listener
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -13,10 +15,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 	"go.mongodb.org/mongo-driver/v2/bson"
 
 	"github.com/chargesim/chargesim/components/session"
 	"github.com/chargesim/chargesim/components/store"
+	"github.com/chargesim/chargesim/test/testenv"
 )
 
 // 1. A client of the original contract: every payload variant stored once, with its values.
@@ -321,4 +325,42 @@ func waitUntilCounts(tb testing.TB, r *running, cond func(counts) bool) counts {
 		return cond(c), c.String()
 	})
 	return c
+}
+
+// The exposition of every listener metric passes promtool's lint, with every rejection reason
+// present from the start.
+func TestMetricsLint(t *testing.T) {
+	t.Parallel()
+	d := startDeps(t)
+	r := startListener(t, d.config(pubID("lint")), "lint", nil)
+	newPub(t, d.mq.URL, pubID("pub")).publish(t, messagesOf(goods(0, 10)))
+	waitIdle(t, r, "idle")
+	var buf bytes.Buffer
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+		if _, err := expfmt.MetricFamilyToText(&buf, mf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []string{MetricReceived, MetricStored, MetricDuplicates, MetricRejected, MetricBatchSize, MetricWriteDuration,
+		MetricWriteErrors, MetricLag, MetricPending, MetricInflightBatches, MetricConnected} {
+		if !names[n] {
+			t.Errorf("metric %s not exposed", n)
+		}
+	}
+	for _, reason := range session.Reasons {
+		if !strings.Contains(buf.String(), MetricRejected+`{reason="`+string(reason)+`"} 0`) {
+			t.Errorf("%s{reason=%q} not pre-initialised", MetricRejected, reason)
+		}
+	}
+	cmd := exec.Command(testenv.Bin(t, "promtool"), "check", "metrics")
+	cmd.Stdin = &buf
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
 }
