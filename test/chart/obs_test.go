@@ -226,6 +226,22 @@ func checkDashboard(t *testing.T, p *testenv.Prometheus, file string, since time
 		}
 	}
 	var checked int
+	// Every metric a query names must exist: a fallback such as `x or y * 0` would otherwise
+	// hide a misspelt x.
+	names := map[string]bool{}
+	metricName := regexp.MustCompile(`\b(chargesim|controller_runtime|workqueue|rest_client|process|go)_[a-zA-Z0-9_:]+\b`)
+	for _, pn := range d.panels() {
+		for _, tg := range pn.Targets {
+			for _, n := range metricName.FindAllString(tg.Expr, -1) {
+				names[n] = true
+			}
+		}
+	}
+	for n := range names {
+		if res, err := p.Query(t.Context(), fmt.Sprintf(`count({__name__=%q})`, n)); err != nil || len(res) == 0 {
+			t.Errorf("%s: metric %s is queried but not exported (%v)", file, n, err)
+		}
+	}
 	for _, pn := range d.panels() {
 		for _, tg := range pn.Targets {
 			expr := expandVars(tg.Expr, time.Since(since), vars)
@@ -244,7 +260,7 @@ func checkDashboard(t *testing.T, p *testenv.Prometheus, file string, since time
 			}
 		}
 	}
-	t.Logf("%s: %d queries evaluated", file, checked)
+	t.Logf("%s: %d queries over %d metrics evaluated", file, checked, len(names))
 	if checked < 10 {
 		t.Errorf("%s: only %d queries", file, checked)
 	}
@@ -297,7 +313,7 @@ func TestDashboardOverviewQueries(t *testing.T) {
 	ferret := testenv.StartFerretDB(t)
 	apiAddr, mqttAddr := freeAddr(t), freeAddr(t)
 	startProc(t, "run", "http://"+apiAddr+"/readyz", []string{"CHARGESIM_MONGO_URI=" + ferret.URI, "CHARGESIM_LOG_FORMAT=text"},
-		"run", "--api-addr="+apiAddr, "--mqtt-addr="+mqttAddr, "--chargers=20", "--session-interval=60s", "--time-scale=120")
+		"run", "--api-addr="+apiAddr, "--mqtt-addr="+mqttAddr, "--mqtt-url=tcp://"+mqttAddr, "--chargers=20", "--session-interval=60s", "--time-scale=120")
 	prom := testenv.StartPrometheusWith(t, testenv.PrometheusOptions{Targets: []string{apiAddr}, ScrapeInterval: time.Second})
 	since := time.Now()
 	ctx, cancel := context.WithCancel(t.Context())
