@@ -351,6 +351,7 @@ func TestDashboardOverviewQueries(t *testing.T) {
 // TestDashboardOperatorQueries evaluates the operator dashboard against a Prometheus scraping
 // the operator reconciling two ChargerSimulations on a kwok cluster, and lints its /metrics.
 func TestDashboardOperatorQueries(t *testing.T) {
+	chargesimBin(t, "operator")
 	kc := cluster(t, staticCluster)
 	staticCRDs(t)
 	const ns = "dashboards"

@@ -32,7 +32,7 @@ func startProc(t testing.TB, name, readyURL string, env []string, args ...string
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.cmd = exec.Command(chargesimBin(t), args...)
+	p.cmd = exec.Command(chargesimBin(t, args[0]), args...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
