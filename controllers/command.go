@@ -58,6 +58,7 @@ type Config struct {
 	LogFormat               string
 	MetricsAddr             string        // --metrics-bind-address
 	ProbeAddr               string        // --health-probe-bind-address
+	PprofAddr               string        // --pprof-bind-address
 	LeaderElect             bool          // --leader-elect
 	LeaderElectionID        string        // --leader-election-id
 	LeaderElectionNamespace string        // --leader-election-namespace
@@ -82,6 +83,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "listen address of /metrics (\"0\" disables it)")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "listen address of /healthz and /readyz")
+	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "", "listen address of /debug/pprof (empty disables it; keep it on localhost)")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", false, "elect a leader among operator replicas (a Lease); only the leader reconciles")
 	fs.StringVar(&c.LeaderElectionID, "leader-election-id", "chargesim-operator.chargesim.io", "name of the leader-election Lease")
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the Lease (default: the operator's own namespace when in a cluster)")
@@ -187,6 +189,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, er
 		Logger:                        logger,
 		Metrics:                       metricsserver.Options{BindAddress: orDefault(cfg.MetricsAddr, "0")},
 		HealthProbeBindAddress:        orDefault(cfg.ProbeAddr, "0"),
+		PprofBindAddress:              cfg.PprofAddr,
 		LeaderElection:                cfg.LeaderElect,
 		LeaderElectionID:              cfg.LeaderElectionID,
 		LeaderElectionNamespace:       cfg.LeaderElectionNamespace,

@@ -1,0 +1,287 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/chargesim/chargesim/api/v1alpha1"
+)
+
+func newNamespace(t testing.TB, prefix string) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix}}
+	if err := k8s.Create(bg, ns); err != nil {
+		t.Fatal(err)
+	}
+	return ns.Name
+}
+
+func getSim(t testing.TB, ns, name string) *v1alpha1.ChargerSimulation {
+	t.Helper()
+	sim := &v1alpha1.ChargerSimulation{}
+	if err := k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: name}, sim); err != nil {
+		t.Fatal(err)
+	}
+	return sim
+}
+
+// readyForGeneration: Ready=True, and both the status and its Ready condition describe the
+// current generation.
+func readyForGeneration(sim *v1alpha1.ChargerSimulation) error {
+	c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionReady)
+	switch {
+	case c == nil:
+		return errors.New("no Ready condition")
+	case sim.Status.ObservedGeneration != sim.Generation || c.ObservedGeneration != sim.Generation:
+		return fmt.Errorf("status is for generation %d, spec is %d", sim.Status.ObservedGeneration, sim.Generation)
+	case c.Status != metav1.ConditionTrue:
+		return fmt.Errorf("Ready=%s %s: %s", c.Status, c.Reason, c.Message)
+	}
+	return nil
+}
+
+// assertReallyAvailable checks the simulation's status against its workloads as the real
+// controllers report them.
+func assertReallyAvailable(t *testing.T, sim *v1alpha1.ChargerSimulation) {
+	t.Helper()
+	deps := map[string]v1alpha1.ComponentStatus{"listener": sim.Status.Listener, "api": sim.Status.API}
+	if sim.Spec.Broker.URL == "" {
+		deps["broker"] = *sim.Status.Broker
+	}
+	for c, st := range deps {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(bg, types.NamespacedName{Namespace: sim.Namespace, Name: sim.Name + "-" + c}, d); err != nil {
+			t.Fatal(err)
+		}
+		if d.Status.AvailableReplicas != *d.Spec.Replicas || d.Status.ReadyReplicas != st.ReadyReplicas || st.ReadyReplicas != st.DesiredReplicas {
+			t.Errorf("%s/%s: Deployment available %d/%d, status says %d/%d", sim.Name, c,
+				d.Status.AvailableReplicas, *d.Spec.Replicas, st.ReadyReplicas, st.DesiredReplicas)
+		}
+	}
+	sts := &appsv1.StatefulSet{}
+	if err := k8s.Get(bg, types.NamespacedName{Namespace: sim.Namespace, Name: sim.Name + "-publisher"}, sts); err != nil {
+		t.Fatal(err)
+	}
+	if sts.Status.AvailableReplicas != *sts.Spec.Replicas || sts.Status.ReadyReplicas != sim.Status.Publisher.ReadyReplicas ||
+		*sts.Spec.Replicas != sim.Spec.Publisher.Replicas {
+		t.Errorf("%s/publisher: StatefulSet available %d/%d, status says %d, spec %d", sim.Name,
+			sts.Status.AvailableReplicas, *sts.Spec.Replicas, sim.Status.Publisher.ReadyReplicas, sim.Spec.Publisher.Replicas)
+	}
+}
+
+func TestOperatorManifestDeploys(t *testing.T) {
+	// The Deployment from config/manager passes the namespace's restricted Pod Security level
+	// and becomes available (kwok plays its kubelet).
+	if out, err := kubectl("-n", operatorNamespace, "rollout", "status", "deployment/chargesim-operator", "--timeout=180s"); err != nil {
+		t.Fatalf("operator Deployment: %v\n%s", err, out)
+	}
+}
+
+func TestSamples(t *testing.T) {
+	ns := newNamespace(t, "samples-")
+	minimal := filepath.Join(root, "config", "samples", "minimal.yaml")
+	full := filepath.Join(root, "config", "samples", "full.yaml")
+	if out, err := kubectl("apply", "-n", ns, "-f", minimal, "-f", full); err != nil {
+		t.Fatalf("apply samples: %v\n%s", err, out)
+	}
+
+	t.Run("ready", func(t *testing.T) {
+		for _, name := range []string{"minimal", "full"} {
+			eventually(t, 5*time.Minute, name+" Ready", func() error { return readyForGeneration(getSim(t, ns, name)) })
+			assertReallyAvailable(t, getSim(t, ns, name))
+		}
+		full := getSim(t, ns, "full")
+		if full.Status.SessionsPerSecond != "100" || full.Status.APIAddress != "full-api."+ns+".svc:80" || full.Status.Broker != nil {
+			t.Errorf("full: rate %q api %q broker %+v", full.Status.SessionsPerSecond, full.Status.APIAddress, full.Status.Broker)
+		}
+		out, err := kubectl("get", "csim", "-n", ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		header := strings.Fields(strings.SplitN(out, "\n", 2)[0])
+		if !slices.Equal(header, []string{"NAME", "CHARGERS", "SESSIONS/S", "READY", "AGE"}) {
+			t.Errorf("kubectl get csim columns %v", header)
+		}
+		found := false
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) == 5 && slices.Equal(f[:4], []string{"full", "3000", "100", "True"}) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("kubectl get csim:\n%s", out)
+		}
+	})
+
+	t.Run("scale", func(t *testing.T) {
+		if out, err := kubectl("scale", "-n", ns, "csim/minimal", "--replicas=3"); err != nil {
+			t.Fatalf("kubectl scale: %v\n%s", err, out)
+		}
+		eventually(t, 5*time.Minute, "minimal scaled and Ready", func() error {
+			sim := getSim(t, ns, "minimal")
+			if sim.Status.Publisher.ReadyReplicas != 3 {
+				// Say whether the operator or the cluster is behind.
+				out, _ := kubectl("get", "-n", ns, "statefulset/minimal-publisher", "-o", "jsonpath={.status}")
+				pods, _ := kubectl("get", "-n", ns, "pods", "-l", "app.kubernetes.io/instance=minimal,app.kubernetes.io/component=publisher", "-o", "wide")
+				return fmt.Errorf("status says publisher ready %d/3; StatefulSet status %s\n%s", sim.Status.Publisher.ReadyReplicas, out, pods)
+			}
+			return readyForGeneration(sim)
+		})
+		assertReallyAvailable(t, getSim(t, ns, "minimal"))
+		// Each pod learns its shard from its own pod-index label (set by the StatefulSet
+		// controller) and the shard count from its template: 3 pods, indexes 0..2, count 3.
+		pods := &corev1.PodList{}
+		if err := k8s.List(bg, pods, client.InNamespace(ns), client.MatchingLabels{
+			"app.kubernetes.io/instance": "minimal", "app.kubernetes.io/component": "publisher",
+		}); err != nil {
+			t.Fatal(err)
+		}
+		var idx []string
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp != nil {
+				continue
+			}
+			idx = append(idx, p.Labels["apps.kubernetes.io/pod-index"])
+			for _, e := range p.Spec.Containers[0].Env {
+				if e.Name == "CHARGESIM_SHARD_COUNT" && e.Value != "3" {
+					t.Errorf("pod %s: shard count %s", p.Name, e.Value)
+				}
+			}
+		}
+		slices.Sort(idx)
+		if !slices.Equal(idx, []string{"0", "1", "2"}) {
+			t.Errorf("publisher pod indexes %v", idx)
+		}
+		out, err := kubectl("get", "csim/minimal", "-n", ns, "-o", "jsonpath={.spec.publisher.replicas} {.status.publisher.replicas}")
+		if err != nil || out != "3 3" {
+			t.Errorf("spec/status replicas %q %v", out, err)
+		}
+	})
+
+	t.Run("drift", func(t *testing.T) {
+		old := &appsv1.Deployment{}
+		if err := k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "minimal-api"}, old); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := kubectl("delete", "-n", ns, "deployment/minimal-api", "--wait=false"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		eventually(t, 3*time.Minute, "minimal-api recreated and Ready", func() error {
+			d := &appsv1.Deployment{}
+			if err := k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "minimal-api"}, d); err != nil {
+				return err
+			}
+			if d.UID == old.UID {
+				return errors.New("not replaced yet")
+			}
+			return readyForGeneration(getSim(t, ns, "minimal"))
+		})
+	})
+
+	t.Run("metrics", func(t *testing.T) {
+		text, err := scrape(opMetrics)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ready := metricValue(text, `chargesim_operator_simulations{condition="Ready",status="True"}`)
+		if ready < 2 {
+			t.Errorf("chargesim_operator_simulations Ready=True is %v, want ≥ 2", ready)
+		}
+		if metricValue(text, `chargesim_operator_applies_total{kind="Deployment",result="unchanged"}`) == 0 {
+			t.Error("no unchanged applies counted")
+		}
+		promtool := filepath.Join(root, "bin", "promtool")
+		if _, err := os.Stat(promtool); err != nil {
+			t.Fatalf("bin/promtool missing: run hack/deps.sh")
+		}
+		var own []string
+		for _, l := range strings.Split(text, "\n") {
+			if strings.Contains(l, "chargesim_operator_") {
+				own = append(own, l)
+			}
+		}
+		cmd := exec.Command(promtool, "check", "metrics")
+		cmd.Stdin = strings.NewReader(strings.Join(own, "\n") + "\n")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool check metrics: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("delete garbage-collects children", func(t *testing.T) {
+		if out, err := kubectl("delete", "-n", ns, "csim/full", "--wait=true", "--timeout=120s"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		eventually(t, 3*time.Minute, "children of full collected", func() error {
+			out, err := kubectl("get", "deployments,statefulsets,services,configmaps,pods", "-n", ns,
+				"-l", "app.kubernetes.io/instance=full", "-o", "name")
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			if strings.TrimSpace(out) != "" {
+				return fmt.Errorf("left: %s", strings.Join(strings.Fields(out), " "))
+			}
+			return nil
+		})
+		// The other simulation is untouched.
+		if err := readyForGeneration(getSim(t, ns, "minimal")); err != nil {
+			t.Errorf("minimal after deleting full: %v", err)
+		}
+	})
+}
+
+func TestMissingSecretInCluster(t *testing.T) {
+	ns := newNamespace(t, "degraded-")
+	sim := &v1alpha1.ChargerSimulation{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "lonely"},
+		Spec:       v1alpha1.ChargerSimulationSpec{Mongo: v1alpha1.MongoSpec{URISecretRef: v1alpha1.URISecretRef{Name: "later"}}},
+	}
+	if err := k8s.Create(bg, sim); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "Degraded SecretNotFound", func() error {
+		c := meta.FindStatusCondition(getSim(t, ns, "lonely").Status.Conditions, v1alpha1.ConditionDegraded)
+		if c == nil || c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonSecretNotFound {
+			return fmt.Errorf("Degraded %+v", c)
+		}
+		return nil
+	})
+	out, err := kubectl("get", "events", "-n", ns, "--field-selector", "reason=SecretNotFound", "-o", "name")
+	if err != nil || strings.TrimSpace(out) == "" {
+		t.Errorf("no SecretNotFound event: %v %s", err, out)
+	}
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "later"}, StringData: map[string]string{"uri": "mongodb://m:27017"}}
+	if err := k8s.Create(bg, secret); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Minute, "recovers and becomes Ready", func() error { return readyForGeneration(getSim(t, ns, "lonely")) })
+}
+
+// metricValue returns the value of the sample with exactly this name and labels (0 if absent).
+func metricValue(text, series string) float64 {
+	for _, l := range strings.Split(text, "\n") {
+		if rest, ok := strings.CutPrefix(l, series+" "); ok {
+			v, err := strconv.ParseFloat(strings.Fields(rest)[0], 64)
+			if err == nil {
+				return v
+			}
+		}
+	}
+	return 0
+}
