@@ -122,10 +122,12 @@ var (
 
 // staticCluster serves the tests that only talk to the API server (dry-run, OpenAPI, NOTES);
 // lifecycleCluster is where the chart is really installed, upgraded and uninstalled, so that
-// the CRDs the static tests install by hand never collide with the release's own.
-const (
-	staticCluster    = "chargesim-chart"
-	lifecycleCluster = "chargesim-chart-life"
+// the CRDs the static tests install by hand never collide with the release's own. The names
+// carry the process ID: two runs on one machine (two worktrees, CI next to a developer) must
+// not share or delete each other's clusters.
+var (
+	staticCluster    = fmt.Sprintf("chart-%d", os.Getpid())
+	lifecycleCluster = fmt.Sprintf("chart-life-%d", os.Getpid())
 )
 
 // cluster starts (once) the kwok cluster name through hack/kwok-cluster.sh and returns its
