@@ -1,6 +1,7 @@
 package listener
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +86,22 @@ func TestSubscriptionFilter(t *testing.T) {
 		}
 		if got := l.Subscription(); got != tc.want {
 			t.Errorf("group %q prefix %q: %q, want %q", tc.group, tc.prefix, got, tc.want)
+		}
+	}
+}
+
+func TestCommandRejectsBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"--batch-size=0"}, "batch-size"},
+		{[]string{"--log-level=loud"}, "log-level"},
+		{[]string{"--max-pending=10"}, "max-pending"},
+	} {
+		err := Command(context.Background(), tc.args)
+		if err == nil || !strings.Contains(err.Error(), "--"+tc.flag) {
+			t.Errorf("Command(%v) = %v, want an error naming --%s", tc.args, err, tc.flag)
 		}
 	}
 }

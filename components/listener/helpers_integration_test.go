@@ -110,7 +110,7 @@ func (r *running) stop(tb testing.TB) {
 	}
 }
 
-type counts struct{ received, stored, dups, writeErrors, pending float64 }
+type counts struct{ received, stored, dups, writeErrors, pending, released float64 }
 
 func (r *running) counts() counts {
 	m := r.l.m
@@ -120,11 +120,13 @@ func (r *running) counts() counts {
 		dups:        testutil.ToFloat64(m.duplicates),
 		writeErrors: testutil.ToFloat64(m.writeErrors),
 		pending:     testutil.ToFloat64(m.pending),
+		released:    float64(r.l.released.Load()),
 	}
 }
 
 func (c counts) String() string {
-	return fmt.Sprintf("received %v stored %v duplicates %v write_errors %v pending %v", c.received, c.stored, c.dups, c.writeErrors, c.pending)
+	return fmt.Sprintf("received %v stored %v duplicates %v write_errors %v pending %v released %v",
+		c.received, c.stored, c.dups, c.writeErrors, c.pending, c.released)
 }
 
 // waitUntil polls cond until it holds, failing the test with cond's last description after
@@ -352,14 +354,14 @@ func checkExactlyOnce(tb testing.TB, d deps, published []good) {
 
 func near(a, b float64) bool { return math.Abs(a-b) <= 1e-6*math.Max(1, math.Abs(b)) }
 
-// waitIdle waits until r has stored or counted as duplicate everything it received and
-// holds nothing pending.
+// waitIdle waits until r holds nothing pending and has accounted for every message it
+// received: stored, duplicate, rejected, or let go unacknowledged (to be redelivered).
 func waitIdle(tb testing.TB, r *running, what string) counts {
 	tb.Helper()
 	var c counts
 	waitUntil(tb, 120*time.Second, what, func() (bool, string) {
 		c = r.counts()
-		return c.pending == 0 && c.received > 0 && c.received == c.stored+c.dups+rejectedTotal(r), c.String()
+		return c.pending == 0 && c.received > 0 && c.received == c.stored+c.dups+rejectedTotal(r)+c.released, c.String()
 	})
 	return c
 }

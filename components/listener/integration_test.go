@@ -6,12 +6,16 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
@@ -188,8 +192,8 @@ func TestStoreOutageBackpressure(t *testing.T) {
 	if c.stored != float64(len(published)) {
 		t.Errorf("sessions_stored_total = %v, want %d", c.stored, len(published))
 	}
-	if c.received != c.stored+c.dups {
-		t.Errorf("received %v ≠ stored %v + duplicates %v", c.received, c.stored, c.dups)
+	if c.received != c.stored+c.dups+c.released {
+		t.Errorf("received %v ≠ stored %v + duplicates %v + released %v", c.received, c.stored, c.dups, c.released)
 	}
 	waitUntil(t, 30*time.Second, "ready again", func() (bool, string) {
 		err := r.l.Ready(context.Background())
@@ -363,4 +367,102 @@ func TestMetricsLint(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
+}
+
+// The broker restarts while the store is down and the listener's handler is blocked on a full
+// pending queue: the handler must let go so paho can reconnect (it cannot while its router is
+// blocked), and the messages it held from the old connection, whose acknowledgements paho drops,
+// come back from the persistent session and are stored once.
+func TestBrokerRestartWhileBlocked(t *testing.T) {
+	t.Parallel()
+	d := startDeps(t)
+	cfg := d.config(pubID("broker-restart"))
+	cfg.MaxPending = 200
+	cfg.BatchSize = 50
+	// A short keepalive: the dead connection is found the same way, sooner (production: 30s).
+	r := startListener(t, cfg, "broker-restart", func(l *Listener) {
+		l.mqttOpts = func(o *mqtt.ClientOptions) { o.SetKeepAlive(2 * time.Second).SetPingTimeout(time.Second) }
+	})
+	published := goods(0, 1500)
+	p := newPub(t, d.mq.URL, pubID("pub"))
+	p.publish(t, messagesOf(published[:300]))
+	coll := sessionsColl(t, d)
+	waitUntil(t, 60*time.Second, "first sessions stored", func() (bool, string) {
+		k := countDocs(t, coll, bson.D{})
+		return k == 300, fmt.Sprintf("%d stored; %v", k, r.counts())
+	})
+	d.fdb.Stop()
+	p.publish(t, messagesOf(published[300:]))
+	waitUntil(t, 60*time.Second, "handler blocked on a full pending queue", func() (bool, string) {
+		c := r.counts()
+		return c.pending == float64(cfg.MaxPending), c.String()
+	})
+	d.mq.Stop() // graceful: mosquitto saves the session with its unacknowledged messages
+	isOpen := func() bool {
+		c, _ := r.l.client.Load().(interface{ IsConnectionOpen() bool })
+		return c != nil && c.IsConnectionOpen()
+	}
+	// paho is not reading while the handler blocks: it finds out through its keepalive
+	// (no traffic for the keepalive period, then no readable PINGRESP within the ping timeout).
+	waitUntil(t, 120*time.Second, "connection loss noticed", func() (bool, string) {
+		return !isOpen(), "still connected"
+	})
+	d.mq.Start()
+	// The store is still down: only a handler that gave up lets paho reconnect.
+	waitUntil(t, 60*time.Second, "reconnected with the store still down", func() (bool, string) {
+		return isOpen(), r.counts().String()
+	})
+	d.fdb.Start()
+	waitUntil(t, 120*time.Second, "all sessions stored", func() (bool, string) {
+		k := countDocs(t, coll, bson.D{})
+		return k == int64(len(published)), fmt.Sprintf("%d stored; %v", k, r.counts())
+	})
+	c := waitIdle(t, r, "idle")
+	checkExactlyOnce(t, d, published)
+	if c.stored != float64(len(published)) {
+		t.Errorf("sessions_stored_total = %v, want %d", c.stored, len(published))
+	}
+}
+
+// The subcommand end to end: flags, /readyz, /metrics, graceful stop.
+func TestCommand(t *testing.T) {
+	t.Parallel()
+	d := startDeps(t)
+	port := testenv.FreePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Command(ctx, []string{"--mqtt-url=" + d.mq.URL, "--mongo-uri=" + d.fdb.URI, "--mqtt-client-id=" + pubID("cmd"),
+			"--http-addr=127.0.0.1:" + strconv.Itoa(port), "--log-level=warn", "--flush-interval=10ms"})
+	}()
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	waitUntil(t, 60*time.Second, "/readyz 200", func() (bool, string) {
+		code, body := httpGet(base + "/readyz")
+		return code == 200, fmt.Sprint(code, " ", body)
+	})
+	newPub(t, d.mq.URL, pubID("pub")).publish(t, messagesOf(goods(0, 20)))
+	waitUntil(t, 60*time.Second, "/metrics shows 20 stored", func() (bool, string) {
+		_, body := httpGet(base + "/metrics")
+		return strings.Contains(body, MetricStored+" 20"), body
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Command: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Command did not return after cancel")
+	}
+	checkExactlyOnce(t, d, goods(0, 20))
+}
+
+func httpGet(url string) (int, string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

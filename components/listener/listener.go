@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,7 @@ type Listener struct {
 	client     atomic.Value // mqtt.Client, set once Run has built it
 	subscribed atomic.Bool
 	stopping   chan struct{} // closed when Run starts shutting down
+	released   atomic.Int64  // messages let go unacknowledged (shutdown, dead connection)
 	stopOnce   sync.Once
 
 	// Test hooks (nil in production).
@@ -108,13 +110,13 @@ func (l *Listener) Run(ctx context.Context) error {
 	l.clientOptions(opts)
 	client := mqtt.NewClient(opts)
 	l.client.Store(client)
-	l.log.Info("connecting to broker", "url", l.cfg.MQTT.URL, "client_id", opts.ClientID, "subscription", l.filter)
+	l.log.Info("connecting to broker", "url", redactURL(l.cfg.MQTT.URL), "client_id", opts.ClientID, "subscription", l.filter)
 	tok := client.Connect() // with ConnectRetry the token completes once connected
 	select {
 	case <-tok.Done():
 		if err := tok.Error(); err != nil {
 			l.shutdown(cancelHard)
-			return fmt.Errorf("connect to broker %s: %w", l.cfg.MQTT.URL, err)
+			return fmt.Errorf("connect to broker %s: %w", redactURL(l.cfg.MQTT.URL), err)
 		}
 	case <-ctx.Done():
 	}
@@ -169,6 +171,7 @@ func (l *Listener) clientOptions(o *mqtt.ClientOptions) {
 
 // onConnect (re)subscribes. It runs on its own goroutine after every (re)connection.
 func (l *Listener) onConnect(c mqtt.Client) {
+	l.m.connected.Set(1)
 	backoff := minBackoff
 	for {
 		select {
@@ -179,8 +182,11 @@ func (l *Listener) onConnect(c mqtt.Client) {
 		if !c.IsConnectionOpen() {
 			return // lost again: the next OnConnect subscribes
 		}
+		// A resumed session already has the subscription; subscribing again is harmless and
+		// covers a new session. The SUBACK can be late: a resumed session redelivers at once,
+		// and while our handler blocks on a full pending queue paho reads nothing more.
 		tok := c.Subscribe(l.filter, 1, nil) // nil: messages go to the default handler
-		err := mqttclient.Wait(tok, 10*time.Second, "subscribe "+l.filter)
+		err := mqttclient.Wait(tok, 30*time.Second, "subscribe "+l.filter)
 		if err == nil {
 			if q, ok := tok.(*mqtt.SubscribeToken).Result()[l.filter]; ok && q > 2 {
 				err = fmt.Errorf("subscribe %s: refused by the broker (return code %#x)", l.filter, q)
@@ -188,7 +194,6 @@ func (l *Listener) onConnect(c mqtt.Client) {
 		}
 		if err == nil {
 			l.subscribed.Store(true)
-			l.m.connected.Set(1)
 			l.log.Info("connected and subscribed", "subscription", l.filter)
 			return
 		}
@@ -206,11 +211,12 @@ func (l *Listener) onConnect(c mqtt.Client) {
 func (l *Listener) onMessage(c mqtt.Client, msg mqtt.Message) {
 	l.m.received.Inc()
 	if !l.p.admit(l.stopping, c.IsConnectionOpen) {
+		l.released.Add(1)
 		return // stopping, or the connection is gone: unacknowledged, so redelivered
 	}
 	e := l.decode(msg, l.now())
 	if !l.p.submit(e) {
-		return
+		l.released.Add(1)
 	}
 }
 
@@ -246,6 +252,15 @@ func (l *Listener) decode(msg mqtt.Message, now time.Time) *entry {
 	d := store.NewRejectedDoc(topic, payload, reason, detail, now)
 	e.rejected = &d
 	return e
+}
+
+// redactURL hides a password given in the broker URL (paho accepts user:pass@host).
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }
 
 func truncate(s string, n int) string {

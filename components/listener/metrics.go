@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricInflightBatches,
 			Help: "Batches being written, retries included."}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricConnected,
-			Help: "1 while connected to the MQTT broker and subscribed."}),
+			Help: "1 while connected to the MQTT broker."}),
 	}
 	for _, r := range session.Reasons {
 		m.rejected.WithLabelValues(string(r)) // every series exists from the start, at 0

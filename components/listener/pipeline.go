@@ -132,6 +132,12 @@ func (p *pipeline) start(hard context.Context) {
 // the message stays unacknowledged, for the broker to redeliver) when the pipeline stops or
 // connected reports the connection gone: paho cannot reconnect while its router is blocked
 // in our handler.
+//
+// While we block, paho reads nothing from the socket (its reader waits to hand us the next
+// PUBLISH), so it notices a dead connection only through its keepalive: a PINGRESP that cannot
+// be read counts as lost. A store outage longer than keepalive + ping timeout (30s + 10s)
+// therefore also cycles the MQTT connection: harmless (nothing is acknowledged that is not
+// stored, and the broker redelivers), but visible in the logs and the connected gauge.
 func (p *pipeline) admit(stop <-chan struct{}, connected func() bool) bool {
 	select {
 	case <-stop:
@@ -145,6 +151,9 @@ func (p *pipeline) admit(stop <-chan struct{}, connected func() bool) bool {
 		p.m.pending.Inc()
 		return true
 	default:
+	}
+	if connected != nil && !connected() {
+		return false // do not wait a tick per message while paho drains a dead connection
 	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
