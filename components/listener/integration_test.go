@@ -466,3 +466,75 @@ func httpGet(url string) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// A graceful stop mid-stream stores and acknowledges what it holds before disconnecting: the
+// next listener of the session gets only what was never stored (no duplicates at all).
+func TestGracefulStopFlushesAndAcks(t *testing.T) {
+	t.Parallel()
+	d := startDeps(t)
+	cfg := d.config(pubID("graceful"))
+	a := startListener(t, cfg, "a", nil)
+	published := goods(0, 3000)
+	p := newPub(t, d.mq.URL, pubID("pub"))
+	pubDone := make(chan error, 1)
+	go func() { pubDone <- p.tryPublish(messagesOf(published)) }()
+	coll := sessionsColl(t, d)
+	waitUntil(t, 60*time.Second, "a third stored", func() (bool, string) {
+		k := countDocs(t, coll, bson.D{})
+		return k >= int64(len(published)/3), fmt.Sprintf("%d stored", k)
+	})
+	a.stop(t)
+	ca := a.counts()
+	if ca.pending != 0 {
+		t.Errorf("stopped with %v pending", ca.pending)
+	}
+	if err := <-pubDone; err != nil {
+		t.Fatal(err)
+	}
+	b := startListener(t, cfg, "b", nil)
+	waitUntil(t, 120*time.Second, "all stored", func() (bool, string) {
+		k := countDocs(t, coll, bson.D{})
+		return k == int64(len(published)), fmt.Sprintf("%d stored; b %v", k, b.counts())
+	})
+	cb := waitIdle(t, b, "b idle")
+	checkExactlyOnce(t, d, published)
+	if cb.dups != 0 || ca.stored+cb.stored != float64(len(published)) {
+		t.Errorf("a: %v; b: %v; want no duplicates (a acknowledged all it stored) and %d stored in total", ca, cb, len(published))
+	}
+}
+
+// A graceful stop while the store is down gives up at --shutdown-timeout and acknowledges
+// nothing it could not store: all of it comes back to the next listener.
+func TestGracefulStopStoreDownAcksNothingUnstored(t *testing.T) {
+	t.Parallel()
+	d := startDeps(t)
+	cfg := d.config(pubID("graceful-down"))
+	cfg.ShutdownTimeout = time.Second
+	a := startListener(t, cfg, "a", nil)
+	published := goods(0, 800)
+	p := newPub(t, d.mq.URL, pubID("pub"))
+	p.publish(t, messagesOf(published[:200]))
+	coll := sessionsColl(t, d)
+	waitUntil(t, 60*time.Second, "first stored", func() (bool, string) {
+		k := countDocs(t, coll, bson.D{})
+		return k == 200, fmt.Sprintf("%d stored", k)
+	})
+	d.fdb.Stop()
+	p.publish(t, messagesOf(published[200:]))
+	waitUntil(t, 60*time.Second, "all received", func() (bool, string) {
+		c := a.counts()
+		return c.received == float64(len(published)) && c.pending == float64(len(published)-200), c.String()
+	})
+	a.stop(t) // Run must return nil after the shutdown timeout
+	d.fdb.Start()
+	b := startListener(t, cfg, "b", nil)
+	waitUntil(t, 120*time.Second, "all stored", func() (bool, string) {
+		k := countDocs(t, coll, bson.D{})
+		return k == int64(len(published)), fmt.Sprintf("%d stored; b %v", k, b.counts())
+	})
+	cb := waitIdle(t, b, "b idle")
+	checkExactlyOnce(t, d, published)
+	if cb.stored != float64(len(published)-200) {
+		t.Errorf("b stored %v, want %d", cb.stored, len(published)-200)
+	}
+}
