@@ -39,10 +39,8 @@ type Listener struct {
 	stopOnce   sync.Once
 
 	// Test hooks (nil in production).
-	holdAck  func() bool                                            // see pipeline.holdAck
-	mqttOpts func(*mqtt.ClientOptions)                              // adjusts the client options
-	now      func() time.Time                                       // receive time
-	onStored func(sessions []store.SessionDoc, r store.WriteResult) // after each stored sessions write
+	holdAck  func() bool               // see pipeline.holdAck
+	mqttOpts func(*mqtt.ClientOptions) // adjusts the client options
 }
 
 // New validates nothing (call cfg.Validate first) and connects nothing: Run does. reg receives
@@ -62,7 +60,6 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Listener, er
 		lim:      newLogLimiter(logInterval, nil),
 		filter:   session.SharedSubscription(cfg.ShareGroup, session.SubscriptionFilter(cfg.MQTT.TopicPrefix)),
 		stopping: make(chan struct{}),
-		now:      time.Now,
 	}
 	l.p = newPipeline(pipelineConfig{
 		batchSize:   cfg.BatchSize,
@@ -80,8 +77,14 @@ func (l *Listener) Subscription() string { return l.filter }
 // Run connects to the store (retrying until it answers), then to the broker, and consumes until
 // ctx is cancelled. It then stops taking messages, stores what it holds within
 // cfg.ShutdownTimeout, acknowledges what was stored and disconnects; anything not stored stays
-// unacknowledged and the broker redelivers it. It returns nil after a graceful shutdown.
+// unacknowledged and the broker redelivers it. It returns nil after a graceful shutdown. Run is
+// called once per Listener.
 func (l *Listener) Run(ctx context.Context) error {
+	opts, err := l.cfg.MQTT.Options("listener")
+	if err != nil {
+		return fmt.Errorf("mqtt options: %w", err)
+	}
+	l.clientOptions(opts)
 	st, err := l.connectStore(ctx)
 	if err != nil {
 		return err
@@ -103,11 +106,6 @@ func (l *Listener) Run(ctx context.Context) error {
 	l.p.holdAck = l.holdAck
 	l.p.start(hard)
 
-	opts, err := l.cfg.MQTT.Options("listener")
-	if err != nil {
-		return fmt.Errorf("mqtt options: %w", err)
-	}
-	l.clientOptions(opts)
 	client := mqtt.NewClient(opts)
 	l.client.Store(client)
 	l.log.Info("connecting to broker", "url", redactURL(l.cfg.MQTT.URL), "client_id", opts.ClientID, "subscription", l.filter)
@@ -214,7 +212,7 @@ func (l *Listener) onMessage(c mqtt.Client, msg mqtt.Message) {
 		l.released.Add(1)
 		return // stopping, or the connection is gone: unacknowledged, so redelivered
 	}
-	e := l.decode(msg, l.now())
+	e := l.decode(msg, time.Now())
 	if !l.p.submit(e) {
 		l.released.Add(1)
 	}
@@ -299,9 +297,6 @@ func (l *Listener) write(ctx context.Context, b *batch) error {
 			if !r.IsDuplicate(i) {
 				l.m.lag.Observe(max(0, stored.Sub(b.sessions[i].EndedAt).Seconds()))
 			}
-		}
-		if l.onStored != nil {
-			l.onStored(b.sessions, r)
 		}
 	}
 	if !b.rejectedDone && len(b.rejected) > 0 {
