@@ -157,6 +157,11 @@ func (b *Broker) Ready(context.Context) error {
 	return nil
 }
 
+// Drained reports whether no QoS 1/2 message is waiting for a subscriber's acknowledgement.
+// `chargesim run` waits for it before stopping the listener, because this broker keeps queued
+// messages only in memory.
+func (b *Broker) Drained() bool { return b.server.Info.Clone().Inflight == 0 }
+
 // authHook admits everyone when no username is configured, else only that user. Passwords
 // are compared in constant time.
 type authHook struct {

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/chargesim/chargesim/components/broker"
@@ -80,14 +81,14 @@ func Command(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return Run(ctx, log, common.ShutdownTimeout, cfg)
+	return Run(ctx, log, common.ShutdownTimeout, cfg, cli.NewRegistry())
 }
 
 // Run starts every part and blocks until ctx is done or one part fails, then stops them all:
 // the publisher first (flushing), the listener next (so it stores what was published), then
 // the API and the broker.
-func Run(ctx context.Context, log *slog.Logger, grace time.Duration, cfg Config) error {
-	reg := cli.NewRegistry()
+// Every part's metrics go to reg, which the API serves on /metrics.
+func Run(ctx context.Context, log *slog.Logger, grace time.Duration, cfg Config, reg *prometheus.Registry) error {
 	cfg.Publisher.ShutdownTimeout = grace
 
 	var b *broker.Broker
@@ -156,8 +157,25 @@ func Run(ctx context.Context, log *slog.Logger, grace time.Duration, cfg Config)
 		return cli.ServeListener(apiCtx, log, ln, withReady(api.Handler(), parts), grace)
 	})
 	g.Go(func() error {
+		// A broker discards messages nobody has subscribed to yet: start publishing only once
+		// the listener is subscribed (and its store reachable).
+		for lis.Ready(gctx) != nil {
+			select {
+			case <-gctx.Done():
+				stopListener()
+				stopAPI()
+				stopBroker()
+				return nil
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
 		err := pub.Run(gctx)
-		// Shutdown order: publisher has flushed; let the listener store it, then the rest.
+		// Shutdown order: the publisher has flushed; the embedded broker keeps messages only in
+		// memory, so the listener must store (and acknowledge) everything it holds before it
+		// stops, then the rest.
+		if b != nil {
+			drain(log, b, grace)
+		}
 		stopListener()
 		<-listenerDone
 		stopAPI()
@@ -167,6 +185,24 @@ func Run(ctx context.Context, log *slog.Logger, grace time.Duration, cfg Config)
 		return err
 	})
 	return g.Wait()
+}
+
+// drain waits, at most grace, until the broker holds no unacknowledged message. mochi acks a
+// publish just before it fans it out, so one empty reading is confirmed by a second.
+func drain(log *slog.Logger, b *broker.Broker, grace time.Duration) {
+	deadline := time.Now().Add(grace)
+	for empty := 0; empty < 2; {
+		if time.Now().After(deadline) {
+			log.Warn("broker still holds unacknowledged messages after the grace period; they are lost with it")
+			return
+		}
+		if b.Drained() {
+			empty++
+		} else {
+			empty = 0
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // withReady answers /readyz for the whole stack: every part must be ready.

@@ -77,3 +77,27 @@ func TestConnectRetryWaitsForTheDatabase(t *testing.T) {
 		t.Fatalf("cancelled ConnectRetry = %v, %v; want nil, nil", st, err)
 	}
 }
+
+func TestConnectTLS(t *testing.T) {
+	f := testenv.StartFerretDBWith(t, testenv.FerretDBOptions{TLS: true})
+	ctx := context.Background()
+	cfg := Config{URI: f.URI, Database: "tls", CAFile: f.CAFile}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := Connect(ctx, cfg, "test")
+	if err != nil {
+		t.Fatalf("connect over TLS: %v", err)
+	}
+	defer st.Close(ctx) //nolint:errcheck
+	if err := st.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Without the CA the server certificate is not trusted.
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if st, err := Connect(cctx, Config{URI: f.URI, Database: "tls"}, "test"); err == nil {
+		_ = st.Close(ctx)
+		t.Fatal("connected over TLS without trusting the server's CA")
+	}
+}
