@@ -6,9 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"log/slog"
 	"net/http"
+	"os"
 	"testing"
 	"time"
 
