@@ -116,7 +116,7 @@ func TestCommonValidate(t *testing.T) {
 }
 
 func TestOpsHandler(t *testing.T) {
-	var notReady error = errors.New("broker down")
+	notReady := errors.New("broker down")
 	reg := prometheus.NewRegistry()
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "chargesim_test_total", Help: "test"})
 	reg.MustRegister(c)

@@ -58,7 +58,7 @@ func Parse(fs *flag.FlagSet, args []string) error {
 		env := EnvName(f.Name)
 		if v, ok := os.LookupEnv(env); ok {
 			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("invalid %s=%q: %v", env, v, err))
+				errs = append(errs, fmt.Errorf("invalid %s=%q: %w", env, v, err))
 			}
 		}
 	})

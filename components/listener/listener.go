@@ -85,7 +85,7 @@ func (l *Listener) Run(ctx context.Context) error {
 		return fmt.Errorf("mqtt options: %w", err)
 	}
 	l.clientOptions(opts)
-	st, err := l.connectStore(ctx)
+	st, err := store.ConnectRetry(ctx, l.cfg.Store, appName, l.log)
 	if err != nil {
 		return err
 	}
@@ -309,34 +309,6 @@ func (l *Listener) write(ctx context.Context, b *batch) error {
 		b.rejectedDone = true
 	}
 	return nil
-}
-
-// connectStore connects and creates the indexes, retrying with backoff while the store is
-// unreachable: the listener must come up (and report not ready) before its store does. It
-// returns nil, nil if ctx ends first.
-func (l *Listener) connectStore(ctx context.Context) (*store.Store, error) {
-	backoff := minBackoff
-	for attempt := 1; ; attempt++ {
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		st, err := store.Connect(cctx, l.cfg.Store, appName)
-		cancel()
-		if err == nil {
-			l.log.Info("connected to store", "database", l.cfg.Store.Database)
-			return st, nil
-		}
-		if ctx.Err() != nil {
-			return nil, nil
-		}
-		if ok, suppressed := l.lim.allow("store-connect"); ok {
-			l.log.Warn("store unreachable; retrying", "error", err, "attempt", attempt, "suppressed", suppressed)
-		}
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return nil, nil
-		}
-		backoff = min(backoff*2, maxBackoff)
-	}
 }
 
 // Ready reports whether the listener can do its work: connected and subscribed to the broker,

@@ -345,8 +345,7 @@ func TestShutdownFlushesThenGivesUp(t *testing.T) {
 	m, _ := newMetrics(nil)
 	var mu sync.Mutex
 	var acked []int
-	var p *pipeline
-	p = newPipeline(pipelineConfig{batchSize: 3, interval: never, maxPending: 100, concurrency: 2},
+	p := newPipeline(pipelineConfig{batchSize: 3, interval: never, maxPending: 100, concurrency: 2},
 		func(ctx context.Context, b *batch) error {
 			if len(b.entries) == 2 { // [3 4], the batch flushed at close
 				return errors.New("store down")

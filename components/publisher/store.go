@@ -53,7 +53,7 @@ func (s *ackStore) pending(mid uint16, payload []byte) <-chan struct{} {
 	key := outboundKey(mid)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	pub, ok := s.OrderedMemoryStore.Get(key).(*packets.PublishPacket)
+	pub, ok := s.Get(key).(*packets.PublishPacket)
 	if !ok || len(pub.Payload) == 0 || &pub.Payload[0] != &payload[0] {
 		return nil
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/chargesim/chargesim/components/cli"
@@ -21,7 +19,7 @@ func Command(ctx context.Context, args []string) error {
 		return err
 	}
 	reg := cli.NewRegistry()
-	st, err := connectStore(ctx, log, settings.store)
+	st, err := store.ConnectRetry(ctx, settings.store, "chargesim-api", log)
 	if err != nil {
 		return err
 	}
@@ -55,31 +53,4 @@ func (c *commandSettings) Register(fs *flag.FlagSet) {
 
 func (c *commandSettings) Validate() error {
 	return errors.Join(c.store.Validate(), c.api.Validate())
-}
-
-// connectStore connects, retrying with backoff while the database is unreachable; it
-// returns nil, nil when ctx ends first.
-func connectStore(ctx context.Context, log *slog.Logger, cfg store.Config) (*store.Store, error) {
-	backoff := 500 * time.Millisecond
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		st, err := store.Connect(cctx, cfg, "chargesim-api")
-		cancel()
-		if err == nil {
-			return st, nil
-		}
-		if ctx.Err() != nil {
-			return nil, nil
-		}
-		if !unavailable(err) {
-			return nil, fmt.Errorf("connect store: %w", err)
-		}
-		log.Warn("database unreachable; retrying", "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
-			return nil, nil
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 10*time.Second)
-	}
 }

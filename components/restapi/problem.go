@@ -7,8 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 
-	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/topology"
+	"github.com/chargesim/chargesim/components/store"
 )
 
 // Problem is an RFC 9457 problem details object (application/problem+json).
@@ -92,11 +91,7 @@ func (s *Server) writeStoreError(w http.ResponseWriter, r *http.Request, err err
 
 // unavailable reports whether err means the database could not be reached (down, network
 // failure, timeout) rather than that it refused the query.
-func unavailable(err error) bool {
-	var sse topology.ServerSelectionError
-	return errors.As(err, &sse) || mongo.IsTimeout(err) || mongo.IsNetworkError(err) ||
-		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, mongo.ErrClientDisconnected)
-}
+func unavailable(err error) bool { return store.Unavailable(err) }
 
 func writeJSON(w http.ResponseWriter, log *slog.Logger, status int, v any) {
 	b, err := json.Marshal(v)

@@ -106,7 +106,7 @@ func (s *Server) routes(gatherer prometheus.Gatherer) chi.Router {
 		if r.URL.RawQuery != "" {
 			target += "?" + r.URL.RawQuery
 		}
-		http.Redirect(w, r, target, http.StatusTemporaryRedirect)
+		http.Redirect(w, r, target, http.StatusTemporaryRedirect) //nolint:gosec // fixed path; the query cannot change the host
 	})
 	r.Get("/health", s.health)
 

@@ -82,7 +82,7 @@ func ParseTopic(topic string) (TopicIDs, error) {
 			if i != 0 {
 				return ids, fmt.Errorf("%w %q: want charger/<id>/connector/<id>/session/<id>", ErrTopic, topic)
 			}
-			parts[0], rest = rest, ""
+			parts[0] = rest
 			break
 		}
 		parts[i], rest = rest[j+1:], rest[:j]
@@ -112,7 +112,8 @@ func ValidChargerID(id string) bool {
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-'
+		if !ok {
 			return false
 		}
 	}

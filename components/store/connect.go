@@ -33,7 +33,7 @@ func ConnectRetry(ctx context.Context, cfg Config, appName string, log *slog.Log
 			return st, nil
 		}
 		if ctx.Err() != nil {
-			return nil, nil
+			return nil, nil //nolint:nilerr // cancelled while waiting: not a failure, the caller is stopping
 		}
 		if !Unavailable(err) {
 			return nil, fmt.Errorf("connect store: %w", err)
