@@ -423,8 +423,7 @@ func (r *Reconciler) summarize(ctx context.Context, sim *v1alpha1.ChargerSimulat
 	}
 
 	if err != nil {
-		ctrl.LoggerFrom(ctx).Error(err, "reconcile failed")
-		return ctrl.Result{}, err
+		return ctrl.Result{}, err // controller-runtime logs it and retries with backoff
 	}
 	if deg != nil {
 		ctrl.LoggerFrom(ctx).Info("simulation degraded", "reason", deg.reason, "message", deg.message)

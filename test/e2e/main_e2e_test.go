@@ -30,6 +30,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -44,6 +45,7 @@ const (
 var (
 	root        string // repository root
 	kubeconfig  string // cluster admin
+	adminCfg    *rest.Config
 	k8s         client.Client
 	opMetrics   string // http://127.0.0.1:port/metrics of the operator
 	opPprof     string // http://127.0.0.1:port/debug/pprof
@@ -107,6 +109,7 @@ func setup() error {
 		return fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
 	cfg.QPS, cfg.Burst = 200, 400
+	adminCfg = cfg
 	k8s, err = client.New(cfg, client.Options{Scheme: controllers.Scheme()})
 	if err != nil {
 		return err
@@ -118,6 +121,15 @@ func setup() error {
 	}
 	if out, err := kubectl("wait", "--for=condition=Established", "crd/chargersimulations.chargesim.io", "--timeout=60s"); err != nil {
 		return fmt.Errorf("CRD not established: %w\n%s", err, out)
+	}
+	// kube-apiserver's default Service range is a /24: 254 ClusterIPs, fewer than the
+	// benchmark's 200 simulations × 2 Services. A ServiceCIDR (GA since 1.33) adds room.
+	extra := filepath.Join(os.TempDir(), "chargesim-e2e-servicecidr.yaml")
+	if err := os.WriteFile(extra, []byte(serviceCIDR), 0o600); err != nil {
+		return err
+	}
+	if out, err := kubectl("apply", "--server-side", "-f", extra); err != nil {
+		return fmt.Errorf("add ServiceCIDR: %w\n%s", err, out)
 	}
 	return startOperator()
 }
@@ -300,3 +312,12 @@ func scrape(url string) (string, error) {
 }
 
 var bg = context.Background()
+
+const serviceCIDR = `apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata:
+  name: chargesim-e2e
+spec:
+  cidrs:
+  - 10.96.0.0/16
+`
