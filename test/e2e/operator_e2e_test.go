@@ -191,19 +191,27 @@ func TestSamples(t *testing.T) {
 			if d.UID == old.UID {
 				return errors.New("not replaced yet")
 			}
+			if d.Status.AvailableReplicas != *d.Spec.Replicas {
+				return fmt.Errorf("new Deployment available %d/%d", d.Status.AvailableReplicas, *d.Spec.Replicas)
+			}
+			// The status may still be the one from before the deletion for a moment; it must
+			// end up Ready for the new Deployment.
 			return readyForGeneration(getSim(t, ns, "minimal"))
 		})
 	})
 
 	t.Run("metrics", func(t *testing.T) {
-		text, err := scrape(opMetrics)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ready := metricValue(text, `chargesim_operator_simulations{condition="Ready",status="True"}`)
-		if ready < 2 {
-			t.Errorf("chargesim_operator_simulations Ready=True is %v, want ≥ 2", ready)
-		}
+		var text string
+		eventually(t, time.Minute, "both samples counted Ready", func() error {
+			var err error
+			if text, err = scrape(opMetrics); err != nil {
+				return err
+			}
+			if ready := metricValue(text, `chargesim_operator_simulations{condition="Ready",status="True"}`); ready < 2 {
+				return fmt.Errorf("chargesim_operator_simulations Ready=True is %v, want ≥ 2", ready)
+			}
+			return nil
+		})
 		if metricValue(text, `chargesim_operator_applies_total{kind="Deployment",result="unchanged"}`) == 0 {
 			t.Error("no unchanged applies counted")
 		}
@@ -224,6 +232,8 @@ func TestSamples(t *testing.T) {
 		}
 	})
 
+	// In a fresh cluster this takes up to ~40s: the garbage collector picks up a newly
+	// installed CRD's resource at its next discovery sync (every 30s).
 	t.Run("delete garbage-collects children", func(t *testing.T) {
 		if out, err := kubectl("delete", "-n", ns, "csim/full", "--wait=true", "--timeout=120s"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
