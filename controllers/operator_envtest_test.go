@@ -844,6 +844,6 @@ func TestDeleteLeavesChildrenToGarbageCollector(t *testing.T) {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return fmt.Errorf("still there: %v", err)
+		return fmt.Errorf("still there: %w", err)
 	})
 }

@@ -42,7 +42,7 @@ const (
 	// RunAsID is the uid/gid of the distroless "nonroot" user the image runs as.
 	RunAsID int64 = 65532
 
-	secretsDir = "/var/run/secrets/chargesim"
+	secretsDir = "/var/run/secrets/chargesim" //nolint:gosec // a mount path, not a credential
 )
 
 // Component is one workload of a simulation.
@@ -121,7 +121,7 @@ const (
 	envMQTTURL         = "CHARGESIM_MQTT_URL"
 	envMQTTAddr        = "CHARGESIM_MQTT_ADDR"
 	envMQTTUsername    = "CHARGESIM_MQTT_USERNAME"
-	envMQTTPassword    = "CHARGESIM_MQTT_PASSWORD_FILE"
+	envMQTTPassword    = "CHARGESIM_MQTT_PASSWORD_FILE" //nolint:gosec // a variable name, not a credential
 	envMQTTCA          = "CHARGESIM_MQTT_CA_FILE"
 	envTopicPrefix     = "CHARGESIM_TOPIC_PREFIX"
 	envChargers        = "CHARGESIM_CHARGERS"

@@ -446,7 +446,3 @@ type ChargerSimulationList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []ChargerSimulation `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&ChargerSimulation{}, &ChargerSimulationList{})
-}

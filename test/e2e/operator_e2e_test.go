@@ -242,7 +242,7 @@ func TestSamples(t *testing.T) {
 			out, err := kubectl("get", "deployments,statefulsets,services,configmaps,pods", "-n", ns,
 				"-l", "app.kubernetes.io/instance=full", "-o", "name")
 			if err != nil {
-				return fmt.Errorf("%v: %s", err, out)
+				return fmt.Errorf("%w: %s", err, out)
 			}
 			if strings.TrimSpace(out) != "" {
 				return fmt.Errorf("left: %s", strings.Join(strings.Fields(out), " "))
