@@ -51,7 +51,7 @@ test-integration: deps ## against real mosquitto and FerretDB (processes started
 test-envtest: envtest-assets ## operator against a real kube-apiserver + etcd
 	source $(BIN)/kube.env && go test $(GO_TEST_FLAGS) -tags envtest -timeout 20m ./controllers/...
 
-test-e2e: ## operator on a kwok cluster (real apiserver, controller-manager, scheduler; fake nodes)
+test-e2e: deps ## operator on a kwok cluster (real apiserver, controller-manager, scheduler; fake nodes)
 	hack/kube-tools.sh cluster
 	source $(BIN)/kube.env && go test $(GO_TEST_FLAGS) -tags e2e -timeout 30m ./test/e2e/...
 
@@ -78,7 +78,7 @@ generate: ## deepcopy
 
 manifests: ## CRD, RBAC (config/), and the chart's copies
 	hack/kube-tools.sh controller-gen
-	$(BIN)/controller-gen crd rbac:roleName=chargesim-operator paths=./api/... paths=./controllers/... \
+	$(BIN)/controller-gen crd:allowDangerousTypes=true rbac:roleName=chargesim-operator paths=./api/... paths=./controllers/... \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 	hack/sync-chart-crds.sh
 

@@ -18,6 +18,7 @@ import (
 	"github.com/chargesim/chargesim/components/publisher"
 	"github.com/chargesim/chargesim/components/restapi"
 	"github.com/chargesim/chargesim/components/stack"
+	"github.com/chargesim/chargesim/controllers"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -34,6 +35,7 @@ var commands = []command{
 	{"api", "REST API over the stored sessions", restapi.Command},
 	{"broker", "embedded MQTT broker (mochi-mqtt)", broker.Command},
 	{"run", "broker + publisher + listener + API in one process (laptop)", stack.Command},
+	{"operator", "Kubernetes operator reconciling ChargerSimulation resources", controllers.Command},
 	{"version", "print the version", func(context.Context, []string) error { fmt.Println(version); return nil }},
 }
 
@@ -50,6 +52,10 @@ func main() {
 }
 
 func run(args []string) int {
+	if version != "dev" {
+		// The operator deploys the image of its own version unless told otherwise.
+		controllers.ImageTag = version
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(os.Stdout)
 		return 0
