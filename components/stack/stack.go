@@ -48,7 +48,9 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	c.Store.Register(fs)
 	fs.StringVar(&c.MQTTAddr, "mqtt-addr", DefaultMQTTAddr, "listen address of the embedded broker; empty: no broker, use --mqtt-url")
 	fs.StringVar(&c.APIAddr, "api-addr", DefaultAPIAddr, "listen address of the REST API (also /metrics of every part)")
-	setDefault(fs, "mqtt-url", "tcp://"+DefaultMQTTAddr)
+	// Empty: derived from --mqtt-addr, so moving the embedded broker moves its clients too.
+	setDefault(fs, "mqtt-url", "")
+	fs.Lookup("mqtt-url").Usage = "broker URL of the publisher and listener (default: the embedded broker at --mqtt-addr)"
 	setDefault(fs, "mongo-uri", DefaultMongoURI)
 }
 
@@ -60,6 +62,12 @@ func setDefault(fs *flag.FlagSet, name, value string) {
 
 // Validate checks every part's settings.
 func (c *Config) Validate() error {
+	if c.Publisher.MQTT.URL == "" {
+		if c.MQTTAddr == "" {
+			return cli.Invalid("mqtt-url", "", "set --mqtt-url when there is no embedded broker (--mqtt-addr empty)")
+		}
+		c.Publisher.MQTT.URL = "tcp://" + dialable(c.MQTTAddr)
+	}
 	errs := []error{c.Publisher.Validate(), c.Store.Validate()}
 	if c.MQTTAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MQTTAddr); err != nil {
@@ -70,6 +78,18 @@ func (c *Config) Validate() error {
 		errs = append(errs, cli.Invalid("api-addr", c.APIAddr, "want host:port"))
 	}
 	return errors.Join(errs...)
+}
+
+// dialable turns a listen address into one clients can dial (":1883" → "127.0.0.1:1883").
+func dialable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr // Validate reports it
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // Command is `chargesim run`.

@@ -41,7 +41,7 @@ func TestRunPipelineEndToEnd(t *testing.T) {
 	apiAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	if err := cli.Parse(fs, []string{
 		"--chargers", "100", "--time-scale", "600", "--mongo-uri", f.URI, "--mongo-database", "e2e",
-		"--mqtt-addr", mqttAddr, "--mqtt-url", "tcp://" + mqttAddr, "--api-addr", apiAddr,
+		"--mqtt-addr", mqttAddr, "--api-addr", apiAddr, // clients follow --mqtt-addr
 	}); err != nil {
 		t.Fatal(err)
 	}
