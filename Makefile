@@ -8,7 +8,8 @@ GO_TEST_FLAGS ?= -count=1
 BIN := $(CURDIR)/bin
 
 .PHONY: all build run test test-unit test-integration test-envtest test-e2e bench bench-operator \
-	deps tools envtest-assets fmt vet lint generate manifests check-generated image clean
+	deps tools envtest-assets fmt vet lint generate manifests check-generated image clean \
+	test-chart test-dashboards test-e2e-kind
 
 all: build
 
