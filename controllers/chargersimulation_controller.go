@@ -196,12 +196,18 @@ func (r *Reconciler) reconcilePublisher(ctx context.Context, d *desired, obs *ob
 
 func (r *Reconciler) reconcileListener(ctx context.Context, d *desired, obs *observation) error {
 	sim := d.sim
-	live, err := applyChild(ctx, r, d.listenerObject(), &appsv1.Deployment{})
+	sts, svc := d.listenerObjects()
+	if _, err := applyChild(ctx, r, svc, &corev1.Service{}); err != nil {
+		return err
+	}
+	live, err := applyChild(ctx, r, sts, &appsv1.StatefulSet{})
 	if err != nil {
 		return err
 	}
-	obs.components[Listener] = observeDeployment(live, sim.Spec.Listener.DesiredReplicas(), selectorString(sim.Name, Listener))
-	return nil
+	obs.components[Listener] = observeStatefulSet(live, sim.Spec.Listener.DesiredReplicas(), selectorString(sim.Name, Listener))
+	// Operators before the StatefulSet ran the listener as a Deployment of the same name. It
+	// goes once its successor exists, so that a subscriber is there all along.
+	return r.deleteOwned(ctx, sim, workloadName(sim.Name, Listener), &appsv1.Deployment{})
 }
 
 func (r *Reconciler) reconcileAPI(ctx context.Context, d *desired, obs *observation) error {
@@ -316,16 +322,9 @@ func (r *Reconciler) observeFromCache(ctx context.Context, sim *v1alpha1.Charger
 		err := r.Client.Get(ctx, types.NamespacedName{Namespace: sim.Namespace, Name: workloadName(sim.Name, c)}, obj)
 		return err == nil && metav1.IsControlledBy(obj, sim)
 	}
-	for _, c := range []Component{Broker, Listener, API} {
+	for c, want := range map[Component]int32{Broker: 1, API: sim.Spec.API.DesiredReplicas()} {
 		if _, ok := obs.components[c]; ok || (c == Broker && !sim.Spec.Broker.IsManaged()) {
 			continue
-		}
-		want := int32(1)
-		switch c {
-		case Listener:
-			want = sim.Spec.Listener.DesiredReplicas()
-		case API:
-			want = sim.Spec.API.DesiredReplicas()
 		}
 		dep := &appsv1.Deployment{}
 		if !get(c, dep) {
@@ -333,12 +332,15 @@ func (r *Reconciler) observeFromCache(ctx context.Context, sim *v1alpha1.Charger
 		}
 		obs.components[c] = observeDeployment(dep, want, selectorString(sim.Name, c))
 	}
-	if _, ok := obs.components[Publisher]; !ok {
+	for c, want := range map[Component]int32{Publisher: publisherReplicas(sim), Listener: sim.Spec.Listener.DesiredReplicas()} {
+		if _, ok := obs.components[c]; ok {
+			continue
+		}
 		sts := &appsv1.StatefulSet{}
-		if !get(Publisher, sts) {
+		if !get(c, sts) {
 			sts = &appsv1.StatefulSet{}
 		}
-		obs.components[Publisher] = observeStatefulSet(sts, publisherReplicas(sim), selectorString(sim.Name, Publisher))
+		obs.components[c] = observeStatefulSet(sts, want, selectorString(sim.Name, c))
 	}
 }
 

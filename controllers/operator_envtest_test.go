@@ -117,26 +117,49 @@ func envOf(c corev1.Container) map[string]corev1.EnvVar {
 // reports its spec replicas updated, ready and available for its current generation.
 func markReady(t *testing.T, ns, name string) {
 	t.Helper()
-	for _, c := range []string{"broker", "listener", "api"} {
-		eventually(t, "mark "+c+" ready", func() error {
-			d := &appsv1.Deployment{}
-			if err := k8s.Get(ctx, key(ns, name+"-"+c), d); err != nil {
-				return err
-			}
-			n := *d.Spec.Replicas
-			d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n}
-			return k8s.Status().Update(ctx, d)
-		})
+	for _, c := range []string{"broker", "api"} {
+		markDeploymentReady(t, ns, name+"-"+c)
 	}
-	eventually(t, "mark publisher ready", func() error {
+	for _, c := range []string{"listener", "publisher"} {
+		markStatefulSetReady(t, ns, name+"-"+c)
+	}
+}
+
+func markDeploymentReady(t *testing.T, ns, name string) {
+	t.Helper()
+	eventually(t, "mark "+name+" ready", func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(ctx, key(ns, name), d); err != nil {
+			return err
+		}
+		n := *d.Spec.Replicas
+		d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n}
+		return k8s.Status().Update(ctx, d)
+	})
+}
+
+func markStatefulSetReady(t *testing.T, ns, name string) {
+	t.Helper()
+	setStatefulSetReady(t, ns, name, -1)
+}
+
+// setStatefulSetReady reports ready of the StatefulSet's replicas ready and available, all of
+// them on the current revision (ready < 0: all of them).
+func setStatefulSetReady(t *testing.T, ns, name string, ready int32) {
+	t.Helper()
+	eventually(t, "mark "+name+" ready", func() error {
 		s := &appsv1.StatefulSet{}
-		if err := k8s.Get(ctx, key(ns, name+"-publisher"), s); err != nil {
+		if err := k8s.Get(ctx, key(ns, name), s); err != nil {
 			return err
 		}
 		n := *s.Spec.Replicas
-		rev := fmt.Sprintf("%s-publisher-%d", name, s.Generation)
-		s.Status = appsv1.StatefulSetStatus{ObservedGeneration: s.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n,
-			AvailableReplicas: n, CurrentReplicas: n, CurrentRevision: rev, UpdateRevision: rev}
+		r := ready
+		if r < 0 {
+			r = n
+		}
+		rev := fmt.Sprintf("%s-%d", name, s.Generation)
+		s.Status = appsv1.StatefulSetStatus{ObservedGeneration: s.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: r,
+			AvailableReplicas: r, CurrentReplicas: n, CurrentRevision: rev, UpdateRevision: rev}
 		return k8s.Status().Update(ctx, s)
 	})
 }
@@ -197,10 +220,25 @@ func TestCreateRendersChildren(t *testing.T) {
 		t.Errorf("publisher image %q args %v", pc.Image, pc.Args)
 	}
 
-	for _, c := range []string{"broker", "listener", "api"} {
+	lsts := getObj(t, ns, "fleet-listener", &appsv1.StatefulSet{})
+	assertOwned(t, lsts, sim)
+	if *lsts.Spec.Replicas != 1 || lsts.Spec.ServiceName != "fleet-listener" || lsts.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
+		t.Errorf("listener replicas %d service %q policy %q", *lsts.Spec.Replicas, lsts.Spec.ServiceName, lsts.Spec.PodManagementPolicy)
+	}
+	// Each listener pod's MQTT client ID (the key of its persistent session) is its stable
+	// StatefulSet pod name, qualified by the namespace.
+	lenv := envOf(lsts.Spec.Template.Spec.Containers[0])
+	if lenv["CHARGESIM_MQTT_CLIENT_ID"].Value != "chargesim-"+ns+"-$(POD_NAME)" || lenv["POD_NAME"].ValueFrom.FieldRef.FieldPath != "metadata.name" {
+		t.Errorf("listener client ID %+v from %+v", lenv["CHARGESIM_MQTT_CLIENT_ID"], lenv["POD_NAME"])
+	}
+	templates := map[string]corev1.PodTemplateSpec{"listener": lsts.Spec.Template, "publisher": sts.Spec.Template}
+	for _, c := range []string{"broker", "api"} {
 		d := getObj(t, ns, "fleet-"+c, &appsv1.Deployment{})
 		assertOwned(t, d, sim)
-		ps := d.Spec.Template.Spec
+		templates[c] = d.Spec.Template
+	}
+	for c, tmpl := range templates {
+		ps := tmpl.Spec
 		ctr := ps.Containers[0]
 		if strings.Join(ctr.Args, " ") != c || ctr.Image != testImage {
 			t.Errorf("%s: args %v image %s", c, ctr.Args, ctr.Image)
@@ -221,22 +259,24 @@ func TestCreateRendersChildren(t *testing.T) {
 		if ctr.Resources.Requests.Cpu().IsZero() {
 			t.Errorf("%s: no cpu request", c)
 		}
-		if d.Spec.Template.Annotations[controllers.AnnotationConfigHash] == "" {
+		if tmpl.Annotations[controllers.AnnotationConfigHash] == "" {
 			t.Errorf("%s: no config hash annotation", c)
 		}
 	}
-	lis := getObj(t, ns, "fleet-listener", &appsv1.Deployment{})
-	if e := envOf(lis.Spec.Template.Spec.Containers[0])["CHARGESIM_MONGO_URI_FILE"]; e.Value != "/var/run/secrets/chargesim/mongo-uri/uri" {
+	if e := envOf(lsts.Spec.Template.Spec.Containers[0])["CHARGESIM_MONGO_URI_FILE"]; e.Value != "/var/run/secrets/chargesim/mongo-uri/uri" {
 		t.Errorf("listener mongo uri file %q", e.Value)
 	}
-	if v := lis.Spec.Template.Spec.Volumes; len(v) != 1 || v[0].Secret.SecretName != "mongo" || v[0].Secret.Items[0].Key != "uri" {
+	if v := lsts.Spec.Template.Spec.Volumes; len(v) != 1 || v[0].Secret.SecretName != "mongo" || v[0].Secret.Items[0].Key != "uri" {
 		t.Errorf("listener volumes %+v", v)
 	}
-	for svc, port := range map[string]int32{"fleet-broker": 1883, "fleet-api": 80, "fleet-publisher": 9090} {
+	for svc, port := range map[string]int32{"fleet-broker": 1883, "fleet-api": 80, "fleet-publisher": 9090, "fleet-listener": 9090} {
 		s := getObj(t, ns, svc, &corev1.Service{})
 		assertOwned(t, s, sim)
 		if s.Spec.Ports[0].Port != port {
 			t.Errorf("%s: port %d, want %d", svc, s.Spec.Ports[0].Port, port)
+		}
+		if headless := s.Spec.ClusterIP == corev1.ClusterIPNone; headless != (svc == "fleet-publisher" || svc == "fleet-listener") {
+			t.Errorf("%s: clusterIP %q", svc, s.Spec.ClusterIP)
 		}
 	}
 
@@ -272,7 +312,7 @@ func TestUpdateRollsPods(t *testing.T) {
 	createSim(t, simulation(ns, "roll"))
 	waitCondition(t, ns, "roll", v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRollingOut)
 	pub0 := hashOf(t, ns, "roll-publisher", &appsv1.StatefulSet{})
-	lis0 := hashOf(t, ns, "roll-listener", &appsv1.Deployment{})
+	lis0 := hashOf(t, ns, "roll-listener", &appsv1.StatefulSet{})
 	api0 := hashOf(t, ns, "roll-api", &appsv1.Deployment{})
 
 	// A publisher setting rolls the publisher only.
@@ -288,7 +328,7 @@ func TestUpdateRollsPods(t *testing.T) {
 		t.Errorf("ConfigMap time scale %q", cm.Data["CHARGESIM_TIME_SCALE"])
 	}
 	waitCondition(t, ns, "roll", v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRollingOut)
-	if hashOf(t, ns, "roll-listener", &appsv1.Deployment{}) != lis0 || hashOf(t, ns, "roll-api", &appsv1.Deployment{}) != api0 {
+	if hashOf(t, ns, "roll-listener", &appsv1.StatefulSet{}) != lis0 || hashOf(t, ns, "roll-api", &appsv1.Deployment{}) != api0 {
 		t.Error("a publisher setting rolled the listener or API")
 	}
 	pub1 := hashOf(t, ns, "roll-publisher", &appsv1.StatefulSet{})
@@ -302,7 +342,7 @@ func TestUpdateRollsPods(t *testing.T) {
 		s.Annotations = map[string]string{"test/poke": "1"}
 	})
 	eventually(t, "listener and API rolled", func() error {
-		if hashOf(t, ns, "roll-listener", &appsv1.Deployment{}) == lis0 || hashOf(t, ns, "roll-api", &appsv1.Deployment{}) == api0 {
+		if hashOf(t, ns, "roll-listener", &appsv1.StatefulSet{}) == lis0 || hashOf(t, ns, "roll-api", &appsv1.Deployment{}) == api0 {
 			return errors.New("listener/API template hash unchanged after Secret rotation")
 		}
 		return nil
@@ -499,10 +539,13 @@ func TestSuspend(t *testing.T) {
 		t.Errorf("suspended status rate %q publisher %+v", sim.Status.SessionsPerSecond, sim.Status.Publisher)
 	}
 	// Listener, API and broker keep running; the data stays.
-	for _, c := range []string{"listener", "api", "broker"} {
+	for _, c := range []string{"api", "broker"} {
 		if d := getObj(t, ns, "pause-"+c, &appsv1.Deployment{}); *d.Spec.Replicas == 0 {
 			t.Errorf("%s scaled to zero", c)
 		}
+	}
+	if s := getObj(t, ns, "pause-listener", &appsv1.StatefulSet{}); *s.Spec.Replicas == 0 {
+		t.Error("listener scaled to zero")
 	}
 	if h := hashOf(t, ns, "pause-publisher", &appsv1.StatefulSet{}); h != hash {
 		t.Error("suspending changed the publisher pod template")
@@ -529,7 +572,7 @@ func TestDriftCorrected(t *testing.T) {
 
 	// Someone edits a field the operator owns.
 	eventually(t, "edit listener", func() error {
-		d := &appsv1.Deployment{}
+		d := &appsv1.StatefulSet{}
 		if err := k8s.Get(ctx, key(ns, "drift-listener"), d); err != nil {
 			return err
 		}
@@ -538,7 +581,7 @@ func TestDriftCorrected(t *testing.T) {
 		return k8s.Update(ctx, d)
 	})
 	eventually(t, "listener restored", func() error {
-		d := &appsv1.Deployment{}
+		d := &appsv1.StatefulSet{}
 		if err := k8s.Get(ctx, key(ns, "drift-listener"), d); err != nil {
 			return err
 		}
@@ -590,6 +633,51 @@ func TestDriftCorrected(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// An operator before the listener StatefulSet left a listener Deployment of the same name: it
+// is removed, the StatefulSet takes over.
+func TestListenerDeploymentReplaced(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "upgraded"))
+	sim := waitCondition(t, ns, "upgraded", v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonAsExpected)
+	sts := getObj(t, ns, "upgraded-listener", &appsv1.StatefulSet{})
+
+	labels := map[string]string{}
+	for k, v := range sts.Labels {
+		labels[k] = v
+	}
+	old := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "upgraded-listener", Labels: labels,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(sim, v1alpha1.GroupVersion.WithKind("ChargerSimulation"))}},
+		Spec: appsv1.DeploymentSpec{
+			Selector: sts.Spec.Selector,
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: sts.Spec.Template.Labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "listener", Image: testImage}}},
+			},
+		},
+	}
+	if err := k8s.Create(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "old listener Deployment deleted", func() error {
+		d := &appsv1.Deployment{}
+		err := k8s.Get(ctx, key(ns, "upgraded-listener"), d)
+		switch {
+		case apierrors.IsNotFound(err):
+			return nil
+		case err != nil:
+			return err
+		case d.DeletionTimestamp != nil:
+			return nil
+		}
+		return errors.New("still there")
+	})
+	if cur := getObj(t, ns, "upgraded-listener", &appsv1.StatefulSet{}); cur.UID != sts.UID || cur.DeletionTimestamp != nil {
+		t.Error("the listener StatefulSet was replaced or deleted along with the old Deployment")
+	}
 }
 
 // writeCounter counts every write a client sends.
@@ -652,7 +740,8 @@ func resourceVersions(t *testing.T, ns, name string) map[string]string {
 		"sim": &v1alpha1.ChargerSimulation{}, "config": &corev1.ConfigMap{},
 		"broker": &appsv1.Deployment{}, "broker-svc": &corev1.Service{},
 		"publisher": &appsv1.StatefulSet{}, "publisher-svc": &corev1.Service{},
-		"listener": &appsv1.Deployment{}, "api": &appsv1.Deployment{}, "api-svc": &corev1.Service{},
+		"listener": &appsv1.StatefulSet{}, "listener-svc": &corev1.Service{},
+		"api": &appsv1.Deployment{}, "api-svc": &corev1.Service{},
 	}
 	for k, o := range objs {
 		n := name
@@ -731,7 +820,7 @@ func TestMissingSecretDegradedThenRecovers(t *testing.T) {
 		return nil
 	})
 	// Nothing is started that could not run.
-	if err := k8s.Get(ctx, key(ns, "nosecret-listener"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+	if err := k8s.Get(ctx, key(ns, "nosecret-listener"), &appsv1.StatefulSet{}); !apierrors.IsNotFound(err) {
 		t.Errorf("listener exists without its Secret: %v", err)
 	}
 
@@ -745,7 +834,7 @@ func TestMissingSecretDegradedThenRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitCondition(t, ns, "nosecret", v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonAsExpected)
-	getObj(t, ns, "nosecret-listener", &appsv1.Deployment{})
+	getObj(t, ns, "nosecret-listener", &appsv1.StatefulSet{})
 	eventually(t, "Recovered event", func() error {
 		if len(events(t, ns, "nosecret", "Recovered")) == 0 {
 			return errors.New("no Recovered event")
@@ -786,7 +875,7 @@ func TestExternalBroker(t *testing.T) {
 	if sim.Status.Broker != nil || sim.Status.BrokerURL != "ssl://mosquitto.example:8883" {
 		t.Errorf("broker status %+v url %q", sim.Status.Broker, sim.Status.BrokerURL)
 	}
-	lis := getObj(t, ns, "ext-listener", &appsv1.Deployment{})
+	lis := getObj(t, ns, "ext-listener", &appsv1.StatefulSet{})
 	env := envOf(lis.Spec.Template.Spec.Containers[0])
 	if env["CHARGESIM_MQTT_USERNAME"].ValueFrom.SecretKeyRef.Name != "mqtt" || env["CHARGESIM_MQTT_CA_FILE"].Value == "" || env["CHARGESIM_MQTT_PASSWORD_FILE"].Value == "" {
 		t.Errorf("listener MQTT env %+v", env)
@@ -830,7 +919,8 @@ func TestDeleteLeavesChildrenToGarbageCollector(t *testing.T) {
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "gone-broker"}},
 		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "gone-publisher"}},
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "gone-publisher"}},
-		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "gone-listener"}},
+		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "gone-listener"}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "gone-listener"}},
 		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "gone-api"}},
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "gone-api"}},
 	} {

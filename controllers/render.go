@@ -123,6 +123,8 @@ const (
 	envMQTTUsername    = "CHARGESIM_MQTT_USERNAME"
 	envMQTTPassword    = "CHARGESIM_MQTT_PASSWORD_FILE" //nolint:gosec // a variable name, not a credential
 	envMQTTCA          = "CHARGESIM_MQTT_CA_FILE"
+	envMQTTClientID    = "CHARGESIM_MQTT_CLIENT_ID"
+	envPodName         = "POD_NAME" // not CHARGESIM_*: no flag reads it, it only feeds $(POD_NAME)
 	envTopicPrefix     = "CHARGESIM_TOPIC_PREFIX"
 	envChargers        = "CHARGESIM_CHARGERS"
 	envConnectors      = "CHARGESIM_CONNECTORS"
@@ -161,6 +163,26 @@ func formatFloat(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) 
 // managedBrokerURL is the address of the broker the operator runs for sim.
 func managedBrokerURL(sim *v1alpha1.ChargerSimulation) string {
 	return fmt.Sprintf("tcp://%s.%s.svc:%d", workloadName(sim.Name, Broker), sim.Namespace, mqttPort)
+}
+
+// maxMQTTClientID is the longest client ID the components accept (--mqtt-client-id).
+const maxMQTTClientID = 128
+
+// mqttClientIDPrefix goes before the pod name in a publisher's or listener's MQTT client ID:
+// chargesim-<namespace>-<sim>-<component>-<i>. The components' default,
+// chargesim-<component>-<hostname>, is the same for equally named simulations in two
+// namespaces; on one external broker they would take each other's connections over, and two
+// listeners would even resume each other's persistent session with both simulations'
+// subscriptions in it. The namespace is shortened when the longest pod name (ordinal 999, the
+// CRD's replica maximum) would not fit in 128 characters.
+func mqttClientIDPrefix(sim *v1alpha1.ChargerSimulation, c Component) string {
+	const prefix = "chargesim-"
+	longestPod := len(workloadName(sim.Name, c)) + len("-999")
+	ns := sim.Namespace
+	if room := maxMQTTClientID - len(prefix) - len("-") - longestPod; len(ns) > room {
+		ns = ns[:max(room, 0)]
+	}
+	return prefix + ns + "-"
 }
 
 // brokerURL is the broker publisher and listener connect to. The schema has checked the shape
@@ -376,9 +398,14 @@ func (d *desired) pod(c Component, port int32, res *corev1.ResourceRequirements,
 }
 
 // mqttClient is the env and files publisher and listener need to reach the broker.
-func (d *desired) mqttClient() ([]*corev1ac.EnvVarApplyConfiguration, []secretVolume) {
+func (d *desired) mqttClient(c Component) ([]*corev1ac.EnvVarApplyConfiguration, []secretVolume) {
 	b := &d.sim.Spec.Broker
-	var env []*corev1ac.EnvVarApplyConfiguration
+	// The kubelet expands $(POD_NAME) only from variables listed before it.
+	env := []*corev1ac.EnvVarApplyConfiguration{
+		corev1ac.EnvVar().WithName(envPodName).WithValueFrom(corev1ac.EnvVarSource().
+			WithFieldRef(corev1ac.ObjectFieldSelector().WithAPIVersion("v1").WithFieldPath("metadata.name"))),
+		corev1ac.EnvVar().WithName(envMQTTClientID).WithValue(mqttClientIDPrefix(d.sim, c) + "$(" + envPodName + ")"),
+	}
 	var vols []secretVolume
 	if b.CredentialsSecretRef != nil {
 		ref := b.CredentialsSecretRef
@@ -488,34 +515,51 @@ func (d *desired) publisherObjects() (*appsv1ac.StatefulSetApplyConfiguration, *
 				WithFieldPath(fmt.Sprintf("metadata.labels['%s']", LabelPodIndex)))),
 		corev1ac.EnvVar().WithName(envShardCount).WithValue(strconv.Itoa(int(sim.Spec.Publisher.DesiredReplicas()))),
 	}
-	mqttEnv, vols := d.mqttClient()
+	mqttEnv, vols := d.mqttClient(Publisher)
 	env = append(env, mqttEnv...)
 	tmpl := d.pod(Publisher, opsPort, sim.Spec.Publisher.Resources, env, vols)
-	name := workloadName(sim.Name, Publisher)
-	sts := appsv1ac.StatefulSet(name, sim.Namespace).
-		WithLabels(objectLabels(sim.Name, Publisher)).
-		WithOwnerReferences(ownerRef(sim)).
-		WithSpec(appsv1ac.StatefulSetSpec().
-			WithReplicas(publisherReplicas(sim)).
-			WithServiceName(name).
-			// Shards are independent: start, stop and replace them all at once.
-			WithPodManagementPolicy(appsv1.ParallelPodManagement).
-			WithUpdateStrategy(appsv1ac.StatefulSetUpdateStrategy().WithType(appsv1.RollingUpdateStatefulSetStrategyType)).
-			WithRevisionHistoryLimit(3).
-			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(sim.Name, Publisher))).
-			WithTemplate(tmpl))
-	svc := d.service(Publisher, corev1.ServiceTypeClusterIP, true, servicePort("http", opsPort, "http"))
-	return sts, svc
+	return d.statefulSet(Publisher, publisherReplicas(sim), tmpl), d.headlessService(Publisher)
 }
 
-func (d *desired) listenerObject() *appsv1ac.DeploymentApplyConfiguration {
+// listenerObjects: the listener StatefulSet and its headless Service.
+//
+// A StatefulSet, not a Deployment, because each listener keeps a persistent MQTT session
+// (clean session off) under its client ID, which is derived from the pod name: a Deployment's
+// pods get new names on every rollout, and each rollout would strand the old sessions on the
+// broker, where they keep receiving their share of the $share group and never acknowledge it.
+// A StatefulSet's pod <sim>-listener-<i> comes back under the same name and resumes its own
+// session, and never runs twice at the same time.
+func (d *desired) listenerObjects() (*appsv1ac.StatefulSetApplyConfiguration, *corev1ac.ServiceApplyConfiguration) {
 	sim := d.sim
-	env, vols := d.mqttClient()
+	env, vols := d.mqttClient(Listener)
 	menv, mvols := d.mongoClient()
 	env = append(env, menv...)
 	vols = append(vols, mvols...)
-	return d.deployment(Listener, sim.Spec.Listener.DesiredReplicas(),
-		d.pod(Listener, opsPort, sim.Spec.Listener.Resources, env, vols))
+	tmpl := d.pod(Listener, opsPort, sim.Spec.Listener.Resources, env, vols)
+	return d.statefulSet(Listener, sim.Spec.Listener.DesiredReplicas(), tmpl), d.headlessService(Listener)
+}
+
+// statefulSet gives a component stable pod names <sim>-<component>-<i>, started and stopped
+// all at once (Parallel: the replicas do not depend on each other), governed by the headless
+// Service of the same name.
+func (d *desired) statefulSet(c Component, replicas int32, tmpl *corev1ac.PodTemplateSpecApplyConfiguration) *appsv1ac.StatefulSetApplyConfiguration {
+	sim := d.sim
+	name := workloadName(sim.Name, c)
+	return appsv1ac.StatefulSet(name, sim.Namespace).
+		WithLabels(objectLabels(sim.Name, c)).
+		WithOwnerReferences(ownerRef(sim)).
+		WithSpec(appsv1ac.StatefulSetSpec().
+			WithReplicas(replicas).
+			WithServiceName(name).
+			WithPodManagementPolicy(appsv1.ParallelPodManagement).
+			WithUpdateStrategy(appsv1ac.StatefulSetUpdateStrategy().WithType(appsv1.RollingUpdateStatefulSetStrategyType)).
+			WithRevisionHistoryLimit(3).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(sim.Name, c))).
+			WithTemplate(tmpl))
+}
+
+func (d *desired) headlessService(c Component) *corev1ac.ServiceApplyConfiguration {
+	return d.service(c, corev1.ServiceTypeClusterIP, true, servicePort("http", opsPort, "http"))
 }
 
 func (d *desired) apiObjects() (*appsv1ac.DeploymentApplyConfiguration, *corev1ac.ServiceApplyConfiguration) {

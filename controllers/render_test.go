@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"maps"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,6 +103,68 @@ func TestPublisherStatefulSet(t *testing.T) {
 	}
 }
 
+func TestListenerStatefulSet(t *testing.T) {
+	sim := testSim()
+	sim.Spec.Listener.Replicas = 2
+	d := newDesired(sim, "img:1", managedBrokerURL(sim), testSecrets(sim))
+	stsAC, svcAC := d.listenerObjects()
+	sts := decode[appsv1.StatefulSet](t, stsAC)
+	svc := decode[corev1.Service](t, svcAC)
+
+	if sts.Name != "fleet-listener" || *sts.Spec.Replicas != 2 || sts.Spec.ServiceName != "fleet-listener" ||
+		sts.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
+		t.Fatalf("listener StatefulSet %s: replicas %d service %q policy %q", sts.Name, *sts.Spec.Replicas, sts.Spec.ServiceName, sts.Spec.PodManagementPolicy)
+	}
+	if svc.Name != "fleet-listener" || svc.Spec.ClusterIP != corev1.ClusterIPNone || svc.Spec.Selector[LabelComponent] != "listener" {
+		t.Fatalf("listener Service %s: clusterIP %q selector %v", svc.Name, svc.Spec.ClusterIP, svc.Spec.Selector)
+	}
+	if sts.Spec.Selector.MatchLabels[LabelComponent] != "listener" || sts.Spec.Template.Labels[LabelComponent] != "listener" {
+		t.Fatalf("selector %v template labels %v", sts.Spec.Selector.MatchLabels, sts.Spec.Template.Labels)
+	}
+	owner := sts.OwnerReferences
+	if len(owner) != 1 || owner[0].UID != "uid-1" || !*owner[0].Controller {
+		t.Fatalf("owner refs %+v", owner)
+	}
+	c := sts.Spec.Template.Spec.Containers[0]
+	if len(c.Args) != 1 || c.Args[0] != "listener" {
+		t.Fatalf("args %v", c.Args)
+	}
+	// The pod name is the stable part of the MQTT client ID: it comes from the downward API
+	// and is expanded by the kubelet, which needs the variable listed first.
+	pos := map[string]int{}
+	for i, e := range c.Env {
+		pos[e.Name] = i
+	}
+	env := envMap(c)
+	if f := env[envPodName].ValueFrom; f == nil || f.FieldRef == nil || f.FieldRef.FieldPath != "metadata.name" {
+		t.Fatalf("%s: %+v", envPodName, env[envPodName])
+	}
+	if got := env[envMQTTClientID].Value; got != "chargesim-ns-$(POD_NAME)" || pos[envPodName] > pos[envMQTTClientID] {
+		t.Fatalf("client ID %q (POD_NAME at %d, client ID at %d)", got, pos[envPodName], pos[envMQTTClientID])
+	}
+}
+
+func TestMQTTClientIDFits(t *testing.T) {
+	sim := testSim()
+	sim.Name = strings.Repeat("n", 42)
+	sim.Namespace = strings.Repeat("x", 63)
+	for _, c := range []Component{Publisher, Listener} {
+		id := mqttClientIDPrefix(sim, c) + workloadName(sim.Name, c) + "-999"
+		if len(id) > maxMQTTClientID {
+			t.Errorf("%s: client ID of %d characters: %s", c, len(id), id)
+		}
+		if !strings.HasPrefix(id, "chargesim-xxxx") {
+			t.Errorf("%s: client ID %s lost the namespace", c, id)
+		}
+	}
+	// Equally named simulations in two namespaces never share a client ID.
+	a, b := testSim(), testSim()
+	a.Namespace, b.Namespace = "team-a", "team-b"
+	if mqttClientIDPrefix(a, Listener) == mqttClientIDPrefix(b, Listener) {
+		t.Error("same client ID prefix in two namespaces")
+	}
+}
+
 func TestSuspendKeepsShardCount(t *testing.T) {
 	sim := testSim()
 	d := newDesired(sim, "img", managedBrokerURL(sim), testSecrets(sim))
@@ -129,9 +192,10 @@ func TestPodHardening(t *testing.T) {
 	bdep, _ := d.brokerObjects()
 	adep, _ := d.apiObjects()
 	sts, _ := d.publisherObjects()
+	lsts, _ := d.listenerObjects()
 	templates := map[Component]corev1.PodTemplateSpec{
 		Broker:    decode[appsv1.Deployment](t, bdep).Spec.Template,
-		Listener:  decode[appsv1.Deployment](t, d.listenerObject()).Spec.Template,
+		Listener:  decode[appsv1.StatefulSet](t, lsts).Spec.Template,
 		API:       decode[appsv1.Deployment](t, adep).Spec.Template,
 		Publisher: decode[appsv1.StatefulSet](t, sts).Spec.Template,
 	}
@@ -187,7 +251,8 @@ func TestSecretsReachPodsAsFilesAndRefs(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := newDesired(sim, "img", u, testSecrets(sim))
-	lis := decode[appsv1.Deployment](t, d.listenerObject()).Spec.Template
+	lsts, _ := d.listenerObjects()
+	lis := decode[appsv1.StatefulSet](t, lsts).Spec.Template
 	env := envMap(lis.Spec.Containers[0])
 	if ref := env[envMQTTUsername].ValueFrom.SecretKeyRef; ref.Name != "mqtt" || ref.Key != "username" {
 		t.Fatalf("username ref %+v", ref)
@@ -327,8 +392,8 @@ func TestSessionRate(t *testing.T) {
 func TestContainsFields(t *testing.T) {
 	sim := testSim()
 	d := newDesired(sim, "img", managedBrokerURL(sim), testSecrets(sim))
-	ac := d.listenerObject()
-	live := decode[appsv1.Deployment](t, ac)
+	ac, _ := d.listenerObjects()
+	live := decode[appsv1.StatefulSet](t, ac)
 	// What the API server adds must not count as a difference.
 	live.ResourceVersion = "7"
 	live.Spec.Template.Spec.Containers[0].TerminationMessagePath = "/dev/termination-log"

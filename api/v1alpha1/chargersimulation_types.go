@@ -306,7 +306,9 @@ type PublisherSpec struct {
 
 // ListenerSpec runs the subscribers that store sessions.
 type ListenerSpec struct {
-	// replicas of the listener; they share one MQTT shared subscription.
+	// replicas of the listener; they share one MQTT shared subscription. Each replica
+	// <name>-listener-<i> keeps a persistent session on the broker: scaling down leaves the
+	// removed replicas' sessions there until the broker expires them (docs/operator.md).
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000
 	// +kubebuilder:default=1
@@ -391,7 +393,7 @@ type ChargerSimulationStatus struct {
 	// publisher workload status.
 	// +optional
 	Publisher ComponentStatus `json:"publisher"`
-	// listener workload status.
+	// listener workload (StatefulSet) status.
 	// +optional
 	Listener ComponentStatus `json:"listener"`
 	// api workload status.
@@ -426,6 +428,7 @@ type ChargerSimulationStatus struct {
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Publishers",type=integer,JSONPath=`.status.publisher.readyReplicas`,priority=1
+// +kubebuilder:printcolumn:name="Listeners",type=integer,JSONPath=`.status.listener.readyReplicas`,priority=1
 // +kubebuilder:printcolumn:name="API",type=string,JSONPath=`.status.apiAddress`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ChargerSimulation struct {

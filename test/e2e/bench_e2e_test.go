@@ -146,7 +146,8 @@ func BenchmarkOperator(b *testing.B) {
 			if err := k8s.List(bg, sts, client.InNamespace(ns)); err != nil {
 				return err
 			}
-			if len(deps.Items) < 3*sims || len(sts.Items) < sims {
+			// broker and API Deployments; listener and publisher StatefulSets.
+			if len(deps.Items) < 2*sims || len(sts.Items) < 2*sims {
 				return fmt.Errorf("%d Deployments, %d StatefulSets", len(deps.Items), len(sts.Items))
 			}
 			return nil

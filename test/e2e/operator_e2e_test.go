@@ -61,7 +61,7 @@ func readyForGeneration(sim *v1alpha1.ChargerSimulation) error {
 // controllers report them.
 func assertReallyAvailable(t *testing.T, sim *v1alpha1.ChargerSimulation) {
 	t.Helper()
-	deps := map[string]v1alpha1.ComponentStatus{"listener": sim.Status.Listener, "api": sim.Status.API}
+	deps := map[string]v1alpha1.ComponentStatus{"api": sim.Status.API}
 	if sim.Spec.Broker.URL == "" {
 		deps["broker"] = *sim.Status.Broker
 	}
@@ -75,15 +75,46 @@ func assertReallyAvailable(t *testing.T, sim *v1alpha1.ChargerSimulation) {
 				d.Status.AvailableReplicas, *d.Spec.Replicas, st.ReadyReplicas, st.DesiredReplicas)
 		}
 	}
-	sts := &appsv1.StatefulSet{}
-	if err := k8s.Get(bg, types.NamespacedName{Namespace: sim.Namespace, Name: sim.Name + "-publisher"}, sts); err != nil {
+	for c, st := range map[string]v1alpha1.ComponentStatus{"publisher": sim.Status.Publisher, "listener": sim.Status.Listener} {
+		sts := &appsv1.StatefulSet{}
+		if err := k8s.Get(bg, types.NamespacedName{Namespace: sim.Namespace, Name: sim.Name + "-" + c}, sts); err != nil {
+			t.Fatal(err)
+		}
+		want := sim.Spec.Publisher.Replicas
+		if c == "listener" {
+			want = sim.Spec.Listener.Replicas
+		}
+		if sts.Status.AvailableReplicas != *sts.Spec.Replicas || sts.Status.ReadyReplicas != st.ReadyReplicas || *sts.Spec.Replicas != want {
+			t.Errorf("%s/%s: StatefulSet available %d/%d, status says %d, spec %d", sim.Name, c,
+				sts.Status.AvailableReplicas, *sts.Spec.Replicas, st.ReadyReplicas, want)
+		}
+	}
+}
+
+// componentPods lists the running (not terminating) pods of one component of a simulation.
+func componentPods(t *testing.T, ns, sim, component string) []corev1.Pod {
+	t.Helper()
+	pods := &corev1.PodList{}
+	if err := k8s.List(bg, pods, client.InNamespace(ns), client.MatchingLabels{
+		"app.kubernetes.io/instance": sim, "app.kubernetes.io/component": component,
+	}); err != nil {
 		t.Fatal(err)
 	}
-	if sts.Status.AvailableReplicas != *sts.Spec.Replicas || sts.Status.ReadyReplicas != sim.Status.Publisher.ReadyReplicas ||
-		*sts.Spec.Replicas != sim.Spec.Publisher.Replicas {
-		t.Errorf("%s/publisher: StatefulSet available %d/%d, status says %d, spec %d", sim.Name,
-			sts.Status.AvailableReplicas, *sts.Spec.Replicas, sim.Status.Publisher.ReadyReplicas, sim.Spec.Publisher.Replicas)
+	var out []corev1.Pod
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			out = append(out, p)
+		}
 	}
+	return out
+}
+
+func podEnv(p corev1.Pod) map[string]corev1.EnvVar {
+	m := map[string]corev1.EnvVar{}
+	for _, e := range p.Spec.Containers[0].Env {
+		m[e.Name] = e
+	}
+	return m
 }
 
 func TestOperatorManifestDeploys(t *testing.T) {
@@ -111,6 +142,19 @@ func TestSamples(t *testing.T) {
 		if full.Status.SessionsPerSecond != "100" || full.Status.APIAddress != "full-api."+ns+".svc:80" || full.Status.Broker != nil {
 			t.Errorf("full: rate %q api %q broker %+v", full.Status.SessionsPerSecond, full.Status.APIAddress, full.Status.Broker)
 		}
+		// The listeners are a StatefulSet: stable pod names, which (with the namespace) are
+		// their MQTT client IDs and so the keys of their persistent sessions.
+		var names []string
+		for _, p := range componentPods(t, ns, "full", "listener") {
+			names = append(names, p.Name)
+			if id := podEnv(p)["CHARGESIM_MQTT_CLIENT_ID"].Value; id != "chargesim-"+ns+"-$(POD_NAME)" {
+				t.Errorf("pod %s: client ID %q", p.Name, id)
+			}
+		}
+		slices.Sort(names)
+		if !slices.Equal(names, []string{"full-listener-0", "full-listener-1"}) {
+			t.Errorf("listener pods %v", names)
+		}
 		out, err := kubectl("get", "csim", "-n", ns)
 		if err != nil {
 			t.Fatal(err)
@@ -118,6 +162,14 @@ func TestSamples(t *testing.T) {
 		header := strings.Fields(strings.SplitN(out, "\n", 2)[0])
 		if !slices.Equal(header, []string{"NAME", "CHARGERS", "SESSIONS/S", "READY", "AGE"}) {
 			t.Errorf("kubectl get csim columns %v", header)
+		}
+		wide, err := kubectl("get", "csim", "-n", ns, "-o", "wide")
+		if err != nil {
+			t.Fatal(err)
+		}
+		header = strings.Fields(strings.SplitN(wide, "\n", 2)[0])
+		if !slices.Equal(header, []string{"NAME", "CHARGERS", "SESSIONS/S", "READY", "REASON", "PUBLISHERS", "LISTENERS", "API", "AGE"}) {
+			t.Errorf("kubectl get csim -o wide columns %v", header)
 		}
 		found := false
 		for _, l := range strings.Split(out, "\n") {
@@ -147,17 +199,8 @@ func TestSamples(t *testing.T) {
 		assertReallyAvailable(t, getSim(t, ns, "minimal"))
 		// Each pod learns its shard from its own pod-index label (set by the StatefulSet
 		// controller) and the shard count from its template: 3 pods, indexes 0..2, count 3.
-		pods := &corev1.PodList{}
-		if err := k8s.List(bg, pods, client.InNamespace(ns), client.MatchingLabels{
-			"app.kubernetes.io/instance": "minimal", "app.kubernetes.io/component": "publisher",
-		}); err != nil {
-			t.Fatal(err)
-		}
 		var idx []string
-		for _, p := range pods.Items {
-			if p.DeletionTimestamp != nil {
-				continue
-			}
+		for _, p := range componentPods(t, ns, "minimal", "publisher") {
 			idx = append(idx, p.Labels["apps.kubernetes.io/pod-index"])
 			for _, e := range p.Spec.Containers[0].Env {
 				if e.Name == "CHARGESIM_SHARD_COUNT" && e.Value != "3" {
