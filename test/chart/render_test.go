@@ -503,8 +503,6 @@ func TestRBACMatchesGenerated(t *testing.T) {
 	}
 }
 
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
 // TestCRDsMatchGenerated: the CRDs the chart installs are config/crd/bases (controller-gen),
 // plus labels and, with crds.keep, the keep policy.
 func TestCRDsMatchGenerated(t *testing.T) {
