@@ -9,7 +9,7 @@ BIN := $(CURDIR)/bin
 
 .PHONY: all build run test test-unit test-integration test-envtest test-e2e bench bench-operator \
 	deps tools envtest-assets fmt vet lint generate manifests check-generated image clean \
-	test-chart test-dashboards test-e2e-kind
+	test-chart test-dashboards test-e2e-kind test-fuzz
 
 all: build
 
@@ -31,7 +31,7 @@ envtest-assets:
 ## ---- tests: `make test` is what CI runs (.ci/run) ----
 TAGS := integration,envtest,e2e,chart
 
-test: vet lint check-generated test-unit test-integration test-envtest test-e2e test-chart test-dashboards ## everything CI runs
+test: vet lint check-generated test-unit test-fuzz test-integration test-envtest test-e2e test-chart test-dashboards ## everything CI runs
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -45,6 +45,10 @@ lint: ## golangci-lint (pinned, built by hack/kube-tools.sh)
 
 test-unit: ## fast unit tests
 	go test $(GO_TEST_FLAGS) ./...
+
+FUZZ_TIME ?= 20s
+test-fuzz: ## a short coverage-guided run of the payload decoder's fuzz target (corpus in testdata/)
+	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_TIME) ./components/session/
 
 test-integration: deps ## against real mosquitto and FerretDB (processes started per test)
 	source $(BIN)/deps.env && go test $(GO_TEST_FLAGS) -tags integration -timeout 20m ./...
