@@ -231,6 +231,11 @@ func TestCreateRendersChildren(t *testing.T) {
 	if lenv["CHARGESIM_MQTT_CLIENT_ID"].Value != "chargesim-"+ns+"-$(POD_NAME)" || lenv["POD_NAME"].ValueFrom.FieldRef.FieldPath != "metadata.name" {
 		t.Errorf("listener client ID %+v from %+v", lenv["CHARGESIM_MQTT_CLIENT_ID"], lenv["POD_NAME"])
 	}
+	// Its own subscription group: another simulation on the same broker and topic prefix does
+	// not take a share of this one's sessions.
+	if g := lenv["CHARGESIM_SHARE_GROUP"].Value; g != "chargesim-"+ns+"-fleet" {
+		t.Errorf("listener share group %q", g)
+	}
 	templates := map[string]corev1.PodTemplateSpec{"listener": lsts.Spec.Template, "publisher": sts.Spec.Template}
 	for _, c := range []string{"broker", "api"} {
 		d := getObj(t, ns, "fleet-"+c, &appsv1.Deployment{})

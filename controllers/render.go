@@ -143,6 +143,7 @@ const (
 	envMongoCA         = "CHARGESIM_MONGO_CA_FILE"
 	envBatchSize       = "CHARGESIM_BATCH_SIZE"
 	envFlushInterval   = "CHARGESIM_FLUSH_INTERVAL"
+	envShareGroup      = "CHARGESIM_SHARE_GROUP"
 )
 
 // componentKeys are the ConfigMap keys each component reads. All components get the whole
@@ -532,11 +533,20 @@ func (d *desired) publisherObjects() (*appsv1ac.StatefulSetApplyConfiguration, *
 func (d *desired) listenerObjects() (*appsv1ac.StatefulSetApplyConfiguration, *corev1ac.ServiceApplyConfiguration) {
 	sim := d.sim
 	env, vols := d.mqttClient(Listener)
+	env = append(env, corev1ac.EnvVar().WithName(envShareGroup).WithValue(shareGroup(sim)))
 	menv, mvols := d.mongoClient()
 	env = append(env, menv...)
 	vols = append(vols, mvols...)
 	tmpl := d.pod(Listener, opsPort, sim.Spec.Listener.Resources, env, vols)
 	return d.statefulSet(Listener, sim.Spec.Listener.DesiredReplicas(), tmpl), d.headlessService(Listener)
+}
+
+// shareGroup is the listeners' shared-subscription group, $share/<group>/...: one per
+// simulation. With the components' default group, two simulations on one external broker with
+// the same topic prefix would be one group, and each would store a part of the other's
+// sessions. Namespaces and names are DNS labels, so the group has none of / + # in it.
+func shareGroup(sim *v1alpha1.ChargerSimulation) string {
+	return "chargesim-" + sim.Namespace + "-" + sim.Name
 }
 
 // statefulSet gives a component stable pod names <sim>-<component>-<i>, started and stopped

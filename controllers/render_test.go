@@ -142,6 +142,32 @@ func TestListenerStatefulSet(t *testing.T) {
 	if got := env[envMQTTClientID].Value; got != "chargesim-ns-$(POD_NAME)" || pos[envPodName] > pos[envMQTTClientID] {
 		t.Fatalf("client ID %q (POD_NAME at %d, client ID at %d)", got, pos[envPodName], pos[envMQTTClientID])
 	}
+	if got := env[envShareGroup].Value; got != "chargesim-ns-fleet" {
+		t.Fatalf("share group %q", got)
+	}
+}
+
+func TestShareGroupPerSimulation(t *testing.T) {
+	groups := map[string]bool{}
+	for _, nn := range [][2]string{{"a", "fleet"}, {"b", "fleet"}, {"a", "other"}, {strings.Repeat("n", 63), strings.Repeat("s", 42)}} {
+		sim := testSim()
+		sim.Namespace, sim.Name = nn[0], nn[1]
+		g := shareGroup(sim)
+		// A topic level of the subscription $share/<group>/<filter> (listener --share-group).
+		if g == "" || strings.ContainsAny(g, "/+#\x00") {
+			t.Errorf("%s/%s: share group %q is not a valid topic level", nn[0], nn[1], g)
+		}
+		if groups[g] {
+			t.Errorf("%s/%s: share group %q used twice", nn[0], nn[1], g)
+		}
+		groups[g] = true
+	}
+	// The publisher does not subscribe.
+	sim := testSim()
+	sts, _ := newDesired(sim, "img", managedBrokerURL(sim), testSecrets(sim)).publisherObjects()
+	if _, ok := envMap(decode[appsv1.StatefulSet](t, sts).Spec.Template.Spec.Containers[0])[envShareGroup]; ok {
+		t.Error("publisher gets a share group")
+	}
 }
 
 func TestMQTTClientIDFits(t *testing.T) {

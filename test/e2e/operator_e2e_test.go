@@ -147,8 +147,12 @@ func TestSamples(t *testing.T) {
 		var names []string
 		for _, p := range componentPods(t, ns, "full", "listener") {
 			names = append(names, p.Name)
-			if id := podEnv(p)["CHARGESIM_MQTT_CLIENT_ID"].Value; id != "chargesim-"+ns+"-$(POD_NAME)" {
+			env := podEnv(p)
+			if id := env["CHARGESIM_MQTT_CLIENT_ID"].Value; id != "chargesim-"+ns+"-$(POD_NAME)" {
 				t.Errorf("pod %s: client ID %q", p.Name, id)
+			}
+			if g := env["CHARGESIM_SHARE_GROUP"].Value; g != "chargesim-"+ns+"-full" {
+				t.Errorf("pod %s: share group %q", p.Name, g)
 			}
 		}
 		slices.Sort(names)
