@@ -80,6 +80,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 type observation struct {
 	degraded   *configError
 	components map[Component]*componentObservation
+	// waitingForListener: a new simulation's publisher is held back until a listener is ready.
+	waitingForListener bool
 }
 
 type componentObservation struct {
@@ -115,8 +117,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	}
 	for _, step := range []func(context.Context, *desired, *observation) error{
 		r.reconcileBroker,
+		r.reconcileListener, // before the publisher, which waits for it the first time
 		r.reconcilePublisher,
-		r.reconcileListener,
 		r.reconcileAPI,
 	} {
 		if err := step(ctx, d, obs); err != nil {
@@ -180,11 +182,25 @@ func (r *Reconciler) reconcileBroker(ctx context.Context, d *desired, obs *obser
 	return nil
 }
 
+// reconcilePublisher runs the publisher, but does not create it before a listener is ready:
+// a broker discards messages that no subscription matches, so the first sessions of a new
+// simulation would be lost if the publisher started before any listener had subscribed. Once
+// the StatefulSet exists it is never held back again: from then on the listeners' persistent
+// sessions make the broker queue what a listener outage leaves unacknowledged.
 func (r *Reconciler) reconcilePublisher(ctx context.Context, d *desired, obs *observation) error {
 	sim := d.sim
 	sts, svc := d.publisherObjects()
 	if _, err := applyChild(ctx, r, svc, &corev1.Service{}); err != nil {
 		return err
+	}
+	wait, err := r.publisherMustWait(ctx, sim, obs)
+	if err != nil {
+		return err
+	}
+	if wait {
+		obs.waitingForListener = true
+		obs.components[Publisher] = observeStatefulSet(&appsv1.StatefulSet{}, publisherReplicas(sim), selectorString(sim.Name, Publisher))
+		return nil
 	}
 	live, err := applyChild(ctx, r, sts, &appsv1.StatefulSet{})
 	if err != nil {
@@ -192,6 +208,23 @@ func (r *Reconciler) reconcilePublisher(ctx context.Context, d *desired, obs *ob
 	}
 	obs.components[Publisher] = observeStatefulSet(live, publisherReplicas(sim), selectorString(sim.Name, Publisher))
 	return nil
+}
+
+// publisherMustWait: no listener is ready and the publisher StatefulSet does not exist yet.
+func (r *Reconciler) publisherMustWait(ctx context.Context, sim *v1alpha1.ChargerSimulation, obs *observation) (bool, error) {
+	if l, ok := obs.components[Listener]; ok && l.status.ReadyReplicas > 0 {
+		return false, nil
+	}
+	key := types.NamespacedName{Namespace: sim.Namespace, Name: workloadName(sim.Name, Publisher)}
+	err := r.Client.Get(ctx, key, &appsv1.StatefulSet{})
+	switch {
+	case err == nil:
+		return false, nil
+	case apierrors.IsNotFound(err):
+		return true, nil
+	default:
+		return false, fmt.Errorf("get StatefulSet %s: %w", key, err)
+	}
 }
 
 func (r *Reconciler) reconcileListener(ctx context.Context, d *desired, obs *observation) error {
@@ -401,9 +434,14 @@ func (r *Reconciler) summarize(ctx context.Context, sim *v1alpha1.ChargerSimulat
 		set(v1alpha1.ConditionProgressing, metav1.ConditionFalse, deg.reason, "cannot progress: "+deg.message)
 	case len(notReady) > 0:
 		msg := "waiting for " + strings.Join(notReady, ", ")
+		notReadyReason, progressReason := v1alpha1.ReasonComponentsNotReady, v1alpha1.ReasonRollingOut
+		if obs.waitingForListener {
+			notReadyReason, progressReason = v1alpha1.ReasonWaitingForListener, v1alpha1.ReasonWaitingForListener
+			msg = "the publisher starts once a listener is ready (the broker drops messages nobody has subscribed to yet); " + msg
+		}
 		set(v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonAsExpected, "")
-		set(v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady, msg)
-		set(v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRollingOut, msg)
+		set(v1alpha1.ConditionReady, metav1.ConditionFalse, notReadyReason, msg)
+		set(v1alpha1.ConditionProgressing, metav1.ConditionTrue, progressReason, msg)
 	default:
 		reason, msg := v1alpha1.ReasonAvailable, "all components are available"
 		if sim.Spec.Suspend {

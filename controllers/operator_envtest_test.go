@@ -164,6 +164,14 @@ func setStatefulSetReady(t *testing.T, ns, name string, ready int32) {
 	})
 }
 
+// startPublisher reports the listener ready, which lets the operator create the publisher of a
+// new simulation, and waits for the publisher StatefulSet.
+func startPublisher(t *testing.T, ns, name string) {
+	t.Helper()
+	markStatefulSetReady(t, ns, name+"-listener")
+	getObj(t, ns, name+"-publisher", &appsv1.StatefulSet{})
+}
+
 func assertOwned(t *testing.T, obj client.Object, sim *v1alpha1.ChargerSimulation) {
 	t.Helper()
 	refs := obj.GetOwnerReferences()
@@ -191,6 +199,7 @@ func TestCreateRendersChildren(t *testing.T) {
 	sim.Spec.API.Port = 80
 	sim.Spec.Listener.BatchSize = 250
 	createSim(t, sim)
+	startPublisher(t, ns, "fleet")
 	sim = waitCondition(t, ns, "fleet", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
 
 	cm := getObj(t, ns, "fleet-config", &corev1.ConfigMap{})
@@ -315,6 +324,7 @@ func TestUpdateRollsPods(t *testing.T) {
 	ns := newNamespace(t)
 	secret := createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
 	createSim(t, simulation(ns, "roll"))
+	startPublisher(t, ns, "roll")
 	waitCondition(t, ns, "roll", v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRollingOut)
 	pub0 := hashOf(t, ns, "roll-publisher", &appsv1.StatefulSet{})
 	lis0 := hashOf(t, ns, "roll-listener", &appsv1.StatefulSet{})
@@ -442,7 +452,7 @@ func TestScaleSubresource(t *testing.T) {
 	ns := newNamespace(t)
 	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
 	createSim(t, simulation(ns, "scale"))
-	waitCondition(t, ns, "scale", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+	waitCondition(t, ns, "scale", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonWaitingForListener)
 	markReady(t, ns, "scale")
 	waitCondition(t, ns, "scale", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
 
@@ -475,7 +485,7 @@ func TestStatusTracksReadiness(t *testing.T) {
 	sim := simulation(ns, "ready")
 	sim.Spec.Listener.Replicas = 2
 	createSim(t, sim)
-	sim = waitCondition(t, ns, "ready", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+	sim = waitCondition(t, ns, "ready", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonWaitingForListener)
 	if c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionReady); !strings.Contains(c.Message, "listener 0/2 ready") {
 		t.Errorf("Ready message %q", c.Message)
 	}
@@ -515,6 +525,75 @@ func TestStatusTracksReadiness(t *testing.T) {
 	waitCondition(t, ns, "ready", v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonRolloutStalled)
 	markReady(t, ns, "ready")
 	waitCondition(t, ns, "ready", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+}
+
+func publisherExists(ns, name string) (bool, error) {
+	err := k8s.Get(ctx, key(ns, name+"-publisher"), &appsv1.StatefulSet{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func TestPublisherWaitsForListener(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	sim := simulation(ns, "wait")
+	sim.Spec.Listener.Replicas = 2
+	createSim(t, sim)
+
+	// A new simulation: broker, listener and API are created, the publisher is not.
+	sim = waitCondition(t, ns, "wait", v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonWaitingForListener)
+	if c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionReady); c.Status != metav1.ConditionFalse ||
+		c.Reason != v1alpha1.ReasonWaitingForListener || !strings.Contains(c.Message, "listener 0/2 ready") {
+		t.Errorf("Ready %+v", c)
+	}
+	getObj(t, ns, "wait-listener", &appsv1.StatefulSet{})
+	getObj(t, ns, "wait-api", &appsv1.Deployment{})
+	if ok, err := publisherExists(ns, "wait"); ok || err != nil {
+		t.Fatalf("publisher StatefulSet created before any listener was ready (%v)", err)
+	}
+	if p := sim.Status.Publisher; p.DesiredReplicas != 1 || p.Replicas != 0 || p.Selector == "" {
+		t.Errorf("publisher status while waiting %+v", p)
+	}
+
+	// One ready listener of two is enough: the broker now has the subscription.
+	setStatefulSetReady(t, ns, "wait-listener", 1)
+	getObj(t, ns, "wait-publisher", &appsv1.StatefulSet{})
+	waitCondition(t, ns, "wait", v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRollingOut)
+	markReady(t, ns, "wait")
+	waitCondition(t, ns, "wait", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+
+	// Once the publisher exists, a listener outage does not hold it back: it is still updated
+	// (the broker queues for the listeners' persistent sessions).
+	setStatefulSetReady(t, ns, "wait-listener", 0)
+	sim = waitCondition(t, ns, "wait", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+	if c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionReady); !strings.Contains(c.Message, "listener 0/2 ready") {
+		t.Errorf("Ready message %q", c.Message)
+	}
+	updateSim(t, ns, "wait", func(s *v1alpha1.ChargerSimulation) { s.Spec.Publisher.Replicas = 2 })
+	eventually(t, "publisher scaled with no listener ready", func() error {
+		sts := &appsv1.StatefulSet{}
+		if err := k8s.Get(ctx, key(ns, "wait-publisher"), sts); err != nil {
+			return err
+		}
+		if *sts.Spec.Replicas != 2 {
+			return fmt.Errorf("replicas %d", *sts.Spec.Replicas)
+		}
+		return nil
+	})
+	waitCondition(t, ns, "wait", v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRollingOut)
+
+	// A publisher deleted while no listener is ready is a new one: it waits again.
+	if err := k8s.Delete(ctx, &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "wait-publisher"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, ns, "wait", v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonWaitingForListener)
+	if ok, err := publisherExists(ns, "wait"); ok || err != nil {
+		t.Fatalf("deleted publisher recreated with no listener ready (%v)", err)
+	}
+	setStatefulSetReady(t, ns, "wait-listener", 2)
+	getObj(t, ns, "wait-publisher", &appsv1.StatefulSet{})
 }
 
 func TestSuspend(t *testing.T) {
@@ -573,6 +652,7 @@ func TestDriftCorrected(t *testing.T) {
 	ns := newNamespace(t)
 	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
 	createSim(t, simulation(ns, "drift"))
+	startPublisher(t, ns, "drift")
 	waitCondition(t, ns, "drift", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
 
 	// Someone edits a field the operator owns.
@@ -765,7 +845,7 @@ func TestNoWriteWhenNothingChanged(t *testing.T) {
 	ns := newNamespace(t)
 	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
 	createSim(t, simulation(ns, "quiet"))
-	waitCondition(t, ns, "quiet", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+	waitCondition(t, ns, "quiet", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonWaitingForListener)
 	markReady(t, ns, "quiet")
 	waitCondition(t, ns, "quiet", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
 	before := resourceVersions(t, ns, "quiet")
@@ -915,6 +995,7 @@ func TestDeleteLeavesChildrenToGarbageCollector(t *testing.T) {
 	ns := newNamespace(t)
 	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
 	createSim(t, simulation(ns, "gone"))
+	startPublisher(t, ns, "gone")
 	sim := waitCondition(t, ns, "gone", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
 	// envtest runs no garbage collector (test/e2e checks the real one): what makes the children
 	// go is a controller owner reference to this simulation's UID on every one of them.

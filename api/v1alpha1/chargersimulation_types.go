@@ -25,6 +25,10 @@ const (
 	ReasonComponentsNotReady = "ComponentsNotReady"
 	// ReasonRollingOut: a workload is being created, updated or scaled.
 	ReasonRollingOut = "RollingOut"
+	// ReasonWaitingForListener: the publisher of a new simulation is not created before a
+	// listener is ready (subscribed), because the broker drops messages nobody subscribed to
+	// yet. Reason of both Progressing=True and Ready=False.
+	ReasonWaitingForListener = "WaitingForListener"
 	// ReasonRolloutComplete: nothing is rolling out.
 	ReasonRolloutComplete = "RolloutComplete"
 	// ReasonAsExpected: nothing is wrong.

@@ -16,7 +16,9 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -301,6 +303,55 @@ func TestSamples(t *testing.T) {
 			t.Errorf("minimal after deleting full: %v", err)
 		}
 	})
+}
+
+// A new simulation's publisher is created only once a listener is ready. Here the listener
+// cannot be scheduled at first (it asks for more CPU than any node has), so the real
+// StatefulSet controller never reports it ready until the spec is fixed.
+func TestPublisherWaitsForListenerInCluster(t *testing.T) {
+	ns := newNamespace(t, "waiting-")
+	if err := k8s.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "mongo"},
+		StringData: map[string]string{"uri": "mongodb://m:27017"}}); err != nil {
+		t.Fatal(err)
+	}
+	sim := &v1alpha1.ChargerSimulation{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "late"},
+		Spec: v1alpha1.ChargerSimulationSpec{
+			Mongo: v1alpha1.MongoSpec{URISecretRef: v1alpha1.URISecretRef{Name: "mongo"}},
+			Listener: v1alpha1.ListenerSpec{Resources: &corev1.ResourceRequirements{
+				Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100000")},
+			}},
+		},
+	}
+	if err := k8s.Create(bg, sim); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, "WaitingForListener", func() error {
+		sim := getSim(t, ns, "late")
+		c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionProgressing)
+		if c == nil || c.ObservedGeneration != sim.Generation || c.Reason != v1alpha1.ReasonWaitingForListener {
+			return fmt.Errorf("Progressing %+v", c)
+		}
+		return nil
+	})
+	// The operator has decided for this generation: no publisher.
+	err := k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "late-publisher"}, &appsv1.StatefulSet{})
+	if !apierrors.IsNotFound(err) {
+		t.Fatalf("publisher StatefulSet with no listener ready: %v", err)
+	}
+	for _, p := range componentPods(t, ns, "late", "listener") {
+		if p.Spec.NodeName != "" {
+			t.Fatalf("listener pod %s was scheduled to %s: the test needs it unschedulable", p.Name, p.Spec.NodeName)
+		}
+	}
+
+	// Schedulable: the listener becomes ready, then the publisher is created.
+	if out, err := kubectl("patch", "-n", ns, "csim/late", "--type=json",
+		"-p", `[{"op":"remove","path":"/spec/listener/resources"}]`); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	eventually(t, 5*time.Minute, "late Ready", func() error { return readyForGeneration(getSim(t, ns, "late")) })
+	assertReallyAvailable(t, getSim(t, ns, "late"))
 }
 
 func TestMissingSecretInCluster(t *testing.T) {
