@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	"github.com/chargesim/chargesim/api/v1alpha1"
@@ -57,9 +59,9 @@ type Reconciler struct {
 	MaxConcurrentReconciles int
 }
 
-// SetupWithManager registers the controller. Status-only updates of a simulation (our own
-// patches) do not trigger a reconcile; changes of any owned child do, which is what corrects
-// drift and tracks readiness.
+// SetupWithManager registers the controller. Changes of any owned child trigger a reconcile,
+// which is what corrects drift and tracks readiness; so do changes of a simulation's spec,
+// labels, annotations and status (statusChanged).
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("chargersimulation").
@@ -67,6 +69,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 			predicate.GenerationChangedPredicate{},
 			predicate.AnnotationChangedPredicate{},
 			predicate.LabelChangedPredicate{},
+			statusChanged(),
 		))).
 		Owns(&appsv1.Deployment{}).
 		Owns(&appsv1.StatefulSet{}).
@@ -74,6 +77,26 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.ConfigMap{}).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(1, r.MaxConcurrentReconciles)}).
 		Complete(r)
+}
+
+// statusChanged passes updates that change a simulation's status, the operator's own status
+// patches included. Each of them costs one more reconcile, which normally finds nothing to
+// change and writes nothing (no loop). It is what makes the status converge: a reconcile may
+// start from a cached copy older than the operator's last patch (a child's event came first),
+// and its result may then be stale or refused (statusPatcher); the reconcile that the patch's
+// own event triggers runs on a cache that has seen that patch. Without it, the last status
+// written from an old copy could stand until the next resync.
+func statusChanged() predicate.Funcs {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, ok1 := e.ObjectOld.(*v1alpha1.ChargerSimulation)
+			n, ok2 := e.ObjectNew.(*v1alpha1.ChargerSimulation)
+			return ok1 && ok2 && !equality.Semantic.DeepEqual(o.Status, n.Status)
+		},
+		CreateFunc:  func(event.CreateEvent) bool { return false },
+		DeleteFunc:  func(event.DeleteEvent) bool { return false },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+	}
 }
 
 // observation is what one reconcile learned, summarised into conditions at the end.
@@ -107,6 +130,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	defer func() {
 		result, retErr = r.summarize(ctx, sim, obs, result, retErr)
 		if err := patcher.patch(ctx, sim); err != nil {
+			if apierrors.IsConflict(err) && retErr == nil {
+				// The cached copy was stale. The newer version's own event brings a reconcile
+				// with a fresh copy; looking again soon also covers a change the watch filters.
+				ctrl.LoggerFrom(ctx).V(1).Info("status patch refused, the cached simulation was stale; reconciling again", "error", err.Error())
+				result = ctrl.Result{RequeueAfter: conflictRetry}
+				return
+			}
 			retErr = errors.Join(retErr, err)
 		}
 	}()
@@ -478,6 +508,9 @@ func (r *Reconciler) summarize(ctx context.Context, sim *v1alpha1.ChargerSimulat
 	}
 	return ctrl.Result{RequeueAfter: jitter(r.ResyncInterval)}, nil
 }
+
+// conflictRetry is when a reconcile whose status patch met a newer simulation looks again.
+const conflictRetry = time.Second
 
 // degradedBackoff is how long to wait before looking again at a simulation that has been
 // degraded for the given time: about as long again, so retries double from 1s, capped at a

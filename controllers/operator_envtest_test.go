@@ -875,6 +875,105 @@ func TestNoWriteWhenNothingChanged(t *testing.T) {
 	}
 }
 
+// A status the operator did not write last — someone else's, or its own patch computed from a
+// cached copy older than the server's — is corrected by the reconcile its change triggers,
+// not at the next resync.
+func TestForeignStatusCorrected(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "foreign"))
+	waitCondition(t, ns, "foreign", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonWaitingForListener)
+	markReady(t, ns, "foreign")
+	waitCondition(t, ns, "foreign", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+
+	eventually(t, "write a wrong status", func() error {
+		sim := getSim(t, ns, "foreign")
+		sim.Status.Publisher.ReadyReplicas = 7
+		meta.SetStatusCondition(&sim.Status.Conditions, metav1.Condition{Type: v1alpha1.ConditionReady,
+			Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonComponentsNotReady, Message: "wrong", ObservedGeneration: sim.Generation})
+		return k8s.Status().Update(ctx, sim)
+	})
+	sim := waitCondition(t, ns, "foreign", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	eventually(t, "publisher status restored", func() error {
+		sim = getSim(t, ns, "foreign")
+		if p := sim.Status.Publisher; p.ReadyReplicas != 1 {
+			return fmt.Errorf("publisher status %+v", p)
+		}
+		return nil
+	})
+}
+
+// staleClient hands out an old copy of one simulation, as a cache that lags behind the API
+// server does, and counts status patches the API server refuses with a Conflict.
+type staleClient struct {
+	client.Client
+	stale     *v1alpha1.ChargerSimulation
+	conflicts atomic.Int64
+	patches   atomic.Int64
+}
+
+func (s *staleClient) Get(ctx context.Context, k client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if sim, ok := obj.(*v1alpha1.ChargerSimulation); ok && k == client.ObjectKeyFromObject(s.stale) {
+		s.stale.DeepCopyInto(sim)
+		return nil
+	}
+	return s.Client.Get(ctx, k, obj, opts...)
+}
+
+func (s *staleClient) Status() client.SubResourceWriter { return &patchCounter{s.Client.Status(), s} }
+
+type patchCounter struct {
+	client.SubResourceWriter
+	s *staleClient
+}
+
+func (p *patchCounter) Patch(ctx context.Context, o client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
+	p.s.patches.Add(1)
+	err := p.SubResourceWriter.Patch(ctx, o, patch, opts...)
+	if apierrors.IsConflict(err) {
+		p.s.conflicts.Add(1)
+	}
+	return err
+}
+
+// The e2e flake "publisher 2 of 3 ready for 5 minutes" while everything was ready: a reconcile
+// that started from a cached simulation older than the operator's own last status patch sent a
+// merge patch of the difference to that old copy; what the old copy agreed on was left out,
+// and the server kept the newer, by then wrong, value. A patch from a stale copy must be
+// refused and retried instead.
+func TestStatusPatchFromStaleCopyRefused(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "lag"))
+	waitCondition(t, ns, "lag", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonWaitingForListener)
+	markReady(t, ns, "lag")
+	stale := waitCondition(t, ns, "lag", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+
+	// The publisher loses its pods and the operator says so: the server's status moves on.
+	setStatefulSetReady(t, ns, "lag-publisher", 0)
+	waitCondition(t, ns, "lag", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+
+	// A reconcile from the copy of before (Ready=True) computes a status that differs from it.
+	mgr := operator.Manager()
+	sc := &staleClient{Client: mgr.GetClient(), stale: stale}
+	r := &controllers.Reconciler{Client: sc, APIReader: mgr.GetAPIReader(),
+		Recorder: mgr.GetEventRecorder("test"), DefaultImage: testImage}
+	res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: key(ns, "lag")})
+	if err != nil {
+		t.Fatalf("a refused status patch is retried, not an error: %v", err)
+	}
+	if sc.patches.Load() != 1 || sc.conflicts.Load() != 1 {
+		t.Fatalf("%d status patches, %d refused: a patch computed from a stale copy went through", sc.patches.Load(), sc.conflicts.Load())
+	}
+	if res.RequeueAfter <= 0 {
+		t.Errorf("refused status patch not retried: %+v", res)
+	}
+	sim := waitCondition(t, ns, "lag", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+	if sim.Status.Publisher.ReadyReplicas != 0 {
+		t.Errorf("publisher status %+v", sim.Status.Publisher)
+	}
+}
+
 func events(t *testing.T, ns, name, reason string) []eventsv1.Event {
 	t.Helper()
 	list := &eventsv1.EventList{}

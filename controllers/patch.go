@@ -15,7 +15,15 @@ import (
 // statusPatcher is the patch-helper pattern (cluster-api, Flux): snapshot the object when the
 // reconcile starts, mutate status freely, and send one merge patch of the difference at the
 // end, or nothing when status did not change, so a reconcile that changes nothing writes
-// nothing and does not wake itself up again.
+// nothing.
+//
+// The snapshot comes from the cache, which can lag behind the API server — typically it has
+// not seen this controller's own previous status patch yet. A difference computed against such
+// a snapshot leaves out every field the snapshot happens to agree on, and the server keeps
+// whatever the newer version says there: a status could claim Ready=True next to
+// "publisher 2/3 ready" for good. So the patch carries the snapshot's resourceVersion
+// (optimistic lock) and the API server refuses it with a Conflict when the snapshot is stale;
+// the reconcile then runs again with a fresher copy (Reconcile, SetupWithManager).
 type statusPatcher struct {
 	c      client.Client
 	before *v1alpha1.ChargerSimulation
@@ -29,7 +37,8 @@ func (p *statusPatcher) patch(ctx context.Context, obj *v1alpha1.ChargerSimulati
 	if equality.Semantic.DeepEqual(p.before.Status, obj.Status) {
 		return nil
 	}
-	if err := p.c.Status().Patch(ctx, obj, client.MergeFrom(p.before)); err != nil {
+	patch := client.MergeFromWithOptions(p.before, client.MergeFromWithOptimisticLock{})
+	if err := p.c.Status().Patch(ctx, obj, patch); err != nil {
 		return fmt.Errorf("patch status of %s/%s: %w", obj.Namespace, obj.Name, err)
 	}
 	p.before = obj.DeepCopy()

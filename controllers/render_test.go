@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/chargesim/chargesim/api/v1alpha1"
 )
@@ -460,5 +461,33 @@ func TestDegradedBackoff(t *testing.T) {
 		if j := jitter(time.Minute); j < 54*time.Second || j > 66*time.Second {
 			t.Fatalf("jitter(1m) = %s", j)
 		}
+	}
+}
+
+func TestStatusChangedPredicate(t *testing.T) {
+	p := statusChanged()
+	old := testSim()
+	old.ResourceVersion = "1"
+	old.Status.Publisher.ReadyReplicas = 2
+
+	same := old.DeepCopy()
+	if p.Update(event.UpdateEvent{ObjectOld: old, ObjectNew: same}) {
+		t.Error("an update with the same status (a resync) passes")
+	}
+	changed := old.DeepCopy()
+	changed.ResourceVersion = "2"
+	changed.Status.Publisher.ReadyReplicas = 3
+	if !p.Update(event.UpdateEvent{ObjectOld: old, ObjectNew: changed}) {
+		t.Error("a status change (the operator's own patch included) does not trigger a reconcile")
+	}
+	cond := old.DeepCopy()
+	cond.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionReady, Status: metav1.ConditionTrue}}
+	if !p.Update(event.UpdateEvent{ObjectOld: old, ObjectNew: cond}) {
+		t.Error("a condition change does not trigger a reconcile")
+	}
+	fin := old.DeepCopy()
+	fin.Finalizers = []string{"example.com/hold"}
+	if p.Update(event.UpdateEvent{ObjectOld: old, ObjectNew: fin}) {
+		t.Error("a metadata-only change passes the status predicate")
 	}
 }
