@@ -12,12 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/chargesim/chargesim/api/v1alpha1"
 )
@@ -26,6 +28,9 @@ import (
 // informer needs for the Deployments of namespace ns (measured in this process, after GC).
 func cachedCost(b *testing.B, ns string) float64 {
 	b.Helper()
+	// The informer logs through controller-runtime's root logger, which complains with a stack
+	// trace when nobody set one.
+	ctrllog.SetLogger(logr.Discard())
 	ctx, cancel := context.WithCancel(bg)
 	defer cancel()
 	var before, after runtime.MemStats
