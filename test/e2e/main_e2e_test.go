@@ -10,7 +10,7 @@
 //
 //	go test -tags e2e -count=1 -timeout 30m ./test/e2e/
 //
-// E2E_CLUSTER names the kwok cluster (default chargesim-e2e); E2E_KEEP_CLUSTER=1 leaves it up.
+// E2E_CLUSTER names the kwok cluster (default chargesim-e2e-<pid>); E2E_KEEP_CLUSTER=1 leaves it up.
 package e2e
 
 import (
@@ -91,7 +91,9 @@ func setup() error {
 	}
 	clusterName = os.Getenv("E2E_CLUSTER")
 	if clusterName == "" {
-		clusterName = "chargesim-e2e"
+		// Per process: two runs at once (two engineers, or make test next to a manual run) must
+		// not share a cluster that the first to finish tears down.
+		clusterName = fmt.Sprintf("chargesim-e2e-%d", os.Getpid())
 	}
 	// 200 simulations of 4+ pods each (the benchmark) need more than kwok's 110 pods per node.
 	up := exec.Command(filepath.Join(root, "hack", "kwok-cluster.sh"), "up", clusterName)
