@@ -174,7 +174,7 @@ func Run(ctx context.Context, log *slog.Logger, grace time.Duration, cfg Config,
 		if b != nil {
 			parts = append(parts, b)
 		}
-		return cli.ServeListener(apiCtx, log, ln, withReady(api.Handler(), parts), grace)
+		return cli.ServeListener(apiCtx, log, ln, withReady(api.Handler(), reg, parts), grace)
 	})
 	g.Go(func() error {
 		// A broker discards messages nobody has subscribed to yet: start publishing only once
@@ -225,20 +225,18 @@ func drain(log *slog.Logger, b *broker.Broker, grace time.Duration) {
 	}
 }
 
-// withReady answers /readyz for the whole stack: every part must be ready.
-func withReady(api http.Handler, parts []cli.Component) http.Handler {
+// withReady answers /readyz for the whole stack with the shared operations handler: every
+// part must be ready.
+func withReady(api http.Handler, reg prometheus.Gatherer, parts []cli.Component) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", api)
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
+	mux.Handle("GET /readyz", cli.OpsHandler(reg, func(ctx context.Context) error {
 		for _, p := range parts {
 			if err := p.Ready(ctx); err != nil {
-				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-				return
+				return err
 			}
 		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
+		return nil
+	}))
 	return mux
 }
