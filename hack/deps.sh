@@ -2,8 +2,8 @@
 # Installs the pinned real dependencies that integration tests, benchmarks and `make run` start
 # (DEVELOPERS.md: tests are real, a missing dependency is a failure telling you to run this).
 #
-#   hack/deps.sh            mosquitto, prometheus + promtool (Debian), FerretDB (built from source)
-#   hack/deps.sh chromium   the same, plus Debian chromium (page screenshots; not needed by tests)
+#   hack/deps.sh            mosquitto, prometheus + promtool, chromium (Debian), FerretDB (built
+#                           from source): everything the integration, chart and dashboard tests start
 #
 # Idempotent and fast when everything is present (no apt-get update, no build). Works with CI=true
 # and no stdin. Builds are cached in ${CHARGESIM_CACHE:-$HOME/.cache/chargesim}/<tool>-<version>/
@@ -22,10 +22,9 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${CHARGESIM_CACHE:-${HOME:-/root}/.cache/chargesim}
 BIN_DIR=$REPO_ROOT/bin
 
-want_chromium=false
 for arg in "$@"; do
 	case $arg in
-	chromium) want_chromium=true ;;
+	chromium) ;; # accepted for old callers: chromium is always installed (the docs-page tests need it)
 	-h | --help)
 		sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 		exit 0
@@ -131,8 +130,8 @@ link() { # target name
 summary=()
 
 # --- Debian packages ----------------------------------------------------------------------
-pkgs=(mosquitto prometheus)
-$want_chromium && pkgs+=(chromium)
+# chromium: TestDocsPageInChromium/TestDocsTryItInChromium load the API's docs page headless.
+pkgs=(mosquitto prometheus chromium)
 apt_install "${pkgs[@]}"
 for svc in mosquitto prometheus; do
 	if [[ " ${installed_now[*]} " == *" $svc "* ]]; then stop_services "$svc"; fi
@@ -159,12 +158,10 @@ link "$PROMTOOL_BIN" promtool
 summary+=("prometheus  $v  bin/prometheus -> $PROMETHEUS_BIN")
 summary+=("promtool    $v  bin/promtool -> $PROMTOOL_BIN")
 
-CHROMIUM_BIN=
-if deb_installed chromium; then
-	CHROMIUM_BIN=/usr/bin/chromium
-	link "$CHROMIUM_BIN" chromium
-	summary+=("chromium    $(deb_version chromium)  bin/chromium -> $CHROMIUM_BIN")
-fi
+CHROMIUM_BIN=/usr/bin/chromium
+[[ -x $CHROMIUM_BIN ]] || die "$CHROMIUM_BIN missing after install"
+link "$CHROMIUM_BIN" chromium
+summary+=("chromium    $(deb_version chromium)  bin/chromium -> $CHROMIUM_BIN")
 
 # --- FerretDB (built from the module proxy) ---------------------------------------------------
 FERRETDB_DIR=$CACHE/ferretdb-$FERRETDB_VERSION
@@ -219,7 +216,7 @@ tmp_env=$(mktemp "$BIN_DIR/.deps.env.XXXXXX")
 	echo "export CHARGESIM_MOSQUITTO_PASSWD_BIN=$MOSQUITTO_PASSWD_BIN"
 	echo "export CHARGESIM_PROMETHEUS_BIN=$PROMETHEUS_BIN"
 	echo "export CHARGESIM_PROMTOOL_BIN=$PROMTOOL_BIN"
-	if [[ -n $CHROMIUM_BIN ]]; then echo "export CHARGESIM_CHROMIUM_BIN=$CHROMIUM_BIN"; fi
+	echo "export CHARGESIM_CHROMIUM_BIN=$CHROMIUM_BIN"
 } >"$tmp_env"
 chmod 644 "$tmp_env"
 mv -f "$tmp_env" "$BIN_DIR/deps.env"
