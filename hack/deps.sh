@@ -129,6 +129,14 @@ link() { # target name
 
 summary=()
 
+# Several worktrees or CI jobs may run this at once: apt and the FerretDB build must not race.
+mkdir -p "$CACHE"
+exec 8>"$CACHE/.deps.lock"
+if ! flock -n 8; then
+	log "another hack/deps.sh is running, waiting for it"
+	flock 8
+fi
+
 # --- Debian packages ----------------------------------------------------------------------
 # chromium: TestDocsPageInChromium/TestDocsTryItInChromium load the API's docs page headless.
 pkgs=(mosquitto prometheus chromium)
