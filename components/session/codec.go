@@ -26,11 +26,14 @@ const (
 	ReasonOversized     Reason = "oversized"
 	ReasonBadTopic      Reason = "bad_topic"
 	ReasonTopicMismatch Reason = "topic_mismatch"
+	// ReasonStoreRefused: the session decoded, but the store refused the document for good
+	// (a validator, a server-side limit); the store's message is the detail.
+	ReasonStoreRefused Reason = "store_refused"
 )
 
 // Reasons lists every rejection reason (for pre-declaring metric series).
 var Reasons = []Reason{ReasonBadJSON, ReasonWrongType, ReasonMissingField, ReasonOutOfRange,
-	ReasonOversized, ReasonBadTopic, ReasonTopicMismatch}
+	ReasonOversized, ReasonBadTopic, ReasonTopicMismatch, ReasonStoreRefused}
 
 // RejectError is returned for input that can never be stored.
 type RejectError struct {
