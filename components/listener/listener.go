@@ -30,7 +30,8 @@ type Listener struct {
 	lim    *logLimiter
 	filter string // the subscription, $share/<group>/... unless the group is empty
 
-	p *pipeline
+	p      *pipeline
+	budget *byteBudget // payload bytes of pending messages (--max-pending-bytes)
 
 	store      atomic.Pointer[store.Store]
 	client     atomic.Value // mqtt.Client, set once Run has built it
@@ -61,6 +62,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Listener, er
 		lim:      newLogLimiter(logInterval, nil),
 		filter:   session.SharedSubscription(cfg.ShareGroup, session.SubscriptionFilter(cfg.MQTT.TopicPrefix)),
 		stopping: make(chan struct{}),
+		budget:   newByteBudget(cfg.MaxPendingBytes),
 	}
 	l.p = newPipeline(pipelineConfig{
 		batchSize:   cfg.BatchSize,
@@ -209,12 +211,19 @@ func (l *Listener) onConnect(c mqtt.Client) {
 // onMessage runs on paho's router goroutine, one message at a time in receive order.
 func (l *Listener) onMessage(c mqtt.Client, msg mqtt.Message) {
 	l.m.received.Inc()
-	if !l.p.admit(l.stopping, c.IsConnectionOpen) {
+	size := int64(len(msg.Payload()))
+	if !l.budget.acquire(size, l.stopping, c.IsConnectionOpen) {
 		l.released.Add(1)
 		return // stopping, or the connection is gone: unacknowledged, so redelivered
 	}
-	e := l.decode(msg, time.Now())
+	if !l.p.admit(l.stopping, c.IsConnectionOpen) {
+		l.budget.release(size)
+		l.released.Add(1)
+		return
+	}
+	e := l.decode(budgeted{Message: msg, b: l.budget}, time.Now())
 	if !l.p.submit(e) {
+		l.budget.release(size)
 		l.released.Add(1)
 	}
 }
