@@ -366,7 +366,7 @@ func (l *Listener) refused(b *batch, f store.Refusal) store.RejectedDoc {
 		}
 	}
 	if payload == nil {
-		payload = d.Session.AppendJSON(nil) // the decoded form: the original is gone
+		payload = d.AppendJSON(nil) // the decoded form: the original is gone
 	}
 	reason := session.ReasonStoreRefused
 	detail := fmt.Sprintf("store refused the document (code %d): %s", f.Code, f.Message)
