@@ -107,18 +107,18 @@ func Decode(topic string, payload []byte) (Session, error) {
 	if !utf8.Valid(payload) {
 		return s, reject(ReasonBadJSON, "invalid UTF-8 at byte %d", invalidUTF8At(payload))
 	}
-	// Unmarshal (unlike a Decoder) checks the whole input is one JSON value: `{...}}` and
-	// `{...}]` are refused, not read as an object followed by garbage.
-	if !json.Valid(payload) {
-		var v any
-		err := json.Unmarshal(payload, &v)
+	// Unmarshal (unlike a Decoder) checks the whole input is one JSON value before decoding:
+	// `{...}}` and `{...}]` are syntax errors, not an object followed by garbage.
+	var w wire
+	err = json.Unmarshal(payload, &w)
+	if se := (*json.SyntaxError)(nil); errors.As(err, &se) {
 		return s, reject(ReasonBadJSON, "%v", err)
 	}
-	if err := checkKeys(payload); err != nil {
-		return s, err
+	// The payload is valid JSON from here on (checkKeys relies on it).
+	if kerr := checkKeys(payload); kerr != nil {
+		return s, kerr
 	}
-	var w wire
-	if err := json.Unmarshal(payload, &w); err != nil {
+	if err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
 			return s, reject(ReasonWrongType, "field %q: got JSON %s, want %s", te.Field, te.Value, te.Type)
@@ -463,11 +463,12 @@ func appendTime(dst []byte, key string, t time.Time) []byte {
 }
 
 // wireKeys are the JSON names of the wire fields, in declaration order.
-var wireKeys = func() []string {
+var wireKeys = func() [][]byte {
 	t := reflect.TypeFor[wire]()
-	keys := make([]string, t.NumField())
+	keys := make([][]byte, t.NumField())
 	for i := range keys {
-		keys[i], _, _ = strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		keys[i] = []byte(name)
 	}
 	return keys
 }()
@@ -475,9 +476,10 @@ var wireKeys = func() []string {
 // checkKeys refuses an object in which two top-level keys select the same wire field:
 // encoding/json matches names case-insensitively (bytes.EqualFold) and keeps the last, so
 // `"energy_delivered_in_kWh":1, "energy_delivered_in_kwh":9999` would store 9999 without a
-// word. payload must be valid JSON. Unknown keys are ignored, as they are when decoding.
+// word. payload must be valid JSON. Unknown keys are ignored, as they are when decoding. It
+// allocates nothing unless a key is escaped.
 func checkKeys(payload []byte) error {
-	var seen [32]string // raw key per wire field; wire has fewer than 32 fields
+	var seen [32][]byte // key per wire field; wire has fewer than 32 fields
 	depth, expectKey := 0, false
 	for i := 0; i < len(payload); i++ {
 		switch c := payload[i]; c {
@@ -500,16 +502,18 @@ func checkKeys(payload []byte) error {
 			if expectKey {
 				expectKey = false
 				raw := payload[i : end+1]
-				key := string(raw[1 : len(raw)-1])
-				if bytes.IndexByte(raw, '\\') >= 0 {
-					if err := json.Unmarshal(raw, &key); err != nil {
+				key := raw[1 : len(raw)-1]
+				if bytes.IndexByte(key, '\\') >= 0 {
+					var k string
+					if err := json.Unmarshal(raw, &k); err != nil {
 						return reject(ReasonBadJSON, "key %s: %v", truncate(raw, 40), err)
 					}
+					key = []byte(k)
 				}
 				if f := wireField(key); f >= 0 {
-					if seen[f] != "" {
+					if seen[f] != nil {
 						return reject(ReasonBadJSON, "keys %q and %q both set %s (keys match case-insensitively): ambiguous",
-							TruncateUTF8(seen[f], 40), TruncateUTF8(key, 40), wireKeys[f])
+							truncate(seen[f], 40), truncate(key, 40), wireKeys[f])
 					}
 					seen[f] = key
 				}
@@ -521,14 +525,14 @@ func checkKeys(payload []byte) error {
 }
 
 // wireField returns the index of the wire field encoding/json would fill from key, or -1.
-func wireField(key string) int {
+func wireField(key []byte) int {
 	for i, k := range wireKeys {
-		if k == key {
+		if bytes.Equal(k, key) {
 			return i
 		}
 	}
 	for i, k := range wireKeys {
-		if strings.EqualFold(k, key) {
+		if bytes.EqualFold(k, key) {
 			return i
 		}
 	}

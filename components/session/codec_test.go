@@ -353,3 +353,16 @@ func TestTruncateUTF8(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkDecode(b *testing.B) {
+	s := fullSession()
+	topic := NewTopicBuilder("").Topic(s.ChargerID, s.ConnectorID, s.SessionID)
+	payload := s.AppendJSON(nil)
+	b.SetBytes(int64(len(payload)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(topic, payload); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
