@@ -340,9 +340,17 @@ func (l *Listener) ownDuplicates(ctx context.Context, st *store.Store, docs []st
 	if err != nil {
 		return err
 	}
+	// Only the first document of a key in the batch can have been stored by this batch; a
+	// second delivery of it in the same batch is a duplicate even if received the same ms.
+	first := make(map[string]int, len(ids))
+	for i := range docs {
+		if _, ok := first[docs[i].ID]; !ok {
+			first[docs[i].ID] = i
+		}
+	}
 	dups := r.Duplicates[:0]
 	for _, i := range r.Duplicates {
-		if at, ok := got[docs[i].ID]; ok && at.Equal(docs[i].ReceivedAt) {
+		if at, ok := got[docs[i].ID]; ok && first[docs[i].ID] == i && at.Equal(docs[i].ReceivedAt) {
 			r.Inserted++
 			continue
 		}
