@@ -117,6 +117,9 @@ func writeConcern(uri *options.ClientOptions) *writeconcern.WriteConcern {
 		c := *wc
 		wc = &c
 	}
+	if wc.W == nil { // e.g. only journal=true in the URI: the server default would be w:1
+		wc.W = "majority"
+	}
 	if wc.Journal == nil {
 		j := true
 		wc.Journal = &j

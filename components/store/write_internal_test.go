@@ -77,6 +77,7 @@ func TestWriteConcern(t *testing.T) {
 		{"mongodb://h/?w=1", 1, true},
 		{"mongodb://h/?w=2&journal=false", 2, false},
 		{"mongodb://h/?w=majority", "majority", true},
+		{"mongodb://h/?journal=true", "majority", true},
 	} {
 		wc := writeConcern(options.Client().ApplyURI(c.uri))
 		if wc.W != c.w || wc.Journal == nil || *wc.Journal != c.journal {
