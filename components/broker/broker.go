@@ -36,6 +36,9 @@ type Config struct {
 	// MaxInflight bounds QoS 1/2 messages held per client (connected or offline); beyond it
 	// mochi drops and chargesim_broker_messages_dropped_total counts them.
 	MaxInflight int
+	// DataDir, when set, keeps sessions, subscriptions and queued messages in a bbolt file
+	// there, so a restarted broker delivers what it had acknowledged before it stopped.
+	DataDir string
 }
 
 // Register adds the broker flags.
@@ -47,6 +50,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCertFile, "tls-cert-file", "", "serve MQTT over TLS with this certificate (PEM)")
 	fs.StringVar(&c.TLSKeyFile, "tls-key-file", "", "key (PEM) for --tls-cert-file")
 	fs.IntVar(&c.MaxInflight, "max-inflight", math.MaxUint16, "QoS 1/2 messages held per client, 1-65535")
+	fs.StringVar(&c.DataDir, "data-dir", "", "directory of the broker's persistent state (sessions, subscriptions, queued messages); empty: memory only, lost on restart")
 }
 
 // Validate checks the settings and resolves the password file.

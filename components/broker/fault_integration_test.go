@@ -1,0 +1,467 @@
+//go:build integration
+
+package broker_test
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/chargesim/chargesim/components/broker"
+	"github.com/chargesim/chargesim/components/listener"
+	"github.com/chargesim/chargesim/components/session"
+	"github.com/chargesim/chargesim/components/store"
+	"github.com/chargesim/chargesim/test/testenv"
+)
+
+// Fault tests of the whole path publisher → embedded broker → listener → FerretDB, with exact
+// per-key accounting: every session the broker acknowledged (PUBACK) must be stored exactly
+// once, whatever is killed in between. The listener and, for restarts, the broker run as real
+// child processes (this test binary re-executed as `chargesim listener` / `chargesim broker`),
+// so a kill -9 is a real crash.
+
+const (
+	procEnv = "CHARGESIM_BROKER_TEST_PROC" // "listener" or "broker": run that command
+	argsEnv = "CHARGESIM_BROKER_TEST_ARGS" // its flags, a JSON array
+)
+
+// sessions100k runs the fault tests at 100,000 sessions (`make bench` sets it).
+var sessions100k = flag.Bool("faults-100k", false, "run the broker fault tests with 100,000 sessions")
+
+func TestMain(m *testing.M) {
+	if kind := os.Getenv(procEnv); kind != "" {
+		os.Exit(procMain(kind))
+	}
+	os.Exit(m.Run())
+}
+
+// procMain is the child process: the same Command functions as the chargesim binary.
+func procMain(kind string) int {
+	var args []string
+	if err := json.Unmarshal([]byte(os.Getenv(argsEnv)), &args); err != nil {
+		fmt.Fprintln(os.Stderr, "args:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	run := map[string]func(context.Context, []string) error{"listener": listener.Command, "broker": broker.Command}[kind]
+	if run == nil {
+		fmt.Fprintln(os.Stderr, "unknown process kind", kind)
+		return 2
+	}
+	if err := run(ctx, args); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", kind, err)
+		return 1
+	}
+	return 0
+}
+
+// proc is a child process serving /readyz and /metrics on httpAddr.
+type proc struct {
+	kind     string
+	cmd      *exec.Cmd
+	httpAddr string
+	exited   chan struct{}
+}
+
+func startProc(t *testing.T, kind, httpAddr, logPath string, args ...string) *proc {
+	t.Helper()
+	args = append(args, "--http-addr="+httpAddr, "--log-format=text", "--shutdown-timeout=10s")
+	argsJSON, _ := json.Marshal(args)
+	p := &proc{kind: kind, httpAddr: httpAddr, exited: make(chan struct{})}
+	p.cmd = exec.Command(os.Args[0])
+	p.cmd.Env = append(os.Environ(), procEnv+"="+kind, argsEnv+"="+string(argsJSON))
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", kind, err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			if len(b) > 8000 {
+				b = b[len(b)-8000:]
+			}
+			t.Logf("%s log (tail):\n%s", kind, b)
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if r, err := http.Get("http://" + httpAddr + "/readyz"); err == nil {
+			_ = r.Body.Close()
+			if r.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		select {
+		case <-p.exited:
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("%s exited before ready:\n%s", kind, b)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not ready after 60s", kind)
+		}
+	}
+}
+
+// kill is a crash: SIGKILL, nothing flushed, no DISCONNECT.
+func (p *proc) kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+// stop is an orderly shutdown: SIGTERM, then wait.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not stop within 30s of SIGTERM", p.kind)
+	}
+}
+
+// metric reads one unlabelled sample from the process's /metrics.
+func (p *proc) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	r, err := http.Get("http://" + p.httpAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape %s: %v", p.kind, err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == name {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	t.Fatalf("%s: no metric %s", p.kind, name)
+	return 0
+}
+
+func addr(t *testing.T) string { return "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)) }
+
+// feed publishes n distinct sessions at QoS 1 with up to 200 in flight and retries each one
+// until the broker acknowledges it (connections drop while brokers restart). acked counts
+// the acknowledged ones; every one of them must end up stored.
+type feed struct {
+	n     int
+	acked atomic.Int64
+	done  chan error
+}
+
+func sessionOf(i int) (topic, key string, payload []byte) {
+	charger, connector, id := strconv.Itoa(1+i%50), 1+i%2, int64(i+1)
+	payload = fmt.Appendf(nil, `{"session_id": %d, "energy_delivered_in_kWh": %d.5, "duration_in_seconds": %d, "session_cost_in_cents": %d}`,
+		id, 5+i%60, 600+i%3000, 100+i%900)
+	return session.NewTopicBuilder("").Topic(charger, connector, id), session.Key(charger, connector, id), payload
+}
+
+func startFeed(t *testing.T, url string, n int) *feed {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("fault-pub-%d", os.Getpid())).
+		SetCleanSession(true).SetAutoReconnect(true).SetConnectRetry(true).
+		SetConnectRetryInterval(100 * time.Millisecond).SetMaxReconnectInterval(200 * time.Millisecond).
+		SetWriteTimeout(5 * time.Second)
+	c := paho.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publisher connect: %v", tok.Error())
+	}
+	f := &feed{n: n, done: make(chan error, 1)}
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop); c.Disconnect(100) })
+	go func() {
+		const window = 200
+		type inflight struct {
+			i   int
+			tok paho.Token
+		}
+		pub := func(i int) inflight {
+			topic, _, payload := sessionOf(i)
+			return inflight{i, c.Publish(topic, 1, false, payload)}
+		}
+		deadline := time.Now().Add(5 * time.Minute)
+		for first := 0; first < n; first += window {
+			batch := make([]inflight, 0, window)
+			for i := first; i < min(first+window, n); i++ {
+				batch = append(batch, pub(i))
+			}
+			for _, m := range batch {
+				for !m.tok.WaitTimeout(10*time.Second) || m.tok.Error() != nil {
+					if time.Now().After(deadline) {
+						f.done <- fmt.Errorf("session %d never acknowledged: %v", m.i, m.tok.Error())
+						return
+					}
+					select {
+					case <-stop:
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+					m = pub(m.i) // at least once: the store keeps one copy per key
+				}
+				f.acked.Add(1)
+			}
+		}
+		f.done <- nil
+	}()
+	return f
+}
+
+// storedKeys reads every stored session key; a key stored twice fails the test.
+func storedKeys(t *testing.T, fdb *testenv.FerretDB, db string) map[string]bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cur, err := fdb.Client().Database(db).Collection(store.SessionsCollection).
+		Find(ctx, bson.D{}, options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}}))
+	if err != nil {
+		t.Fatalf("find sessions: %v", err)
+	}
+	var docs []struct {
+		ID string `bson:"_id"`
+	}
+	if err := cur.All(ctx, &docs); err != nil {
+		t.Fatalf("read sessions: %v", err)
+	}
+	keys := make(map[string]bool, len(docs))
+	for _, d := range docs {
+		if keys[d.ID] {
+			t.Errorf("session %s stored twice", d.ID)
+		}
+		keys[d.ID] = true
+	}
+	return keys
+}
+
+func countStored(fdb *testenv.FerretDB, db string) int64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := fdb.Client().Database(db).Collection(store.SessionsCollection).CountDocuments(ctx, bson.D{})
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// checkEveryKeyOnce: each of the n published sessions stored once, nothing else stored.
+// Waits until the store stops growing, then counts per key.
+func checkEveryKeyOnce(t *testing.T, fdb *testenv.FerretDB, db string, n int) {
+	t.Helper()
+	last, since := int64(-1), time.Now()
+	for time.Since(since) < 10*time.Second { // 10 s without growth: the pipeline is idle
+		k := countStored(fdb, db)
+		if k == int64(n) {
+			break
+		}
+		if k != last {
+			last, since = k, time.Now()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	keys := storedKeys(t, fdb, db)
+	missing := 0
+	for i := range n {
+		_, key, _ := sessionOf(i)
+		if !keys[key] {
+			missing++
+			if missing <= 5 {
+				t.Errorf("session %s acknowledged by the broker, never stored", key)
+			}
+		}
+		delete(keys, key)
+	}
+	if missing > 0 || len(keys) > 0 {
+		t.Errorf("%d of %d acknowledged sessions lost, %d unexpected sessions stored", missing, n, len(keys))
+	}
+	t.Logf("%d sessions published and acknowledged, %d lost", n, missing)
+}
+
+func faultSize(small int) int {
+	if *sessions100k {
+		return 100_000
+	}
+	return small
+}
+
+// startListenerProc runs `chargesim listener` with a fixed client ID, so a restarted one
+// resumes the persistent session.
+func startListenerProc(t *testing.T, mqttURL string, fdb *testenv.FerretDB, db, logPath string) *proc {
+	t.Helper()
+	return startProc(t, "listener", addr(t), logPath,
+		"--mqtt-url="+mqttURL, "--mqtt-client-id=fault-listener",
+		"--mongo-uri="+fdb.URI, "--mongo-database="+db, "--flush-interval=20ms")
+}
+
+// waitFor polls cond (a description of the state when false) until it holds.
+func waitFor(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		ok, desc := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: %s", what, desc)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Listener kill -9 three times mid-stream against the in-process embedded broker: each restart
+// takes over the persistent session while the publisher keeps publishing. Nothing acknowledged
+// is lost, and the in-flight gauge never goes negative and ends at 0.
+func TestListenerKilledThriceMidStream(t *testing.T) {
+	for _, persist := range []bool{false, true} {
+		t.Run(map[bool]string{false: "memory", true: "data-dir"}[persist], func(t *testing.T) {
+			n := faultSize(20_000)
+			fdb := testenv.StartFerretDB(t)
+			cfg := broker.Config{MQTTAddr: "127.0.0.1:0", MaxInflight: 65535}
+			if persist {
+				cfg.DataDir = t.TempDir()
+			}
+			reg := prometheus.NewRegistry()
+			b, err := broker.New(cfg, slog.New(slog.DiscardHandler), reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			brokerDone := make(chan error, 1)
+			go func() { brokerDone <- b.Run(ctx) }()
+			t.Cleanup(func() {
+				cancel()
+				if err := <-brokerDone; err != nil {
+					t.Errorf("broker: %v", err)
+				}
+			})
+			waitFor(t, "broker ready", func() (bool, string) { return b.Ready(ctx) == nil, "not serving" })
+			url := "tcp://" + b.Addr().String()
+
+			// The gauge is sampled all along: it must never go below zero.
+			minInflight := make(chan float64, 1)
+			stopSampling := make(chan struct{})
+			go func() {
+				low := 0.0
+				for {
+					select {
+					case <-stopSampling:
+						minInflight <- low
+						return
+					case <-time.After(5 * time.Millisecond):
+						low = min(low, gauge(t, reg, "chargesim_broker_inflight_messages"))
+					}
+				}
+			}()
+
+			logPath := filepath.Join(t.TempDir(), "listener.log")
+			l := startListenerProc(t, url, fdb, "faults", logPath)
+			f := startFeed(t, url, n)
+			for k := 1; k <= 3; k++ {
+				// Kill once the publisher is k quarters through, with a backlog at the broker.
+				waitFor(t, fmt.Sprintf("publisher %d/4 through", k), func() (bool, string) {
+					return f.acked.Load() >= int64(k*n/4), fmt.Sprintf("%d acknowledged", f.acked.Load())
+				})
+				l.kill()
+				t.Logf("kill %d: %d acknowledged, %d stored, broker holds %v", k, f.acked.Load(), countStored(fdb, "faults"),
+					gauge(t, reg, "chargesim_broker_inflight_messages"))
+				l = startListenerProc(t, url, fdb, "faults", logPath)
+			}
+			if err := <-f.done; err != nil {
+				t.Fatal(err)
+			}
+			checkEveryKeyOnce(t, fdb, "faults", n)
+			waitFor(t, "broker drained", func() (bool, string) {
+				v := gauge(t, reg, "chargesim_broker_inflight_messages")
+				return v == 0 && b.Drained(), fmt.Sprintf("inflight gauge %v", v)
+			})
+			close(stopSampling)
+			if low := <-minInflight; low < 0 {
+				t.Errorf("chargesim_broker_inflight_messages went down to %v", low)
+			}
+		})
+	}
+}
+
+// The broker process is stopped mid-stream (SIGTERM once, kill -9 once) and started again on
+// the same port with the same --data-dir: the sessions it had acknowledged and not yet
+// delivered come back from disk, nothing is lost.
+func TestBrokerRestartedMidStream(t *testing.T) {
+	n := faultSize(20_000)
+	fdb := testenv.StartFerretDB(t)
+	dir := t.TempDir()
+	mqttAddr, httpAddr := addr(t), addr(t)
+	url := "tcp://" + mqttAddr
+	brokerLog := filepath.Join(dir, "broker.log")
+	startBroker := func() *proc {
+		return startProc(t, "broker", httpAddr, brokerLog, "--mqtt-addr="+mqttAddr, "--data-dir="+filepath.Join(dir, "data"))
+	}
+	b := startBroker()
+	l := startListenerProc(t, url, fdb, "faults", filepath.Join(dir, "listener.log"))
+	f := startFeed(t, url, n)
+	for k, crash := range []bool{false, true} {
+		waitFor(t, fmt.Sprintf("publisher %d/3 through", k+1), func() (bool, string) {
+			return f.acked.Load() >= int64((k+1)*n/3), fmt.Sprintf("%d acknowledged", f.acked.Load())
+		})
+		held := b.metric(t, "chargesim_broker_inflight_messages")
+		if crash {
+			b.kill()
+		} else {
+			b.stop(t)
+		}
+		t.Logf("broker %s: %d acknowledged, %d stored, broker held %v", map[bool]string{false: "stopped", true: "killed"}[crash],
+			f.acked.Load(), countStored(fdb, "faults"), held)
+		b = startBroker()
+	}
+	if err := <-f.done; err != nil {
+		t.Fatal(err)
+	}
+	checkEveryKeyOnce(t, fdb, "faults", n)
+	waitFor(t, "broker drained", func() (bool, string) {
+		v := b.metric(t, "chargesim_broker_inflight_messages")
+		return v == 0, fmt.Sprintf("inflight gauge %v", v)
+	})
+	l.stop(t)
+}
+
+func gauge(t *testing.T, g prometheus.Gatherer, name string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Errorf("gather: %v", err)
+		return 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Errorf("no metric %s", name)
+	return 0
+}
