@@ -1,6 +1,9 @@
 // Package broker embeds a mochi-mqtt broker: `chargesim broker` gives clusters and laptops
 // without an MQTT broker a small one from the same image. It speaks MQTT 3.1.1 and 5, supports
-// shared subscriptions ($share/<group>/...) and keeps persistent sessions in memory.
+// shared subscriptions ($share/<group>/...) and keeps persistent sessions in memory, or with
+// --data-dir also in a bbolt file, so a restarted broker still delivers what it acknowledged.
+// A publisher's QoS 1/2 message is acknowledged only once every subscriber's session holds it
+// (see routeHook).
 package broker
 
 import (
@@ -39,6 +42,9 @@ type Config struct {
 	// DataDir, when set, keeps sessions, subscriptions and queued messages in a bbolt file
 	// there, so a restarted broker delivers what it had acknowledged before it stopped.
 	DataDir string
+	// DataFsync syncs every change of the state file to disk before the broker acknowledges
+	// it: needed to survive a machine crash; a process crash or restart loses nothing without.
+	DataFsync bool
 }
 
 // Register adds the broker flags.
@@ -51,6 +57,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSKeyFile, "tls-key-file", "", "key (PEM) for --tls-cert-file")
 	fs.IntVar(&c.MaxInflight, "max-inflight", math.MaxUint16, "QoS 1/2 messages held per client, 1-65535")
 	fs.StringVar(&c.DataDir, "data-dir", "", "directory of the broker's persistent state (sessions, subscriptions, queued messages); empty: memory only, lost on restart")
+	fs.BoolVar(&c.DataFsync, "data-fsync", false, "with --data-dir: fsync each change before acknowledging it (survives machine crashes, not only broker restarts; slower)")
 }
 
 // Validate checks the settings and resolves the password file.
@@ -73,6 +80,9 @@ func (c *Config) Validate() error {
 			return cli.Invalid("tls-cert-file", c.TLSCertFile, err.Error())
 		}
 	}
+	if c.DataFsync && c.DataDir == "" {
+		return cli.Invalid("data-fsync", c.DataFsync, "needs --data-dir")
+	}
 	if c.MaxInflight < 1 || c.MaxInflight > math.MaxUint16 {
 		return cli.Invalid("max-inflight", c.MaxInflight, "must be 1-65535")
 	}
@@ -86,6 +96,7 @@ type Broker struct {
 	server *mqtt.Server
 	ln     net.Listener
 	ready  atomic.Bool
+	route  *routeHook
 }
 
 // New builds the broker and binds its listener, so the address is known before Run.
@@ -96,11 +107,24 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Broker, erro
 	server := mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
 		Logger:                 log.With("subsystem", "mochi"),
-		InlineClient:           false,
+		InlineClient:           true, // the route hook publishes through it
 		SysTopicResendInterval: 10,
 	})
 	if err := server.AddHook(&authHook{user: []byte(cfg.Username), pass: []byte(cfg.Password)}, nil); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
+	}
+	route := newRouteHook(server)
+	if err := server.AddHook(route, nil); err != nil {
+		return nil, fmt.Errorf("add route hook: %w", err)
+	}
+	if cfg.DataDir != "" {
+		opts, err := persistConfig(cfg.DataDir, cfg.DataFsync)
+		if err != nil {
+			return nil, err
+		}
+		if err := server.AddHook(newPersistHook(), opts); err != nil {
+			return nil, fmt.Errorf("open broker state %s: %w", opts.Path, err)
+		}
 	}
 	var tlsCfg *tls.Config
 	if cfg.TLSCertFile != "" {
@@ -118,9 +142,9 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Broker, erro
 		_ = ln.Close()
 		return nil, fmt.Errorf("add listener: %w", err)
 	}
-	b := &Broker{cfg: cfg, log: log, server: server, ln: ln}
+	b := &Broker{cfg: cfg, log: log, server: server, ln: ln, route: route}
 	if reg != nil {
-		if err := reg.Register(&collector{info: server.Info}); err != nil {
+		if err := reg.Register(&collector{info: server.Info, inflight: b.inflight, injected: &route.injected}); err != nil {
 			_ = ln.Close()
 			return nil, fmt.Errorf("register broker metrics: %w", err)
 		}
@@ -144,9 +168,12 @@ func (b *Broker) Run(ctx context.Context) error {
 		return fmt.Errorf("serve mqtt: %w", err)
 	}
 	b.ready.Store(true)
-	b.log.Info("mqtt broker listening", "addr", b.ln.Addr().String(), "tls", b.cfg.TLSCertFile != "", "auth", b.cfg.Username != "")
+	b.log.Info("mqtt broker listening", "addr", b.ln.Addr().String(), "tls", b.cfg.TLSCertFile != "", "auth", b.cfg.Username != "",
+		"data_dir", b.cfg.DataDir, "queued", b.inflight())
 	<-ctx.Done()
 	b.ready.Store(false)
+	// Acknowledge nothing more before the state file closes.
+	b.route.close()
 	if err := b.server.Close(); err != nil {
 		return fmt.Errorf("close mqtt broker: %w", err)
 	}
@@ -162,9 +189,20 @@ func (b *Broker) Ready(context.Context) error {
 }
 
 // Drained reports whether no QoS 1/2 message is waiting for a subscriber's acknowledgement.
-// `chargesim run` waits for it before stopping the listener, because this broker keeps queued
+// `chargesim run` waits for it before stopping the listener, because its broker keeps queued
 // messages only in memory.
-func (b *Broker) Drained() bool { return b.server.Info.Clone().Inflight == 0 }
+func (b *Broker) Drained() bool { return b.inflight() == 0 }
+
+// inflight counts the QoS 1/2 messages the sessions hold, connected or not. It is counted,
+// not tracked: mochi's own counter subtracts a session's messages again when another
+// connection takes the session over, and goes negative.
+func (b *Broker) inflight() int {
+	n := 0
+	for _, cl := range b.server.Clients.GetAll() {
+		n += cl.State.Inflight.Len()
+	}
+	return n
+}
 
 // authHook admits everyone when no username is configured, else only that user. Passwords
 // are compared in constant time.
@@ -191,7 +229,11 @@ func (h *authHook) OnConnectAuthenticate(_ *mqtt.Client, pk packets.Packet) bool
 func (h *authHook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
 
 // collector exposes mochi's counters as Prometheus metrics at scrape time.
-type collector struct{ info *system.Info }
+type collector struct {
+	info     *system.Info
+	inflight func() int
+	injected *atomic.Int64
+}
 
 var (
 	descClients  = prometheus.NewDesc("chargesim_broker_clients_connected", "MQTT clients currently connected.", nil, nil)
@@ -211,10 +253,10 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	i := c.info.Clone()
 	ch <- prometheus.MustNewConstMetric(descClients, prometheus.GaugeValue, float64(i.ClientsConnected))
-	ch <- prometheus.MustNewConstMetric(descReceived, prometheus.CounterValue, float64(i.MessagesReceived))
+	ch <- prometheus.MustNewConstMetric(descReceived, prometheus.CounterValue, float64(i.MessagesReceived-c.injected.Load()))
 	ch <- prometheus.MustNewConstMetric(descSent, prometheus.CounterValue, float64(i.MessagesSent))
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(i.MessagesDropped+i.InflightDropped))
-	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(i.Inflight))
+	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(c.inflight()))
 	ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, float64(i.Subscriptions))
 }
 

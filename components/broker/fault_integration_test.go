@@ -184,7 +184,8 @@ func sessionOf(i int) (topic, key string, payload []byte) {
 	return session.NewTopicBuilder("").Topic(charger, connector, id), session.Key(charger, connector, id), payload
 }
 
-func startFeed(t *testing.T, url string, n int) *feed {
+// startFeed publishes at most rate sessions a second, so the faults hit a running stream.
+func startFeed(t *testing.T, url string, n, rate int) *feed {
 	t.Helper()
 	o := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("fault-pub-%d", os.Getpid())).
 		SetCleanSession(true).SetAutoReconnect(true).SetConnectRetry(true).
@@ -207,10 +208,12 @@ func startFeed(t *testing.T, url string, n int) *feed {
 			topic, _, payload := sessionOf(i)
 			return inflight{i, c.Publish(topic, 1, false, payload)}
 		}
-		deadline := time.Now().Add(5 * time.Minute)
+		start := time.Now()
+		deadline := start.Add(5 * time.Minute)
 		for first := 0; first < n; first += window {
 			batch := make([]inflight, 0, window)
 			for i := first; i < min(first+window, n); i++ {
+				time.Sleep(time.Until(start.Add(time.Duration(i) * time.Second / time.Duration(rate))))
 				batch = append(batch, pub(i))
 			}
 			for _, m := range batch {
@@ -341,7 +344,7 @@ func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 func TestListenerKilledThriceMidStream(t *testing.T) {
 	for _, persist := range []bool{false, true} {
 		t.Run(map[bool]string{false: "memory", true: "data-dir"}[persist], func(t *testing.T) {
-			n := faultSize(20_000)
+			n := faultSize(8_000)
 			fdb := testenv.StartFerretDB(t)
 			cfg := broker.Config{MQTTAddr: "127.0.0.1:0", MaxInflight: 65535}
 			if persist {
@@ -382,7 +385,7 @@ func TestListenerKilledThriceMidStream(t *testing.T) {
 
 			logPath := filepath.Join(t.TempDir(), "listener.log")
 			l := startListenerProc(t, url, fdb, "faults", logPath)
-			f := startFeed(t, url, n)
+			f := startFeed(t, url, n, n/20)
 			for k := 1; k <= 3; k++ {
 				// Kill once the publisher is k quarters through, with a backlog at the broker.
 				waitFor(t, fmt.Sprintf("publisher %d/4 through", k), func() (bool, string) {
@@ -413,7 +416,7 @@ func TestListenerKilledThriceMidStream(t *testing.T) {
 // the same port with the same --data-dir: the sessions it had acknowledged and not yet
 // delivered come back from disk, nothing is lost.
 func TestBrokerRestartedMidStream(t *testing.T) {
-	n := faultSize(20_000)
+	n := faultSize(8_000)
 	fdb := testenv.StartFerretDB(t)
 	dir := t.TempDir()
 	mqttAddr, httpAddr := addr(t), addr(t)
@@ -424,7 +427,7 @@ func TestBrokerRestartedMidStream(t *testing.T) {
 	}
 	b := startBroker()
 	l := startListenerProc(t, url, fdb, "faults", filepath.Join(dir, "listener.log"))
-	f := startFeed(t, url, n)
+	f := startFeed(t, url, n, n/20)
 	for k, crash := range []bool{false, true} {
 		waitFor(t, fmt.Sprintf("publisher %d/3 through", k+1), func() (bool, string) {
 			return f.acked.Load() >= int64((k+1)*n/3), fmt.Sprintf("%d acknowledged", f.acked.Load())
