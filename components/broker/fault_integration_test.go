@@ -412,35 +412,45 @@ func TestListenerKilledThriceMidStream(t *testing.T) {
 	}
 }
 
-// The broker process is stopped mid-stream (SIGTERM once, kill -9 once) and started again on
-// the same port with the same --data-dir: the sessions it had acknowledged and not yet
-// delivered come back from disk, nothing is lost.
+// The broker process is stopped mid-stream (SIGTERM once, kill -9 once) while it holds a
+// backlog (the listener is down: killed just before), and started again on the same port with
+// the same --data-dir: the sessions it had acknowledged and not yet delivered come back from
+// disk, nothing is lost.
 func TestBrokerRestartedMidStream(t *testing.T) {
 	n := faultSize(8_000)
 	fdb := testenv.StartFerretDB(t)
 	dir := t.TempDir()
 	mqttAddr, httpAddr := addr(t), addr(t)
 	url := "tcp://" + mqttAddr
-	brokerLog := filepath.Join(dir, "broker.log")
+	brokerLog, listenerLog := filepath.Join(dir, "broker.log"), filepath.Join(dir, "listener.log")
 	startBroker := func() *proc {
 		return startProc(t, "broker", httpAddr, brokerLog, "--mqtt-addr="+mqttAddr, "--data-dir="+filepath.Join(dir, "data"))
 	}
 	b := startBroker()
-	l := startListenerProc(t, url, fdb, "faults", filepath.Join(dir, "listener.log"))
+	l := startListenerProc(t, url, fdb, "faults", listenerLog)
 	f := startFeed(t, url, n, n/20)
 	for k, crash := range []bool{false, true} {
 		waitFor(t, fmt.Sprintf("publisher %d/3 through", k+1), func() (bool, string) {
 			return f.acked.Load() >= int64((k+1)*n/3), fmt.Sprintf("%d acknowledged", f.acked.Load())
 		})
-		held := b.metric(t, "chargesim_broker_inflight_messages")
+		l.kill()
+		backlog := float64(n / 20)
+		waitFor(t, "a backlog at the broker", func() (bool, string) {
+			v := b.metric(t, "chargesim_broker_inflight_messages")
+			return v >= backlog, fmt.Sprintf("broker holds %v", v)
+		})
 		if crash {
 			b.kill()
 		} else {
 			b.stop(t)
 		}
-		t.Logf("broker %s: %d acknowledged, %d stored, broker held %v", map[bool]string{false: "stopped", true: "killed"}[crash],
-			f.acked.Load(), countStored(fdb, "faults"), held)
+		t.Logf("broker %s: %d acknowledged, %d stored", map[bool]string{false: "stopped", true: "killed"}[crash],
+			f.acked.Load(), countStored(fdb, "faults"))
 		b = startBroker()
+		if held := b.metric(t, "chargesim_broker_inflight_messages"); held < backlog {
+			t.Errorf("restarted broker holds %v messages, want at least the %v held before", held, backlog)
+		}
+		l = startListenerProc(t, url, fdb, "faults", listenerLog)
 	}
 	if err := <-f.done; err != nil {
 		t.Fatal(err)

@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.etcd.io/bbolt"
@@ -23,6 +26,8 @@ const DataFile = "broker.db"
 //     the new client; mochi reports that as dropped, and the plain hook would delete them from
 //     disk while the new session still holds them (same client ID, same packet IDs, same keys).
 //     Drops of a taken-over client are therefore not written.
+//   - The plain hook does not record the packet ID of a queued message (only in its key), and
+//     mochi refuses to resend a message without one: the ID is restored from the key.
 //   - The acknowledgement a QoS 1 publish leaves in the publisher's in-flight set lives for
 //     one PUBACK write; recording and deleting it would cost two disk transactions per message
 //     for nothing a restart needs.
@@ -77,4 +82,25 @@ func (h *persistHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	h.Hook.OnQosDropped(cl, pk)
+}
+
+// StoredInflightMessages restores each queued message's packet ID from its key
+// ("ifl_<client>:<packet id>").
+func (h *persistHook) StoredInflightMessages() ([]storage.Message, error) {
+	msgs, err := h.Hook.StoredInflightMessages()
+	if err != nil {
+		return nil, fmt.Errorf("read queued messages: %w", err)
+	}
+	for i := range msgs {
+		if msgs[i].PacketID != 0 {
+			continue
+		}
+		k := strings.LastIndexByte(msgs[i].ID, ':')
+		id, err := strconv.ParseUint(msgs[i].ID[k+1:], 10, 16)
+		if k < 0 || err != nil || id == 0 {
+			return nil, fmt.Errorf("queued message %q: no packet ID in its key", msgs[i].ID)
+		}
+		msgs[i].PacketID = uint16(id)
+	}
+	return msgs, nil
 }
