@@ -166,7 +166,7 @@ func (p *proc) metric(t *testing.T, name string) float64 {
 	return 0
 }
 
-func addr(t *testing.T) string { return "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)) }
+func addr(t testing.TB) string { return "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)) }
 
 // feed publishes n distinct sessions at QoS 1 with up to 200 in flight and retries each one
 // until the broker acknowledges it (connections drop while brokers restart). acked counts
@@ -185,7 +185,7 @@ func sessionOf(i int) (topic, key string, payload []byte) {
 }
 
 // startFeed publishes at most rate sessions a second, so the faults hit a running stream.
-func startFeed(t *testing.T, url string, n, rate int) *feed {
+func startFeed(t testing.TB, url string, n, rate int) *feed {
 	t.Helper()
 	o := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("fault-pub-%d", os.Getpid())).
 		SetCleanSession(true).SetAutoReconnect(true).SetConnectRetry(true).
