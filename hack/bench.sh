@@ -22,6 +22,12 @@ bench() { # package regexp
 }
 $summary_only || bench ./components/publisher/ '^Benchmark(Publisher|RawPaho|FleetMemory|Build|AppendJSON)$'
 $summary_only || bench ./components/listener/ '^Benchmark(ListenerIngest|RawInsertMany)$'
+$summary_only || BENCHTIME=20000x bench ./components/broker/ '^BenchmarkBrokerDelivery$'
+$summary_only || BENCHTIME=5000x COUNT=1 bench ./components/broker/ '^BenchmarkPipelineDelivery$'
+# The embedded broker's fault tests at 100,000 sessions (listener kill -9 x3, broker restarts).
+$summary_only || go test -tags integration -count=1 -run '^Test(ListenerKilledThriceMidStream|BrokerRestartedMidStream)$' \
+	-timeout 30m -v ./components/broker/ -args -faults-100k | grep -E '^(\s*--- |ok|FAIL)|acknowledged' | tee -a "$out" ||
+	echo "FAIL: embedded broker fault tests at 100,000 sessions" | tee -a "$out"
 
 # One real publisher process with a million chargers at one session a minute (16,667/s) against
 # the embedded broker: its resident memory and achieved rate after a warm-up.
@@ -74,6 +80,14 @@ printf '%-44s %12s docs/s\n' "listener draining a backlog" "$back"
 printf '%-44s %12s docs/s\n' "bare InsertMany loop (raw limit)" "$ins"
 printf '%-44s %12s\n' "listener / raw (live)" "$(ratio "$ing" "$ins")"
 printf '%-44s %12s\n' "listener / raw (backlog)" "$(ratio "$back" "$ins")"
+bmem=$(metric BenchmarkBrokerDelivery/memory msgs/s)
+printf '%-44s %12s msgs/s\n' "embedded broker, memory" "$bmem"
+printf '%-44s %12s msgs/s (%s of memory)\n' "embedded broker, --data-dir" "$(metric BenchmarkBrokerDelivery/data-dir msgs/s)" \
+	"$(ratio "$(metric BenchmarkBrokerDelivery/data-dir msgs/s)" "$bmem")"
+printf '%-44s %12s msgs/s (%s of memory)\n' "embedded broker, --data-dir --data-fsync" "$(metric BenchmarkBrokerDelivery/data-dir-fsync msgs/s)" \
+	"$(ratio "$(metric BenchmarkBrokerDelivery/data-dir-fsync msgs/s)" "$bmem")"
+printf '%-44s %12s docs/s (memory), %s docs/s (--data-dir)\n' "publisher -> embedded broker -> listener" \
+	"$(metric BenchmarkPipelineDelivery/memory docs/s)" "$(metric BenchmarkPipelineDelivery/data-dir docs/s)"
 printf '%-44s %12s MB (%s B/charger)\n' "publisher fleet heap, 1,000,000 chargers" "$mem" "$per"
 printf '%-44s %12s MB peak RSS at %s sessions/s (configured 16667)\n' "publisher process, 1,000,000 chargers" \
 	"$(metric BenchmarkFleetProcess peak-RSS-MB)" "$(metric BenchmarkFleetProcess sessions/s)"

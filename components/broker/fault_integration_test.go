@@ -306,6 +306,11 @@ func checkEveryKeyOnce(t *testing.T, fdb *testenv.FerretDB, db string, n int) {
 	t.Logf("%d sessions published and acknowledged, %d lost", n, missing)
 }
 
+// feedRate spreads the publishing over about 20 s at test size (a stream the faults hit in
+// its middle) and keeps the 100k run below what the listener stores, so the broker's backlog
+// stays under --max-inflight.
+func feedRate(n int) int { return min(n/20, 1000) }
+
 func faultSize(small int) int {
 	if *sessions100k {
 		return 100_000
@@ -385,7 +390,7 @@ func TestListenerKilledThriceMidStream(t *testing.T) {
 
 			logPath := filepath.Join(t.TempDir(), "listener.log")
 			l := startListenerProc(t, url, fdb, "faults", logPath)
-			f := startFeed(t, url, n, n/20)
+			f := startFeed(t, url, n, feedRate(n))
 			for k := 1; k <= 3; k++ {
 				// Kill once the publisher is k quarters through, with a backlog at the broker.
 				waitFor(t, fmt.Sprintf("publisher %d/4 through", k), func() (bool, string) {
@@ -428,7 +433,7 @@ func TestBrokerRestartedMidStream(t *testing.T) {
 	}
 	b := startBroker()
 	l := startListenerProc(t, url, fdb, "faults", listenerLog)
-	f := startFeed(t, url, n, n/20)
+	f := startFeed(t, url, n, feedRate(n))
 	for k, crash := range []bool{false, true} {
 		waitFor(t, fmt.Sprintf("publisher %d/3 through", k+1), func() (bool, string) {
 			return f.acked.Load() >= int64((k+1)*n/3), fmt.Sprintf("%d acknowledged", f.acked.Load())
