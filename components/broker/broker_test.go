@@ -198,3 +198,133 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// runBroker runs a broker on addr until the returned stop is called.
+func runBroker(t *testing.T, cfg Config) (b *Broker, reg *prometheus.Registry, stop func()) {
+	t.Helper()
+	cfg.MaxInflight = 65535
+	reg = prometheus.NewRegistry()
+	b, err := New(cfg, slog.New(slog.DiscardHandler), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("broker run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	eventually(t, "broker ready", func() bool { return b.Ready(ctx) == nil })
+	return b, reg, stop
+}
+
+// With --data-dir, messages queued for an offline persistent session survive a broker restart
+// and are delivered, once each, when the session's client comes back.
+func TestDataDirKeepsQueuedMessagesAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	b, _, stop := runBroker(t, Config{MQTTAddr: "127.0.0.1:0", DataDir: dir})
+	addr := b.Addr().String()
+	url := "tcp://" + addr
+	var r recorder
+	sub := connect(t, url, "listener", false, "", "", r.handle)
+	wait(t, sub.Subscribe("$share/g/charger/+/connector/+/session/+", 1, nil))
+	sub.Disconnect(50)
+	pub := connect(t, url, "pub", true, "", "", nil)
+	const n = 300
+	for i := range n {
+		wait(t, pub.Publish(fmt.Sprintf("charger/1/connector/1/session/%d", i), 1, false, fmt.Sprint(i)))
+	}
+	pub.Disconnect(50)
+	eventually(t, "the session to hold every message", func() bool { return b.inflight() == n })
+	stop()
+
+	b2, _, _ := runBroker(t, Config{MQTTAddr: addr, DataDir: dir})
+	if got := b2.inflight(); got != n {
+		t.Fatalf("restarted broker holds %d messages, want %d", got, n)
+	}
+	connect(t, url, "listener", false, "", "", r.handle)
+	eventually(t, "queued messages after the restart", func() bool { return r.count() >= n })
+	eventually(t, "broker drained", b2.Drained)
+	for i := range n {
+		if c := r.seen[fmt.Sprint(i)]; c != 1 {
+			t.Errorf("message %d delivered %d times", i, c)
+		}
+	}
+}
+
+// A second broker on the same --data-dir fails at start instead of sharing the file.
+func TestDataDirLocked(t *testing.T) {
+	dir := t.TempDir()
+	runBroker(t, Config{MQTTAddr: "127.0.0.1:0", DataDir: dir})
+	if _, err := New(Config{MQTTAddr: "127.0.0.1:0", MaxInflight: 10, DataDir: dir}, slog.New(slog.DiscardHandler), nil); err == nil {
+		t.Fatal("second broker opened a locked data dir")
+	}
+}
+
+// Sessions taken over again and again (a listener restarted under its client ID before the
+// broker noticed the old connection died) while messages keep coming: every message reaches
+// the session, and the in-flight gauge never goes negative and ends at 0.
+func TestTakeoverLosesNothingAndGaugeStaysExact(t *testing.T) {
+	for _, dataDir := range []string{"", t.TempDir()} {
+		b, reg, _ := runBroker(t, Config{MQTTAddr: "127.0.0.1:0", DataDir: dataDir})
+		url := "tcp://" + b.Addr().String()
+		silent := func() paho.Client { // receives, never acknowledges
+			o := paho.NewClientOptions().AddBroker(url).SetClientID("listener").SetCleanSession(false).
+				SetAutoReconnect(false).SetAutoAckDisabled(true)
+			c := paho.NewClient(o)
+			wait(t, c.Connect())
+			return c
+		}
+		first := silent()
+		wait(t, first.Subscribe("$share/g/charger/+/connector/+/session/+", 1, nil))
+		pub := connect(t, url, "pub", true, "", "", nil)
+		const n = 20_000
+		published := make(chan struct{})
+		go func() {
+			defer close(published)
+			for i := range n {
+				tok := pub.Publish(fmt.Sprintf("charger/1/connector/1/session/%d", i), 1, false, fmt.Sprint(i))
+				if i%100 == 99 {
+					tok.Wait()
+				}
+			}
+		}()
+		low := 0.0
+		for range 8 { // each connect takes the session over from the previous one
+			time.Sleep(20 * time.Millisecond)
+			silent()
+			low = min(low, inflightGauge(t, reg))
+		}
+		<-published
+		var r recorder
+		connect(t, url, "listener", false, "", "", r.handle)
+		eventually(t, "every message", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return len(r.seen) == n })
+		eventually(t, "broker drained", b.Drained)
+		if low < 0 || inflightGauge(t, reg) != 0 {
+			t.Errorf("inflight gauge: lowest %v, at the end %v", low, inflightGauge(t, reg))
+		}
+	}
+}
+
+// inflightGauge reads chargesim_broker_inflight_messages.
+func inflightGauge(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "chargesim_broker_inflight_messages" {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatal("no chargesim_broker_inflight_messages")
+	return 0
+}

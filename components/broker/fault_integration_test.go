@@ -219,7 +219,7 @@ func startFeed(t testing.TB, url string, n, rate int) *feed {
 			for _, m := range batch {
 				for !m.tok.WaitTimeout(10*time.Second) || m.tok.Error() != nil {
 					if time.Now().After(deadline) {
-						f.done <- fmt.Errorf("session %d never acknowledged: %v", m.i, m.tok.Error())
+						f.done <- fmt.Errorf("session %d never acknowledged: %w", m.i, m.tok.Error())
 						return
 					}
 					select {

@@ -53,7 +53,7 @@ func persistConfig(dir string, fsync bool) (*bolt.Options, error) {
 	}
 	return &bolt.Options{
 		Path:    filepath.Join(dir, DataFile),
-		Options: &bbolt.Options{Timeout: 5 * time.Second, NoSync: !fsync, NoFreelistSync: true},
+		Options: &bbolt.Options{Timeout: time.Second, NoSync: !fsync, NoFreelistSync: true},
 	}, nil
 }
 
