@@ -207,8 +207,9 @@ func Run(ctx context.Context, log *slog.Logger, grace time.Duration, cfg Config,
 	return g.Wait()
 }
 
-// drain waits, at most grace, until the broker holds no unacknowledged message. mochi acks a
-// publish just before it fans it out, so one empty reading is confirmed by a second.
+// drain waits, at most grace, until the broker holds no unacknowledged message. The broker
+// acknowledges a publish only once the sessions hold it and counts what they hold, so an
+// empty reading is exact; a second one only spaces the check out.
 func drain(log *slog.Logger, b *broker.Broker, grace time.Duration) {
 	deadline := time.Now().Add(grace)
 	for empty := 0; empty < 2; {
