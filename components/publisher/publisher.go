@@ -17,13 +17,26 @@
 // wall-clock spacing of that connector's sessions, which a time scale above 1 makes the
 // rule (a 2-hour AC charge, recorded every few seconds).
 //
-// # Session IDs
+// # Slots and session IDs
 //
-// A session ID is the wall-clock time in microseconds when the session fires, forced above the
-// charger's previous ID (max(now, last+1)). IDs therefore never repeat for a charger, also
-// across restarts (a new process starts from the clock again) without any state on disk, and
-// stay below 2^53 (JavaScript reads them exactly) until the year 2255. Validate keeps a charger
-// to at most one session per microsecond so the IDs cannot run ahead of the clock.
+// Time is a fixed grid anchored at --epoch (sim.Params.SlotTime): slot n of charger c fires at
+// a time that depends only on (seed, epoch, interval/time scale, jitter, c, n), and its session
+// ID is that time in microseconds (below 2^53 until the year 2255). The scheduler fires a slot
+// when the wall clock reaches it. So a session is a pure function of (seed, charger, slot): a
+// restarted publisher, a clock step or two shards briefly owning one charger produce the same
+// keys, and the store's idempotence makes the repeats harmless. A clock step back only delays
+// the next slots (no slot fires twice in a process); a step forward fires the skipped slots
+// late (none is lost).
+//
+// # Run records and resuming
+//
+// With --record-runs the publisher writes a run record (store.RunDoc: grid, shard, from, to)
+// and moves its end forward every --heartbeat-interval to the slot time before which every
+// session was acknowledged by the broker. A starting publisher resumes from the earliest end
+// of the simulation's runs that stopped within --resume-window: what a killed or rolled-over
+// process (or the old shard layout of a resharding) may have left unpublished is published
+// again, under the same keys. The audit (components/audit) recomputes the expected sessions
+// from these records.
 //
 // # Delivery
 //
@@ -72,6 +85,14 @@ type Publisher struct {
 	pending chan *slot
 	inUse   atomic.Int64
 
+	// Progress, in slot times (Unix ns), for the run record: every slot before firedBefore was
+	// fired; every slot before settledBefore was acknowledged, unless a retry is outstanding.
+	firedBefore   atomic.Int64
+	settledBefore atomic.Int64
+	retrying      atomic.Int64
+	lost          atomic.Bool // sessions were given up at shutdown: only settledBefore counts
+	from          int64 // the slot time the fleet started at
+
 	ran atomic.Bool
 }
 
@@ -79,6 +100,7 @@ type Publisher struct {
 // a reference to the payload until the PUBACK, and a slot is only reused after that.
 type slot struct {
 	tok      mqtt.Token
+	at       int64 // slot time (Unix ns)
 	topic    string
 	topicBuf []byte
 	payload  []byte
@@ -116,8 +138,8 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Publisher, e
 		free:    make(chan *slot, cfg.MaxInflight),
 		pending: make(chan *slot, cfg.MaxInflight),
 	}
-	wallInterval := time.Duration(float64(cfg.SessionInterval) / cfg.TimeScale)
-	p.fleet = newFleet(p.params, cfg.Chargers, cfg.ShardIndex, cfg.ShardCount, wallInterval)
+	p.from = time.Now().UnixNano()
+	p.fleet = newFleet(p.params, cfg.Chargers, cfg.ShardIndex, cfg.ShardCount, p.from)
 	for range p.slots {
 		p.free <- &slot{}
 	}
@@ -147,6 +169,8 @@ func paramsOf(cfg Config) sim.Params {
 		DCTariff:   cfg.DCTariff,
 		SessionFee: cfg.SessionFee,
 		Jitter:     cfg.SessionJitter,
+		Epoch:      cfg.Epoch.UnixNano(),
+		Interval:   int64(cfg.WallInterval()),
 	}
 }
 
@@ -197,21 +221,41 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.log.Info("publisher stopped before connecting")
 		return nil
 	}
+	var rec *runRecorder
+	if p.cfg.RecordRuns {
+		var err error
+		if rec, err = p.startRun(ctx); err != nil || rec == nil {
+			p.client.Disconnect(250)
+			return err
+		}
+	}
 	abandon := make(chan struct{})
 	collected := make(chan struct{})
 	go func() {
 		defer close(collected)
 		p.collect(abandon)
 	}()
+	beat := make(chan struct{})
+	hctx, stopBeat := context.WithCancel(ctx)
+	go func() {
+		defer close(beat)
+		if rec != nil {
+			rec.heartbeat(hctx)
+		}
+	}()
 	p.schedule(ctx)
 	p.shutdown(abandon, collected)
+	stopBeat()
+	<-beat
+	if rec != nil {
+		rec.finish()
+	}
 	return nil
 }
 
 // schedule fires the fleet's sessions as they fall due until ctx is done.
 func (p *Publisher) schedule(ctx context.Context) {
 	done := ctx.Done()
-	t0 := time.Now()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -227,8 +271,11 @@ func (p *Publisher) schedule(ctx context.Context) {
 			<-done
 			return
 		}
-		if wait := time.Duration(next) - time.Since(t0); wait > 0 {
-			timer.Reset(wait)
+		// The wall clock, not the monotonic one: slots are fixed points in wall-clock time. The
+		// wait is capped so that a clock step forward is noticed soon.
+		if wait := time.Duration(next - time.Now().UnixNano()); wait > 0 {
+			p.firedBefore.Store(next)
+			timer.Reset(min(wait, maxWait))
 			select {
 			case <-done:
 				return
@@ -251,9 +298,12 @@ func (p *Publisher) schedule(ctx context.Context) {
 	}
 }
 
+// maxWait bounds one wait of the scheduler, so it rereads the wall clock at least this often.
+const maxWait = time.Second
+
 // fire generates the fleet's next session into sl and publishes it without waiting.
 func (p *Publisher) fire(sl *slot, s *session.Session) {
-	p.build(sl, s, time.Now())
+	p.build(sl, s)
 	p.inUse.Add(1)
 	p.m.inflight.Inc()
 	p.m.scheduled.Inc()
@@ -261,16 +311,19 @@ func (p *Publisher) fire(sl *slot, s *session.Session) {
 	p.pending <- sl
 }
 
-// build takes the fleet's next session, ending now, and encodes its topic and payload into sl.
-func (p *Publisher) build(sl *slot, s *session.Session, now time.Time) {
-	charger, n, id := p.fleet.fire(now)
+// build takes the fleet's next slot and encodes its session's topic and payload into sl. The
+// session ends at the slot's time, whenever it is built.
+func (p *Publisher) build(sl *slot, s *session.Session) {
+	charger, n, at := p.fleet.fire()
 	d := p.params.Session(charger, n)
 	cid := sim.ChargerID(charger)
-	d.Fill(s, cid, id, now)
+	id := at / 1000 // p.params.SessionID(charger, n), without computing the slot again
+	d.Fill(s, cid, id, time.Unix(0, at))
 	sl.payload = s.AppendJSON(sl.payload[:0])
 	sl.topicBuf = p.topics.Append(sl.topicBuf[:0], cid, s.ConnectorID, id)
 	sl.topic = string(sl.topicBuf)
-	sl.sentAt = now
+	sl.at = at
+	sl.sentAt = time.Now()
 	sl.attempts = 0
 }
 
@@ -313,6 +366,13 @@ func (p *Publisher) settle(sl *slot, abandon <-chan struct{}) bool {
 		}
 	}
 	p.m.latency.Observe(time.Since(sl.sentAt).Seconds())
+	if sl.attempts > 0 {
+		p.retrying.Add(-1)
+	}
+	if p.retrying.Load() == 0 && sl.at > p.settledBefore.Load() {
+		// Slots are settled in firing (time) order unless a retry moved one to the back.
+		p.settledBefore.Store(sl.at)
+	}
 	p.m.published.Inc()
 	p.m.inflight.Dec()
 	p.inUse.Add(-1)
@@ -330,6 +390,9 @@ const (
 
 func (p *Publisher) retry(sl *slot, err error, abandon <-chan struct{}) bool {
 	sl.attempts++
+	if sl.attempts == 1 {
+		p.retrying.Add(1)
+	}
 	p.m.retries.Inc()
 	if sl.attempts == 1 || sl.attempts%10 == 0 {
 		p.log.Warn("publish failed, retrying", "topic", sl.topic, "attempt", sl.attempts, "err", err)
@@ -368,6 +431,7 @@ func (p *Publisher) shutdown(abandon chan struct{}, collected <-chan struct{}) {
 	close(abandon)
 	<-collected
 	if n := p.inUse.Swap(0); n > 0 {
+		p.lost.Store(true)
 		p.m.failed.Add(float64(n))
 		p.m.inflight.Sub(float64(n))
 		p.log.Error("shutdown timeout: sessions left unacknowledged", "failed", n, "timeout", p.cfg.ShutdownTimeout)

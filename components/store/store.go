@@ -102,6 +102,20 @@ type Store struct {
 // indexes exist. It fails only for settings errors or when the indexes cannot be created
 // within ctx.
 func Connect(ctx context.Context, cfg Config, appName string) (*Store, error) {
+	s, err := Open(cfg, appName)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.EnsureIndexes(ctx); err != nil {
+		_ = s.Client.Disconnect(context.Background())
+		return nil, err
+	}
+	return s, nil
+}
+
+// Open is Connect without creating indexes, for a process that only reads or keeps its own
+// small collections (the publisher's run records): index creation is the listener's job.
+func Open(cfg Config, appName string) (*Store, error) {
 	opts := options.Client().ApplyURI(cfg.URI).
 		SetAppName(appName).
 		SetServerSelectionTimeout(5 * time.Second).
@@ -118,12 +132,7 @@ func Connect(ctx context.Context, cfg Config, appName string) (*Store, error) {
 		return nil, fmt.Errorf("connect to mongodb %s: %w", redact(cfg.URI), err)
 	}
 	db := client.Database(cfg.Database)
-	s := &Store{Client: client, DB: db, Sessions: db.Collection(SessionsCollection), Rejected: db.Collection(RejectedCollection)}
-	if err := s.EnsureIndexes(ctx); err != nil {
-		_ = client.Disconnect(context.Background())
-		return nil, err
-	}
-	return s, nil
+	return &Store{Client: client, DB: db, Sessions: db.Collection(SessionsCollection), Rejected: db.Collection(RejectedCollection)}, nil
 }
 
 // Close disconnects.

@@ -1,0 +1,136 @@
+package publisher
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"time"
+
+	"github.com/chargesim/chargesim/components/audit"
+	"github.com/chargesim/chargesim/components/publisher/sim"
+	"github.com/chargesim/chargesim/components/store"
+)
+
+// runRecorder keeps this process's run record (store.RunDoc) up to date.
+type runRecorder struct {
+	p   *Publisher
+	st  *store.Store
+	doc store.RunDoc
+}
+
+// keyParams are the parameters session keys depend on (what a run record holds).
+func keyParams(p sim.Params) sim.Params {
+	return sim.Params{Seed: p.Seed, Connectors: p.Connectors, Jitter: p.Jitter, Epoch: p.Epoch, Interval: p.Interval}
+}
+
+// startRun opens the store, finds where this simulation's earlier runs stopped, moves the
+// fleet back to there (at most ResumeWindow) and records the new run. It returns nil, nil when
+// ctx ends first.
+func (p *Publisher) startRun(ctx context.Context) (*runRecorder, error) {
+	st, err := store.Open(p.cfg.Store, "chargesim-publisher")
+	if err != nil {
+		return nil, fmt.Errorf("run records: %w", err)
+	}
+	now := time.Now().UnixNano()
+	earliest := now - int64(p.cfg.ResumeWindow)
+	var runs []store.RunDoc
+	for backoff := 250 * time.Millisecond; ; backoff = min(2*backoff, 10*time.Second) {
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		runs, err = st.RunsOverlapping(qctx, earliest, math.MaxInt64)
+		cancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			_ = st.Close(context.Background())
+			return nil, nil //nolint:nilerr // stopping while the store is down is no failure
+		}
+		if !store.Unavailable(err) {
+			_ = st.Close(context.Background())
+			return nil, fmt.Errorf("run records: %w", err)
+		}
+		p.log.Warn("store unreachable; waiting to read run records", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			_ = st.Close(context.Background())
+			return nil, nil
+		case <-time.After(backoff):
+		}
+	}
+	// Resume from the earliest end among the simulation's recent runs: a run that stopped (or
+	// was killed) there may have left its later slots unpublished, and its chargers may be
+	// ours now. Re-publishing is harmless: the same slots have the same keys.
+	from := now
+	mine := keyParams(p.params)
+	for _, r := range runs {
+		if audit.ParamsOf(r) == mine {
+			from = min(from, max(r.ToNs, earliest))
+		}
+	}
+	p.fleet.reset(from)
+	p.from = from
+	host, _ := os.Hostname()
+	rec := &runRecorder{p: p, st: st, doc: store.RunDoc{
+		ID:         fmt.Sprintf("%s-%d-%dof%d", host, now, p.cfg.ShardIndex, p.cfg.ShardCount),
+		Seed:       int64(p.params.Seed), //nolint:gosec // the seed's bits
+		Chargers:   p.cfg.Chargers,
+		Connectors: p.cfg.Connectors,
+		Shard:      p.cfg.ShardIndex,
+		Shards:     p.cfg.ShardCount,
+		EpochNs:    p.params.Epoch,
+		IntervalNs: p.params.Interval,
+		Jitter:     p.params.Jitter,
+		FromNs:     from,
+		ToNs:       from,
+		Host:       host,
+		StartedAt:  time.Unix(0, now).UTC(),
+		UpdatedAt:  time.Unix(0, now).UTC(),
+	}}
+	ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := st.InsertRun(ictx, rec.doc); err != nil {
+		_ = st.Close(context.Background())
+		return nil, err
+	}
+	p.log.Info("run recorded", "run", rec.doc.ID, "resumed_from", time.Unix(0, from).UTC(), "behind", time.Duration(now-from))
+	return rec, nil
+}
+
+// progress is the slot time before which every slot of this process was acknowledged.
+func (p *Publisher) progress() int64 {
+	fired := p.firedBefore.Load()
+	if p.inUse.Load() == 0 && p.retrying.Load() == 0 && !p.lost.Load() {
+		return max(fired, p.from)
+	}
+	return max(p.settledBefore.Load(), p.from)
+}
+
+// heartbeat moves the run's end forward every HeartbeatInterval until ctx is done.
+func (r *runRecorder) heartbeat(ctx context.Context) {
+	t := time.NewTicker(r.p.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			r.advance(ctx, false)
+		}
+	}
+}
+
+func (r *runRecorder) advance(ctx context.Context, ended bool) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	to := r.p.progress()
+	if err := r.st.AdvanceRun(ctx, r.doc.ID, to, ended); err != nil {
+		r.p.log.Warn("run record not advanced", "run", r.doc.ID, "err", err)
+	}
+}
+
+// finish records the run's final end and closes the store.
+func (r *runRecorder) finish() {
+	r.advance(context.Background(), true)
+	_ = r.st.Close(context.Background())
+}
