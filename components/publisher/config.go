@@ -69,8 +69,15 @@ func DefaultConfig() Config {
 	return c
 }
 
-// Register adds the publisher and MQTT client flags.
+// Register adds the publisher, MQTT client and store (run records) flags.
 func (c *Config) Register(fs *flag.FlagSet) {
+	c.RegisterWithoutStore(fs)
+	c.Store.Register(fs)
+}
+
+// RegisterWithoutStore adds the publisher and MQTT client flags, for a command that registers
+// the store flags itself and sets Store (`chargesim run`).
+func (c *Config) RegisterWithoutStore(fs *flag.FlagSet) {
 	c.MQTT.Register(fs)
 	fs.IntVar(&c.Chargers, "chargers", 10, "size of the whole fleet (charger IDs 1..N)")
 	fs.IntVar(&c.Connectors, "connectors", 2, "connectors per charger")
@@ -87,7 +94,6 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxInflight, "max-inflight", 1000, "bounded window of unacknowledged QoS 1 publishes")
 	fs.TextVar(&c.Epoch, "epoch", DefaultEpoch, "anchor of the slot grid (RFC 3339): with the seed it fixes every session's ID and time")
 	fs.BoolVar(&c.RecordRuns, "record-runs", false, "record this process's run in the store (runs collection) for `chargesim audit`, and resume where previous runs stopped")
-	c.Store.Register(fs)
 	fs.DurationVar(&c.ResumeWindow, "resume-window", 2*time.Minute, "with --record-runs: how far back a starting publisher re-publishes slots that earlier runs may have left out")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 10*time.Second, "with --record-runs: how often the run record's end moves forward")
 }

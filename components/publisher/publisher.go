@@ -91,7 +91,7 @@ type Publisher struct {
 	settledBefore atomic.Int64
 	retrying      atomic.Int64
 	lost          atomic.Bool // sessions were given up at shutdown: only settledBefore counts
-	from          int64 // the slot time the fleet started at
+	from          int64       // the slot time the fleet started at
 
 	ran atomic.Bool
 }

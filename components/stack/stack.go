@@ -44,7 +44,7 @@ type Config struct {
 
 // Register adds the flags, with laptop defaults for the broker URL and the store.
 func (c *Config) Register(fs *flag.FlagSet) {
-	c.Publisher.Register(fs)
+	c.Publisher.RegisterWithoutStore(fs)
 	c.Store.Register(fs)
 	fs.StringVar(&c.MQTTAddr, "mqtt-addr", DefaultMQTTAddr, "listen address of the embedded broker; empty: no broker, use --mqtt-url")
 	fs.StringVar(&c.APIAddr, "api-addr", DefaultAPIAddr, "listen address of the REST API (also /metrics of every part)")
@@ -52,6 +52,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	setDefault(fs, "mqtt-url", "")
 	fs.Lookup("mqtt-url").Usage = "broker URL of the publisher and listener (default: the embedded broker at --mqtt-addr)"
 	setDefault(fs, "mongo-uri", DefaultMongoURI)
+	setDefault(fs, "record-runs", "true") // the store is at hand: make every run auditable
 }
 
 func setDefault(fs *flag.FlagSet, name, value string) {
@@ -68,6 +69,7 @@ func (c *Config) Validate() error {
 		}
 		c.Publisher.MQTT.URL = "tcp://" + dialable(c.MQTTAddr)
 	}
+	c.Publisher.Store = c.Store
 	errs := []error{c.Publisher.Validate(), c.Store.Validate()}
 	if c.MQTTAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MQTTAddr); err != nil {

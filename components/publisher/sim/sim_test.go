@@ -289,7 +289,6 @@ func BenchmarkSessionAppendJSON(b *testing.B) {
 	b.SetBytes(int64(len(buf)))
 }
 
-
 func gridParams(seed uint64, jitter float64, interval time.Duration) Params {
 	p := testParams(seed)
 	p.Jitter = jitter
