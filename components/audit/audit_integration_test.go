@@ -182,10 +182,12 @@ func (e *env) settled(t *testing.T, w audit.Window) audit.Report {
 	var rep audit.Report
 	waitFor(t, 60*time.Second, "the audit to settle", func() bool {
 		var err error
+		t0 := time.Now()
 		rep, err = audit.Run(context.Background(), e.st, w)
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("audit in %s: %d missing", time.Since(t0), rep.Missing)
 		return rep.Complete
 	})
 	return rep
@@ -345,8 +347,12 @@ func TestRestartAndReshardingLeaveNothingOut(t *testing.T) {
 	}
 	rep := e.settled(t, e.runsWindow(t))
 	checkClean(t, rep)
-	t.Logf("after a restart and resharding 1→3→2: %+v", rep)
+	t.Logf("%s after a restart and resharding 1→3→2: %+v", time.Now().Format(time.TimeOnly), rep)
 	if rep.Runs != 7 || rep.OutsideRuns != 0 {
+		runs, _ := e.st.RunsOverlapping(context.Background(), 0, 1<<62)
+		for _, r := range runs {
+			t.Logf("run %s %d/%d [%d, %d) ended %v", r.ID, r.Shard, r.Shards, r.FromNs, r.ToNs, r.Ended)
+		}
 		t.Fatalf("audit: %+v", rep)
 	}
 	// Coverage has no hole: the runs' spans per charger join up, so the expected sessions are

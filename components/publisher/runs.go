@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/chargesim/chargesim/components/audit"
@@ -62,11 +63,8 @@ func (p *Publisher) startRun(ctx context.Context) (*runRecorder, error) {
 	// was killed) there may have left its later slots unpublished, and its chargers may be
 	// ours now. Re-publishing is harmless: the same slots have the same keys.
 	from := now
-	mine := keyParams(p.params)
-	for _, r := range runs {
-		if audit.ParamsOf(r) == mine {
-			from = min(from, max(r.ToNs, earliest))
-		}
+	for _, r := range p.resumeFrom(runs, now) {
+		from = min(from, max(r.ToNs, earliest))
 	}
 	p.fleet.reset(from)
 	p.from = from
@@ -95,6 +93,40 @@ func (p *Publisher) startRun(ctx context.Context) (*runRecorder, error) {
 	}
 	p.log.Info("run recorded", "run", rec.doc.ID, "resumed_from", time.Unix(0, from).UTC(), "behind", time.Duration(now-from))
 	return rec, nil
+}
+
+// resumeFrom returns the runs of this simulation whose end may have left slots unpublished
+// that this process must publish again: runs that stopped (cleanly, or silent for three
+// heartbeats, or this very shard's predecessor, which cannot still be running) and that no
+// other run took over from where they stopped. Runs still alive need nothing: their chargers
+// are simulated, and when they stop, the next process to start picks up behind them.
+func (p *Publisher) resumeFrom(runs []store.RunDoc, now int64) []store.RunDoc {
+	mine := keyParams(p.params)
+	stale := now - 3*int64(p.cfg.HeartbeatInterval)
+	var out []store.RunDoc
+	for _, r := range runs {
+		if audit.ParamsOf(r) != mine {
+			continue
+		}
+		predecessor := r.Shard == p.cfg.ShardIndex && r.Shards == p.cfg.ShardCount
+		if !r.Ended && !predecessor && r.UpdatedAt.UnixNano() > stale {
+			continue
+		}
+		if !slices.ContainsFunc(runs, func(o store.RunDoc) bool { return takesOver(o, r) }) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// takesOver reports whether run o simulated every charger of run r from where r stopped on.
+func takesOver(o, r store.RunDoc) bool {
+	if o.ID == r.ID || audit.ParamsOf(o) != audit.ParamsOf(r) || o.FromNs > r.ToNs || o.ToNs <= r.ToNs || o.Chargers < r.Chargers {
+		return false
+	}
+	// o owns every charger of r iff r's shards refine o's: c ≡ r.Shard (mod r.Shards) implies
+	// c ≡ o.Shard (mod o.Shards).
+	return r.Shards%o.Shards == 0 && r.Shard%o.Shards == o.Shard
 }
 
 // progress is the slot time before which every slot of this process was acknowledged.

@@ -17,10 +17,6 @@ import (
 // RunsCollection holds one document per publisher process (RunDoc).
 const RunsCollection = "runs"
 
-// MaxLookupIDs bounds one LookupSessions call: one `_id $in` query, which FerretDB v1 answers
-// from its primary key like MongoDB.
-const MaxLookupIDs = 1000
-
 // MaxRuns bounds the run records one audit reads.
 const MaxRuns = 10_000
 
@@ -86,33 +82,6 @@ func (s *Store) RunsOverlapping(ctx context.Context, fromNs, toNs int64) ([]RunD
 		return nil, fmt.Errorf("more than %d publisher runs in the window: audit a shorter one", MaxRuns)
 	}
 	return runs, nil
-}
-
-// LookupSessions returns which of ids (at most MaxLookupIDs) are stored sessions.
-func (s *Store) LookupSessions(ctx context.Context, ids []string) (map[string]bool, error) {
-	if len(ids) > MaxLookupIDs {
-		return nil, fmt.Errorf("lookup of %d sessions: at most %d per call", len(ids), MaxLookupIDs)
-	}
-	found := make(map[string]bool, len(ids))
-	if len(ids) == 0 {
-		return found, nil
-	}
-	filter := bson.D{{Key: fieldID, Value: bson.D{{Key: "$in", Value: ids}}}}
-	cur, err := s.Sessions.Find(ctx, filter, options.Find().SetProjection(bson.D{{Key: fieldID, Value: 1}}))
-	if err != nil {
-		return nil, fmt.Errorf("look up sessions: %w", err)
-	}
-	defer func() { _ = cur.Close(context.Background()) }()
-	for cur.Next(ctx) {
-		id, ok := cur.Current.Lookup(fieldID).StringValueOK()
-		if ok {
-			found[id] = true
-		}
-	}
-	if err := cur.Err(); err != nil {
-		return nil, fmt.Errorf("look up sessions: %w", err)
-	}
-	return found, nil
 }
 
 // AuditedSession is what the audit reads of a stored session.
