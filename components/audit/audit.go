@@ -36,6 +36,18 @@ import (
 	"github.com/chargesim/chargesim/components/store"
 )
 
+// ErrTooLarge is returned (wrapped) when a window holds more than MaxExpected sessions.
+var ErrTooLarge = errors.New("window too large")
+
+// ParseCharger checks that id is the ID of a simulated charger ("1", "2", …).
+func ParseCharger(id string) (uint32, error) {
+	c, err := strconv.ParseUint(id, 10, 32)
+	if err != nil || c == 0 || sim.ChargerID(uint32(c)) != id {
+		return 0, fmt.Errorf("charger %q is not a simulated charger ID (1, 2, …)", id)
+	}
+	return uint32(c), nil
+}
+
 // MaxListed bounds each list of keys in a report.
 const MaxListed = 100
 
@@ -118,11 +130,11 @@ func Run(ctx context.Context, st Store, w Window) (Report, error) {
 	}
 	var charger uint32
 	if w.Charger != "" {
-		c, err := strconv.ParseUint(w.Charger, 10, 32)
-		if err != nil || c == 0 || sim.ChargerID(uint32(c)) != w.Charger {
-			return Report{}, fmt.Errorf("audit: charger %q is not a simulated charger ID (1, 2, …)", w.Charger)
+		c, err := ParseCharger(w.Charger)
+		if err != nil {
+			return Report{}, fmt.Errorf("audit: %w", err)
 		}
-		charger = uint32(c)
+		charger = c
 	}
 	a := &auditor{st: st, from: from.UnixNano(), to: to.UnixNano(), keys: map[string]bool{}}
 	a.rep = Report{From: from, To: to, Charger: w.Charger, MissingKeys: []string{}, UnexpectedKeys: []string{}, DuplicateKeys: []string{}, OutsideKeys: []string{}}
@@ -215,7 +227,7 @@ func (a *auditor) expect(c uint32) error {
 				}
 				a.rep.Expected++
 				if a.rep.Expected > MaxExpected {
-					return fmt.Errorf("audit: more than %d expected sessions: audit a shorter window or one charger", MaxExpected)
+					return fmt.Errorf("audit: more than %d expected sessions (audit a shorter window or one charger): %w", MaxExpected, ErrTooLarge)
 				}
 				if _, ok := slices.BinarySearch(a.found, a.ref(gi, c, n)); ok {
 					a.rep.Stored++
@@ -253,7 +265,7 @@ func (a *auditor) classify(d store.AuditedSession) error {
 			valid = true
 			if t := g.p.SlotTime(c, n); a.from <= t && t < a.to && coveredAt(g, c, t) {
 				if len(a.found) >= MaxExpected {
-					return fmt.Errorf("audit: more than %d stored sessions in the window: audit a shorter window or one charger", MaxExpected)
+					return fmt.Errorf("audit: more than %d stored sessions in the window (audit a shorter window or one charger): %w", MaxExpected, ErrTooLarge)
 				}
 				a.found = append(a.found, a.ref(gi, c, n))
 				return nil // expected: counted by expect

@@ -271,10 +271,10 @@ func (p *Publisher) schedule(ctx context.Context) {
 			<-done
 			return
 		}
+		p.firedBefore.Store(next) // every slot before next has been fired
 		// The wall clock, not the monotonic one: slots are fixed points in wall-clock time. The
 		// wait is capped so that a clock step forward is noticed soon.
 		if wait := time.Duration(next - time.Now().UnixNano()); wait > 0 {
-			p.firedBefore.Store(next)
 			timer.Reset(min(wait, maxWait))
 			select {
 			case <-done:

@@ -131,11 +131,15 @@ func takesOver(o, r store.RunDoc) bool {
 
 // progress is the slot time before which every slot of this process was acknowledged.
 func (p *Publisher) progress() int64 {
+	// settledBefore holds whenever it is read: it only moves while no retry is outstanding,
+	// and sessions given up at shutdown come after it. firedBefore holds once nothing is in
+	// flight (read first: anything fired before it was read has settled if inUse is 0 after).
 	fired := p.firedBefore.Load()
+	settled := p.settledBefore.Load()
 	if p.inUse.Load() == 0 && p.retrying.Load() == 0 && !p.lost.Load() {
-		return max(fired, p.from)
+		settled = max(settled, fired)
 	}
-	return max(p.settledBefore.Load(), p.from)
+	return max(settled, p.from)
 }
 
 // heartbeat moves the run's end forward every HeartbeatInterval until ctx is done.

@@ -126,6 +126,7 @@ func (s *Server) routes(gatherer prometheus.Gatherer) chi.Router {
 		r.Get("/chargers", s.listChargers)
 		r.Get("/chargers/{id}", s.getCharger)
 		r.Get("/stats", s.stats)
+		r.Get("/audit", s.auditSessions)
 	})
 	return r
 }
