@@ -134,21 +134,36 @@ func Once(ctx context.Context, cfg Config, w io.Writer) error {
 }
 
 // Periodic audits the sliding window every cfg.Every and exports each result as metrics.
-// It is also what an operator can run in-process (see docs/architecture.md, "Audit").
+// An operator or `chargesim run` runs it in-process over its own store (NewPeriodicOn).
 type Periodic struct {
-	cfg Config
-	log *slog.Logger
-	m   *Metrics
-	st  *store.Store
+	cfg   Config
+	log   *slog.Logger
+	m     *Metrics
+	st    Store
+	owned *store.Store // opened by NewPeriodic, closed by Run
 }
 
-// NewPeriodic registers the audit metrics on reg.
+// NewPeriodic opens cfg.Store and registers the audit metrics on reg.
 func NewPeriodic(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Periodic, error) {
-	m, err := NewMetrics(reg)
+	st, err := store.Open(cfg.Store, "chargesim-audit")
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(cfg.Store, "chargesim-audit")
+	p, err := NewPeriodicOn(st, cfg, log, reg)
+	if err != nil {
+		_ = st.Close(context.Background())
+		return nil, err
+	}
+	p.owned = st
+	return p, nil
+}
+
+// NewPeriodicOn audits st (cfg.Store is not used) and registers the audit metrics on reg.
+func NewPeriodicOn(st Store, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Periodic, error) {
+	if cfg.Every <= 0 || cfg.Timeout <= 0 {
+		return nil, fmt.Errorf("audit: periodic audit needs every > 0 and timeout > 0 (got %s, %s)", cfg.Every, cfg.Timeout)
+	}
+	m, err := NewMetrics(reg)
 	if err != nil {
 		return nil, err
 	}
@@ -156,11 +171,18 @@ func NewPeriodic(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Peri
 }
 
 // Ready reports whether the store answers.
-func (p *Periodic) Ready(ctx context.Context) error { return p.st.Ping(ctx) }
+func (p *Periodic) Ready(ctx context.Context) error {
+	if p.owned == nil {
+		return nil
+	}
+	return p.owned.Ping(ctx)
+}
 
 // Run audits until ctx is done.
 func (p *Periodic) Run(ctx context.Context) error {
-	defer func() { _ = p.st.Close(context.Background()) }()
+	if p.owned != nil {
+		defer func() { _ = p.owned.Close(context.Background()) }()
+	}
 	t := time.NewTicker(p.cfg.Every)
 	defer t.Stop()
 	for {

@@ -256,6 +256,12 @@ func (p *Publisher) Run(ctx context.Context) error {
 // schedule fires the fleet's sessions as they fall due until ctx is done.
 func (p *Publisher) schedule(ctx context.Context) {
 	done := ctx.Done()
+	defer func() {
+		// Every slot before the fleet's next one has been fired: the run's exact end.
+		if next, ok := p.fleet.peek(); ok {
+			p.firedBefore.Store(next)
+		}
+	}()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/chargesim/chargesim/components/audit"
 	"github.com/chargesim/chargesim/components/broker"
 	"github.com/chargesim/chargesim/components/cli"
 	"github.com/chargesim/chargesim/components/listener"
@@ -40,6 +41,8 @@ type Config struct {
 	// MQTTAddr is where the embedded broker listens; empty runs no broker (use --mqtt-url).
 	MQTTAddr string
 	APIAddr  string
+	// Audit is the periodic audit whose gauges /metrics exports (Every 0: none).
+	Audit audit.Config
 }
 
 // Register adds the flags, with laptop defaults for the broker URL and the store.
@@ -53,6 +56,10 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.Lookup("mqtt-url").Usage = "broker URL of the publisher and listener (default: the embedded broker at --mqtt-addr)"
 	setDefault(fs, "mongo-uri", DefaultMongoURI)
 	setDefault(fs, "record-runs", "true") // the store is at hand: make every run auditable
+	c.Audit = audit.Config{Timeout: time.Minute}
+	fs.DurationVar(&c.Audit.Every, "audit-every", 15*time.Second, "audit the recent sessions this often and export the result as chargesim_audit_* metrics (0: never)")
+	fs.DurationVar(&c.Audit.Last, "audit-last", 5*time.Minute, "length of the audited window")
+	fs.DurationVar(&c.Audit.Settle, "audit-settle", 10*time.Second, "the audited window ends this long ago (sessions still on their way are left out)")
 }
 
 func setDefault(fs *flag.FlagSet, name, value string) {
@@ -78,6 +85,14 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.APIAddr); err != nil {
 		errs = append(errs, cli.Invalid("api-addr", c.APIAddr, "want host:port"))
+	}
+	switch {
+	case c.Audit.Every < 0:
+		errs = append(errs, cli.Invalid("audit-every", c.Audit.Every, "must be ≥ 0"))
+	case c.Audit.Every > 0 && c.Audit.Last <= 0:
+		errs = append(errs, cli.Invalid("audit-last", c.Audit.Last, "must be > 0"))
+	case c.Audit.Settle < 0:
+		errs = append(errs, cli.Invalid("audit-settle", c.Audit.Settle, "must be ≥ 0"))
 	}
 	return errors.Join(errs...)
 }
@@ -175,6 +190,15 @@ func Run(ctx context.Context, log *slog.Logger, grace time.Duration, cfg Config,
 		parts := []cli.Component{pub, lis}
 		if b != nil {
 			parts = append(parts, b)
+		}
+		if cfg.Audit.Every > 0 {
+			cfg.Audit.Timeout = max(cfg.Audit.Timeout, time.Minute)
+			aud, err := audit.NewPeriodicOn(st, cfg.Audit, log.With("part", "audit"), reg)
+			if err != nil {
+				_ = ln.Close()
+				return err
+			}
+			go func() { _ = aud.Run(apiCtx) }() // ends with apiCtx, before the store closes below
 		}
 		return cli.ServeListener(apiCtx, log, ln, withReady(api.Handler(), reg, parts), grace)
 	})
