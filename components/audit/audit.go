@@ -39,6 +39,12 @@ import (
 // ErrTooLarge is returned (wrapped) when a window holds more than MaxExpected sessions.
 var ErrTooLarge = errors.New("window too large")
 
+// simulatedCharger is ParseCharger as a test.
+func simulatedCharger(id string) (uint32, bool) {
+	c, err := ParseCharger(id)
+	return c, err == nil
+}
+
 // ParseCharger checks that id is the ID of a simulated charger ("1", "2", …).
 func ParseCharger(id string) (uint32, error) {
 	c, err := strconv.ParseUint(id, 10, 32)
@@ -253,9 +259,9 @@ func coveredAt(g *grid, c uint32, t int64) bool {
 // classify sorts a stored session of the window: expected (counted by lookup), outside every
 // run, a duplicate of an expected session under another key, or unexpected.
 func (a *auditor) classify(d store.AuditedSession) error {
-	c64, err := strconv.ParseUint(d.ChargerID, 10, 32)
-	c := uint32(c64)
-	if err != nil || c == 0 || sim.ChargerID(c) != d.ChargerID || d.ID != session.Key(d.ChargerID, d.ConnectorID, d.SessionID) {
+	c, ok := simulatedCharger(d.ChargerID)
+	if !ok || d.ID != session.Key(d.ChargerID, d.ConnectorID, d.SessionID) {
+		// Not a simulated charger, or a key that disagrees with its document: not ours.
 		a.unexpected(d.ID)
 		return nil
 	}
