@@ -84,7 +84,7 @@ func (c *Config) RegisterWithoutStore(fs *flag.FlagSet) {
 	fs.IntVar(&c.ShardIndex, "shard-index", 0, "this process simulates chargers c with (c-1) % shard-count == shard-index")
 	fs.IntVar(&c.ShardCount, "shard-count", 1, "number of publisher processes sharing the fleet")
 	fs.DurationVar(&c.SessionInterval, "session-interval", 60*time.Second, "each charger starts a new session this often (simulated time)")
-	fs.Float64Var(&c.SessionJitter, "session-jitter", 0.2, "fraction of the interval by which each start is randomly shifted (0 to <1)")
+	fs.Float64Var(&c.SessionJitter, "session-jitter", 0.2, "fraction of the interval by which each start is randomly shifted (0-1)")
 	fs.Float64Var(&c.TimeScale, "time-scale", 1, "simulated seconds per wall-clock second")
 	fs.Uint64Var(&c.Seed, "seed", 1, "PRNG seed: the same seed, fleet and scale reproduce the same sessions")
 	fs.Float64Var(&c.DCShare, "dc-share", 0.3, "share of chargers that are DC fast chargers (0-1)")
@@ -113,12 +113,12 @@ func (c *Config) Validate() error {
 		return cli.Invalid("shard-index", c.ShardIndex, "must be 0..shard-count-1 (shard-count="+strconv.Itoa(c.ShardCount)+")")
 	case c.SessionInterval <= 0:
 		return cli.Invalid("session-interval", c.SessionInterval, "must be > 0")
-	case !finite(c.SessionJitter) || c.SessionJitter < 0 || c.SessionJitter >= 1:
-		return cli.Invalid("session-jitter", c.SessionJitter, "must be ≥ 0 and < 1 (two slots of a charger must not coincide)")
+	case !finite(c.SessionJitter) || c.SessionJitter < 0 || c.SessionJitter > 1:
+		return cli.Invalid("session-jitter", c.SessionJitter, "must be 0..1")
 	case !finite(c.TimeScale) || c.TimeScale <= 0:
 		return cli.Invalid("time-scale", c.TimeScale, "must be > 0")
-	case float64(c.SessionInterval)/c.TimeScale*(1-c.SessionJitter) < float64(sim.MinSlotGap):
-		return cli.Invalid("time-scale", c.TimeScale, fmt.Sprintf("session-interval/time-scale×(1−session-jitter) must be ≥ %s of wall-clock time per charger (session IDs are microseconds)", sim.MinSlotGap))
+	case float64(c.SessionInterval)/c.TimeScale < 2*float64(sim.MinSlotGap):
+		return cli.Invalid("time-scale", c.TimeScale, fmt.Sprintf("session-interval/time-scale must be ≥ %s of wall-clock time per charger (session IDs are microseconds)", 2*sim.MinSlotGap))
 	case c.Epoch.IsZero() || c.Epoch.Year() < 1970 || c.Epoch.Year() > 2200:
 		return cli.Invalid("epoch", c.Epoch.Format(time.RFC3339), "must be a time between 1970 and 2200")
 	case c.ResumeWindow < 0:
@@ -153,6 +153,13 @@ func (c *Config) Validate() error {
 // DefaultEpoch anchors the slot grid unless --epoch says otherwise: a fixed time, so that the
 // same seed and settings give the same sessions in every process.
 var DefaultEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Jitter is the jitter the grid uses: SessionJitter, kept below 1 − sim.MinSlotGap/interval so
+// that two slots of a charger are always at least MinSlotGap apart (distinct session IDs).
+// Only a jitter within a few microseconds of a whole interval is affected.
+func (c *Config) Jitter() float64 {
+	return min(c.SessionJitter, 1-float64(sim.MinSlotGap)/float64(c.WallInterval()))
+}
 
 // WallInterval is the wall-clock time between two slots of a charger.
 func (c *Config) WallInterval() time.Duration {

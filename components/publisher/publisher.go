@@ -168,7 +168,7 @@ func paramsOf(cfg Config) sim.Params {
 		ACTariff:   cfg.ACTariff,
 		DCTariff:   cfg.DCTariff,
 		SessionFee: cfg.SessionFee,
-		Jitter:     cfg.SessionJitter,
+		Jitter:     cfg.Jitter(),
 		Epoch:      cfg.Epoch.UnixNano(),
 		Interval:   int64(cfg.WallInterval()),
 	}

@@ -351,3 +351,20 @@ func TestSlotOfIDRejectsForeignIDs(t *testing.T) {
 		t.Error("slots before the epoch")
 	}
 }
+
+// A jitter of a whole interval, as the publisher clamps it (1 − MinSlotGap/interval), still
+// keeps session IDs distinct at the smallest interval.
+func TestFullJitterKeepsIDsDistinct(t *testing.T) {
+	interval := 4 * time.Microsecond
+	p := gridParams(5, 1-float64(MinSlotGap)/float64(interval), interval)
+	for c := uint32(1); c <= 200; c++ {
+		prev := int64(-1)
+		for n := uint64(1 << 40); n < 1<<40+2000; n++ {
+			id := p.SessionID(c, n)
+			if id <= prev {
+				t.Fatalf("charger %d slot %d: ID %d after %d", c, n, id, prev)
+			}
+			prev = id
+		}
+	}
+}
