@@ -56,6 +56,10 @@ type Config struct {
 	ResumeWindow      time.Duration // --resume-window
 	HeartbeatInterval time.Duration // --heartbeat-interval
 
+	// Replay after a reconnect (see Publisher.scheduleReplay).
+	ReplayAfter  time.Duration // --replay-after: 0 = no replay
+	ReplayBefore time.Duration // --replay-before
+
 	// ShutdownTimeout bounds the flush on shutdown. It is the common --shutdown-timeout, so
 	// Register does not add it: Command copies it from cli.Common (0 means 15s).
 	ShutdownTimeout time.Duration
@@ -95,6 +99,8 @@ func (c *Config) RegisterWithoutStore(fs *flag.FlagSet) {
 	fs.TextVar(&c.Epoch, "epoch", DefaultEpoch, "anchor of the slot grid (RFC 3339): with the seed it fixes every session's ID and time")
 	fs.BoolVar(&c.RecordRuns, "record-runs", false, "record this process's run in the store (runs collection) for `chargesim audit`, and resume where previous runs stopped")
 	fs.DurationVar(&c.ResumeWindow, "resume-window", 2*time.Minute, "with --record-runs: how far back a starting publisher re-publishes slots that earlier runs may have left out")
+	fs.DurationVar(&c.ReplayAfter, "replay-after", 30*time.Second, "after a reconnect to the broker, wait this long (longer than the listeners take to subscribe again), then publish again every session since --replay-before before the connection was lost; 0: never")
+	fs.DurationVar(&c.ReplayBefore, "replay-before", 10*time.Second, "how far before a lost connection the replay starts (what the broker may have acknowledged and lost)")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 10*time.Second, "with --record-runs: how often the run record's end moves forward")
 }
 
@@ -121,6 +127,10 @@ func (c *Config) Validate() error {
 		return cli.Invalid("time-scale", c.TimeScale, fmt.Sprintf("session-interval/time-scale must be ≥ %s of wall-clock time per charger (session IDs are microseconds)", 2*sim.MinSlotGap))
 	case c.Epoch.IsZero() || c.Epoch.Year() < 1970 || c.Epoch.Year() > 2200:
 		return cli.Invalid("epoch", c.Epoch.Format(time.RFC3339), "must be a time between 1970 and 2200")
+	case c.ReplayAfter < 0:
+		return cli.Invalid("replay-after", c.ReplayAfter, "must be ≥ 0")
+	case c.ReplayBefore < 0:
+		return cli.Invalid("replay-before", c.ReplayBefore, "must be ≥ 0")
 	case c.ResumeWindow < 0:
 		return cli.Invalid("resume-window", c.ResumeWindow, "must be ≥ 0")
 	case c.RecordRuns && c.HeartbeatInterval < 100*time.Millisecond:

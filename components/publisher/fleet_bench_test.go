@@ -42,7 +42,7 @@ func BenchmarkBuild(b *testing.B) {
 	var s session.Session
 	b.ReportAllocs()
 	for b.Loop() {
-		p.build(&sl, &s)
+		p.build(p.fleet, &sl, &s)
 	}
 	b.SetBytes(int64(len(sl.payload)))
 }
@@ -56,7 +56,7 @@ func BenchmarkAppendJSON(b *testing.B) {
 	}
 	var sl slot
 	var s session.Session
-	p.build(&sl, &s)
+	p.build(p.fleet, &sl, &s)
 	buf := make([]byte, 0, 1024)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -91,6 +91,11 @@ type Publisher struct {
 	settledBefore atomic.Int64
 	retrying      atomic.Int64
 	lost          atomic.Bool // sessions were given up at shutdown: only settledBefore counts
+
+	// Replays after a reconnect: lostAt is when the connection was lost (0: connected);
+	// replays carries windows to publish again to the scheduler.
+	lostAt  atomic.Int64
+	replays chan window
 	from          int64       // the slot time the fleet started at
 
 	ran atomic.Bool
@@ -137,6 +142,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Publisher, e
 		slots:   cfg.MaxInflight,
 		free:    make(chan *slot, cfg.MaxInflight),
 		pending: make(chan *slot, cfg.MaxInflight),
+		replays: make(chan window, 16),
 	}
 	p.from = time.Now().UnixNano()
 	p.fleet = newFleet(p.params, cfg.Chargers, cfg.ShardIndex, cfg.ShardCount, p.from)
@@ -185,11 +191,34 @@ func (p *Publisher) onConnection(c mqtt.Client, n mqtt.ConnectionNotification) {
 	switch n := n.(type) {
 	case mqtt.ConnectionNotificationConnected:
 		p.log.Info("connected to MQTT broker", "url", p.cfg.MQTT.URL)
+		p.scheduleReplay()
 	case mqtt.ConnectionNotificationLost:
+		p.lostAt.CompareAndSwap(0, time.Now().UnixNano())
 		p.log.Warn("lost MQTT connection, reconnecting", "url", p.cfg.MQTT.URL, "err", n.Reason)
 	case mqtt.ConnectionNotificationFailed:
 		p.log.Warn("MQTT connection attempt failed", "url", p.cfg.MQTT.URL, "err", n.Reason)
 	}
+}
+
+// scheduleReplay arranges, after a reconnect, that the sessions from ReplayBefore before the
+// connection was lost up to ReplayAfter after the reconnect are published again once
+// ReplayAfter has passed. Why: a broker that restarted may have lost what it had acknowledged
+// but not delivered (kill -9), and mosquitto does not restore the `$share` subscriptions of
+// offline sessions, so until every listener has reconnected and subscribed again the sessions
+// published are acknowledged and dropped. Deterministic keys make the replay harmless.
+func (p *Publisher) scheduleReplay() {
+	lost := p.lostAt.Swap(0)
+	if lost == 0 || p.cfg.ReplayAfter <= 0 {
+		return
+	}
+	from := lost - int64(p.cfg.ReplayBefore)
+	time.AfterFunc(p.cfg.ReplayAfter, func() {
+		select {
+		case p.replays <- window{from: from, to: time.Now().UnixNano()}:
+		default:
+			p.log.Error("too many replays pending; this one is dropped", "from", time.Unix(0, from).UTC())
+		}
+	})
 }
 
 // Ready reports whether the publisher holds a connection to the broker.
@@ -270,12 +299,24 @@ func (p *Publisher) schedule(ctx context.Context) {
 		select {
 		case <-done:
 			return
+		case r := <-p.replays:
+			if !p.replay(ctx, r, &s) {
+				return
+			}
+			continue
 		default:
 		}
 		next, ok := p.fleet.peek()
 		if !ok {
-			<-done
-			return
+			select {
+			case <-done:
+				return
+			case r := <-p.replays:
+				if !p.replay(ctx, r, &s) {
+					return
+				}
+				continue
+			}
 		}
 		p.firedBefore.Store(next) // every slot before next has been fired
 		// The wall clock, not the monotonic one: slots are fixed points in wall-clock time. The
@@ -286,30 +327,75 @@ func (p *Publisher) schedule(ctx context.Context) {
 			case <-done:
 				return
 			case <-timer.C:
+			case r := <-p.replays:
+				timer.Stop()
+				if !p.replay(ctx, r, &s) {
+					return
+				}
 			}
 			continue
 		}
-		var sl *slot
-		select {
-		case sl = <-p.free:
-		default:
-			// Window full: wait for PUBACKs. The session fires late rather than not at all.
-			select {
-			case sl = <-p.free:
-			case <-done:
-				return
-			}
+		sl := p.freeSlot(done)
+		if sl == nil {
+			return
 		}
-		p.fire(sl, &s)
+		p.fire(p.fleet, sl, &s)
 	}
 }
+
+// freeSlot returns a free slot of the window, waiting for PUBACKs when it is full (a session
+// fires late rather than not at all); nil when done.
+func (p *Publisher) freeSlot(done <-chan struct{}) *slot {
+	select {
+	case sl := <-p.free:
+		return sl
+	default:
+	}
+	select {
+	case sl := <-p.free:
+		return sl
+	case <-done:
+		return nil
+	}
+}
+
+// replay publishes again every slot of this process's chargers in [r.from, r.to), from a
+// transient fleet (24 bytes per charger while it runs). Same slots, same keys: sessions the
+// store already holds are dropped as duplicates; sessions a broker lost are stored now. It
+// returns false when ctx ended first.
+func (p *Publisher) replay(ctx context.Context, r window, s *session.Session) bool {
+	from := max(r.from, p.from)
+	if from >= r.to {
+		return true
+	}
+	f := newFleet(p.params, p.cfg.Chargers, p.cfg.ShardIndex, p.cfg.ShardCount, from)
+	n := 0
+	for {
+		if next, ok := f.peek(); !ok || next >= r.to {
+			break
+		}
+		sl := p.freeSlot(ctx.Done())
+		if sl == nil {
+			return false
+		}
+		p.fire(f, sl, s)
+		p.m.replayed.Inc()
+		n++
+	}
+	p.log.Info("replayed sessions after a reconnect", "sessions", n,
+		"from", time.Unix(0, from).UTC(), "to", time.Unix(0, r.to).UTC())
+	return true
+}
+
+// window is a stretch of slot times [from, to), Unix nanoseconds.
+type window struct{ from, to int64 }
 
 // maxWait bounds one wait of the scheduler, so it rereads the wall clock at least this often.
 const maxWait = time.Second
 
-// fire generates the fleet's next session into sl and publishes it without waiting.
-func (p *Publisher) fire(sl *slot, s *session.Session) {
-	p.build(sl, s)
+// fire generates the next session of f into sl and publishes it without waiting.
+func (p *Publisher) fire(f *fleet, sl *slot, s *session.Session) {
+	p.build(f, sl, s)
 	p.inUse.Add(1)
 	p.m.inflight.Inc()
 	p.m.scheduled.Inc()
@@ -317,10 +403,10 @@ func (p *Publisher) fire(sl *slot, s *session.Session) {
 	p.pending <- sl
 }
 
-// build takes the fleet's next slot and encodes its session's topic and payload into sl. The
+// build takes the next slot of f (the fleet, or a replay's) and encodes its session's topic and payload into sl. The
 // session ends at the slot's time, whenever it is built.
-func (p *Publisher) build(sl *slot, s *session.Session) {
-	charger, n, at := p.fleet.fire()
+func (p *Publisher) build(f *fleet, sl *slot, s *session.Session) {
+	charger, n, at := f.fire()
 	d := p.params.Session(charger, n)
 	cid := sim.ChargerID(charger)
 	id := at / 1000 // p.params.SessionID(charger, n), without computing the slot again

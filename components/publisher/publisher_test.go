@@ -26,6 +26,7 @@ func TestDefaultsMatchConfigurationDocs(t *testing.T) {
 		SessionJitter: 0.2, TimeScale: 1, Seed: 1, DCShare: 0.3, ACTariff: 35, DCTariff: 59, SessionFee: 0,
 		MaxInflight: 1000, ShutdownTimeout: 15 * time.Second, MQTT: c.MQTT,
 		Epoch: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), ResumeWindow: 2 * time.Minute, HeartbeatInterval: 10 * time.Second,
+		ReplayAfter: 30 * time.Second, ReplayBefore: 10 * time.Second,
 		Store: c.Store}
 	if c != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", c, want)
@@ -226,7 +227,7 @@ func firedKeys(params sim.Params, chargers, shard, shards int, from, to int64, i
 		if at, _ := f.peek(); at >= to {
 			return
 		}
-		p.build(&sl, &s)
+		p.build(p.fleet, &sl, &s)
 		into[s.Key()]++
 	}
 }
@@ -250,8 +251,8 @@ func TestSameInputsSameSessions(t *testing.T) {
 	var sa, sb slot
 	var xa, xb session.Session
 	for i := range 5000 {
-		a.build(&sa, &xa)
-		b.build(&sb, &xb)
+		a.build(a.fleet, &sa, &xa)
+		b.build(b.fleet, &sb, &xb)
 		if string(sa.payload) != string(sb.payload) || sa.topic != sb.topic {
 			t.Fatalf("session %d differs:\n%s %s\n%s %s", i, sa.topic, sa.payload, sb.topic, sb.payload)
 		}
@@ -349,7 +350,7 @@ func TestBuildEncodesDecodableSessions(t *testing.T) {
 	var sl slot
 	var s session.Session
 	for range 2000 {
-		p.build(&sl, &s)
+		p.build(p.fleet, &sl, &s)
 		got, err := session.Decode(sl.topic, sl.payload)
 		if err != nil {
 			t.Fatalf("Decode(%s, %s): %v", sl.topic, sl.payload, err)
@@ -478,7 +479,7 @@ func TestFailedPublishIsRetried(t *testing.T) {
 	// Never connected: paho fails every publish at once with ErrNotConnected.
 	sl := <-p.free
 	var s session.Session
-	p.build(sl, &s)
+	p.build(p.fleet, sl, &s)
 	p.inUse.Add(1)
 	first := &sl.payload[0]
 	sl.tok = p.client.Publish(sl.topic, 1, false, sl.payload)
