@@ -96,7 +96,7 @@ type Publisher struct {
 	// replays carries windows to publish again to the scheduler.
 	lostAt  atomic.Int64
 	replays chan window
-	from          int64       // the slot time the fleet started at
+	from    int64 // the slot time the fleet started at
 
 	ran atomic.Bool
 }
