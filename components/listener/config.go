@@ -27,6 +27,7 @@ type Config struct {
 	BatchSize        int
 	FlushInterval    time.Duration
 	MaxPending       int
+	MaxPendingBytes  int64
 	WriteConcurrency int
 	MaxPayloadBytes  int
 
@@ -41,6 +42,7 @@ const (
 	DefaultBatchSize        = 500
 	DefaultFlushInterval    = 200 * time.Millisecond
 	DefaultMaxPending       = 20000
+	DefaultMaxPendingBytes  = 64 << 20
 	DefaultWriteConcurrency = 4
 	DefaultMaxPayloadBytes  = 65536
 	DefaultShutdownTimeout  = 15 * time.Second
@@ -72,6 +74,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.BatchSize, "batch-size", DefaultBatchSize, "max documents per bulk write")
 	fs.DurationVar(&c.FlushInterval, "flush-interval", DefaultFlushInterval, "max time a document waits for its batch")
 	fs.IntVar(&c.MaxPending, "max-pending", DefaultMaxPending, "max received-but-unstored messages before the listener stops reading (backpressure)")
+	fs.Int64Var(&c.MaxPendingBytes, "max-pending-bytes", DefaultMaxPendingBytes, "max payload bytes of received-but-unstored messages before the listener stops reading (backpressure)")
 	fs.IntVar(&c.WriteConcurrency, "write-concurrency", DefaultWriteConcurrency, "bulk writes in flight")
 	fs.IntVar(&c.MaxPayloadBytes, "max-payload-bytes", DefaultMaxPayloadBytes, "larger payloads are rejected (oversized)")
 }
@@ -101,6 +104,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxPayloadBytes < 1 || c.MaxPayloadBytes > maxMaxPayload {
 		return cli.Invalid("max-payload-bytes", c.MaxPayloadBytes, "must be 1-16777216")
+	}
+	if c.MaxPendingBytes < int64(c.MaxPayloadBytes) || c.MaxPendingBytes > 1<<40 {
+		return cli.Invalid("max-pending-bytes", c.MaxPendingBytes, "must be ≥ --max-payload-bytes and ≤ 1 TiB")
 	}
 	if c.ShutdownTimeout <= 0 {
 		return cli.Invalid("shutdown-timeout", c.ShutdownTimeout, "must be > 0")

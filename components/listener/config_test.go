@@ -12,7 +12,7 @@ import (
 func TestDefaultsMatchConfigurationDoc(t *testing.T) {
 	c := DefaultConfig()
 	if c.ShareGroup != "chargesim" || c.BatchSize != 500 || c.FlushInterval != 200*time.Millisecond ||
-		c.MaxPending != 20000 || c.WriteConcurrency != 4 || c.MaxPayloadBytes != 65536 ||
+		c.MaxPending != 20000 || c.MaxPendingBytes != 64<<20 || c.WriteConcurrency != 4 || c.MaxPayloadBytes != 65536 ||
 		c.MQTT.URL != "tcp://127.0.0.1:1883" || c.Store.URI != "mongodb://127.0.0.1:27017" || c.Store.Database != "chargesim" {
 		t.Errorf("defaults %+v", c)
 	}
@@ -32,6 +32,9 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{"batch-size", func(c *Config) { c.BatchSize = 100_001; c.MaxPending = 200_000 }},
 		{"flush-interval", func(c *Config) { c.FlushInterval = 0 }},
 		{"max-pending", func(c *Config) { c.MaxPending = 499 }},
+		{"max-pending-bytes", func(c *Config) { c.MaxPendingBytes = int64(c.MaxPayloadBytes) - 1 }},
+		{"max-pending-bytes", func(c *Config) { c.MaxPendingBytes = 1<<40 + 1 }},
+		{"mongo-uri", func(c *Config) { c.Store.URI = "mongodb://127.0.0.1/?w=0" }},
 		{"write-concurrency", func(c *Config) { c.WriteConcurrency = 0 }},
 		{"write-concurrency", func(c *Config) { c.WriteConcurrency = 65 }},
 		{"max-payload-bytes", func(c *Config) { c.MaxPayloadBytes = 0 }},

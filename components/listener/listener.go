@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,7 +30,8 @@ type Listener struct {
 	lim    *logLimiter
 	filter string // the subscription, $share/<group>/... unless the group is empty
 
-	p *pipeline
+	p      *pipeline
+	budget *byteBudget // payload bytes of pending messages (--max-pending-bytes)
 
 	store      atomic.Pointer[store.Store]
 	client     atomic.Value // mqtt.Client, set once Run has built it
@@ -60,6 +62,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Listener, er
 		lim:      newLogLimiter(logInterval, nil),
 		filter:   session.SharedSubscription(cfg.ShareGroup, session.SubscriptionFilter(cfg.MQTT.TopicPrefix)),
 		stopping: make(chan struct{}),
+		budget:   newByteBudget(cfg.MaxPendingBytes),
 	}
 	l.p = newPipeline(pipelineConfig{
 		batchSize:   cfg.BatchSize,
@@ -208,12 +211,19 @@ func (l *Listener) onConnect(c mqtt.Client) {
 // onMessage runs on paho's router goroutine, one message at a time in receive order.
 func (l *Listener) onMessage(c mqtt.Client, msg mqtt.Message) {
 	l.m.received.Inc()
-	if !l.p.admit(l.stopping, c.IsConnectionOpen) {
+	size := int64(len(msg.Payload()))
+	if !l.budget.acquire(size, l.stopping, c.IsConnectionOpen) {
 		l.released.Add(1)
 		return // stopping, or the connection is gone: unacknowledged, so redelivered
 	}
-	e := l.decode(msg, time.Now())
+	if !l.p.admit(l.stopping, c.IsConnectionOpen) {
+		l.budget.release(size)
+		l.released.Add(1)
+		return
+	}
+	e := l.decode(budgeted{Message: msg, b: l.budget}, time.Now())
 	if !l.p.submit(e) {
+		l.budget.release(size)
 		l.released.Add(1)
 	}
 }
@@ -261,12 +271,7 @@ func redactURL(raw string) string {
 	return u.Redacted()
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
+func truncate(s string, n int) string { return session.TruncateUTF8(s, n) }
 
 // write is the pipeline's sink: sessions and rejections of one batch, each an idempotent
 // unordered insert, each done once even when the other has to be retried.
@@ -286,17 +291,28 @@ func (l *Listener) write(ctx context.Context, b *batch) error {
 		start := time.Now()
 		r, err := st.InsertSessions(ctx, b.sessions)
 		l.m.writeDuration.Observe(time.Since(start).Seconds())
+		if err == nil && b.sessionsTried && len(r.Duplicates) > 0 {
+			err = l.ownDuplicates(ctx, st, b.sessions, &r)
+		}
 		if err != nil {
+			b.sessionsTried = true
 			return err
 		}
 		b.sessionsDone = true
 		stored := time.Now()
 		l.m.stored.Add(float64(r.Inserted))
 		l.m.duplicates.Add(float64(len(r.Duplicates)))
+		settled := r.Duplicates
+		for _, f := range r.Refused {
+			settled = append(settled, f.Index)
+		}
 		for i := range b.sessions {
-			if !r.IsDuplicate(i) {
+			if !slices.Contains(settled, i) {
 				l.m.lag.Observe(max(0, stored.Sub(b.sessions[i].EndedAt).Seconds()))
 			}
+		}
+		for _, f := range r.Refused {
+			b.rejected = append(b.rejected, l.refused(b, f))
 		}
 	}
 	if !b.rejectedDone && len(b.rejected) > 0 {
@@ -309,6 +325,65 @@ func (l *Listener) write(ctx context.Context, b *batch) error {
 		b.rejectedDone = true
 	}
 	return nil
+}
+
+// ownDuplicates moves out of r.Duplicates the documents an earlier attempt of this batch stored:
+// that attempt failed (a timeout, a dropped connection) after the server had applied it, so
+// they are this delivery's inserts, not duplicates. A document is ours when its stored
+// received_at is the one we wrote (received_at is per delivery, to the millisecond).
+func (l *Listener) ownDuplicates(ctx context.Context, st *store.Store, docs []store.SessionDoc, r *store.WriteResult) error {
+	ids := make([]string, len(r.Duplicates))
+	for k, i := range r.Duplicates {
+		ids[k] = docs[i].ID
+	}
+	got, err := st.ReceivedAt(ctx, ids)
+	if err != nil {
+		return err
+	}
+	// Only the first document of a key in the batch can have been stored by this batch; a
+	// second delivery of it in the same batch is a duplicate even if received the same ms.
+	first := make(map[string]int, len(ids))
+	for i := range docs {
+		if _, ok := first[docs[i].ID]; !ok {
+			first[docs[i].ID] = i
+		}
+	}
+	dups := r.Duplicates[:0]
+	for _, i := range r.Duplicates {
+		if at, ok := got[docs[i].ID]; ok && first[docs[i].ID] == i && at.Equal(docs[i].ReceivedAt) {
+			r.Inserted++
+			continue
+		}
+		dups = append(dups, i)
+	}
+	r.Duplicates = dups
+	return nil
+}
+
+// refused turns a session the store refused for good into a rejected document, so the batch
+// (and every message acknowledged after it) goes on instead of failing forever.
+func (l *Listener) refused(b *batch, f store.Refusal) store.RejectedDoc {
+	d := b.sessions[f.Index]
+	payload := []byte(nil)
+	for _, e := range b.entries {
+		if e.session != nil && e.session.ID == d.ID {
+			if m, ok := e.msg.(interface{ Payload() []byte }); ok {
+				payload = m.Payload()
+			}
+			break
+		}
+	}
+	if payload == nil {
+		payload = d.AppendJSON(nil) // the decoded form: the original is gone
+	}
+	reason := session.ReasonStoreRefused
+	detail := fmt.Sprintf("store refused the document (code %d): %s", f.Code, f.Message)
+	l.m.rejected.WithLabelValues(string(reason)).Inc()
+	if ok, suppressed := l.lim.allow(string(reason)); ok {
+		l.log.Warn("store refused a session; kept in the rejected collection", "reason", reason, "detail", detail,
+			"topic", truncate(d.Topic, 256), "suppressed", suppressed)
+	}
+	return store.NewRejectedDoc(d.Topic, payload, reason, detail, d.ReceivedAt)
 }
 
 // Ready reports whether the listener can do its work: connected and subscribed to the broker,

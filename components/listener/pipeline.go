@@ -41,6 +41,9 @@ type batch struct {
 	rejected     []store.RejectedDoc
 	sessionsDone bool
 	rejectedDone bool
+	// sessionsTried: an insert of sessions failed, and a failed insert may have been applied
+	// (a timeout after the server wrote): the next attempt's duplicates are checked.
+	sessionsTried bool
 }
 
 // sinkFunc stores a batch; nil means every entry of b is durably stored.

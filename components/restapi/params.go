@@ -168,6 +168,10 @@ func parseSessionList(rawQuery string) (sessionListParams, []InvalidParam) {
 	if !p.query.From.IsZero() && !p.query.To.IsZero() && !p.query.From.Before(p.query.To) {
 		q.fail("to", "must be later than from")
 	}
+	// Stored times have millisecond precision: a bound with finer digits is rounded up, so
+	// ended_at >= from and ended_at < to keep meaning what the client asked (truncating `from`
+	// would return a session ending before it).
+	p.query.From, p.query.To = ceilMillisecond(p.query.From), ceilMillisecond(p.query.To)
 	if v, ok := q.values["cursor"]; ok {
 		c, err := decodeSessionCursor(v)
 		if err != nil {
@@ -232,4 +236,12 @@ func parseSessionKey(s string) (string, bool) {
 		return "", false
 	}
 	return session.Key(parts[0], conn, sid), true
+}
+
+// ceilMillisecond rounds t up to the next whole millisecond (zero stays zero).
+func ceilMillisecond(t time.Time) time.Time {
+	if r := t.Truncate(time.Millisecond); !r.Equal(t) {
+		return r.Add(time.Millisecond)
+	}
+	return t
 }

@@ -144,6 +144,14 @@ func TestParseSessionListValues(t *testing.T) {
 		t.Errorf("parseSessionList(%q) = %+v (after %+v)", raw, q, q.After)
 	}
 
+	// Sub-millisecond bounds round up: stored ended_at has millisecond precision, and a session
+	// ending at .000 must not be returned for from=.0005 (issue 10).
+	p, errs = parseSessionList("from=2024-05-01T00:00:00.0005Z&to=2024-05-01T00:00:01.0000001Z")
+	if len(errs) > 0 || !p.query.From.Equal(time.Date(2024, 5, 1, 0, 0, 0, 1e6, time.UTC)) ||
+		!p.query.To.Equal(time.Date(2024, 5, 1, 0, 0, 1, 1e6, time.UTC)) {
+		t.Errorf("sub-millisecond from/to = %v, %v (%v); want both rounded up", p.query.From, p.query.To, errs)
+	}
+
 	p, errs = parseSessionList("")
 	if len(errs) > 0 || p.query != (store.SessionQuery{Limit: DefaultLimit}) {
 		t.Errorf("parseSessionList(\"\") = %+v, %v; want defaults", p.query, errs)

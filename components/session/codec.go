@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Reason classifies why a message was rejected; it is a metric label and a stored field, so
@@ -24,11 +26,14 @@ const (
 	ReasonOversized     Reason = "oversized"
 	ReasonBadTopic      Reason = "bad_topic"
 	ReasonTopicMismatch Reason = "topic_mismatch"
+	// ReasonStoreRefused: the session decoded, but the store refused the document for good
+	// (a validator, a server-side limit); the store's message is the detail.
+	ReasonStoreRefused Reason = "store_refused"
 )
 
 // Reasons lists every rejection reason (for pre-declaring metric series).
 var Reasons = []Reason{ReasonBadJSON, ReasonWrongType, ReasonMissingField, ReasonOutOfRange,
-	ReasonOversized, ReasonBadTopic, ReasonTopicMismatch}
+	ReasonOversized, ReasonBadTopic, ReasonTopicMismatch, ReasonStoreRefused}
 
 // RejectError is returned for input that can never be stored.
 type RejectError struct {
@@ -67,7 +72,9 @@ var (
 )
 
 // wire is the lenient decoding shape. encoding/json matches keys case-insensitively, which is
-// exactly how `energy_delivered_in_kwh` (lower case) reaches EnergyKWh.
+// exactly how `energy_delivered_in_kwh` (lower case) reaches EnergyKWh. It also means two keys
+// differing only in case land in one field, the last silently winning: Decode refuses that
+// (checkKeys) before it decodes.
 type wire struct {
 	SessionID         json.Number     `json:"session_id"`
 	EnergyKWh         *float64        `json:"energy_delivered_in_kWh"`
@@ -75,7 +82,7 @@ type wire struct {
 	CostCents         *float64        `json:"session_cost_in_cents"`
 	Timestamp         json.RawMessage `json:"timestamp"`
 	ChargerID         json.RawMessage `json:"charger_id"`
-	ConnectorID       *int            `json:"connector_id"`
+	ConnectorID       json.RawMessage `json:"connector_id"`
 	StartedAt         *time.Time      `json:"started_at"`
 	EndedAt           *time.Time      `json:"ended_at"`
 	PowerClass        string          `json:"power_class"`
@@ -95,17 +102,28 @@ func Decode(topic string, payload []byte) (Session, error) {
 	if err != nil {
 		return s, reject(ReasonBadTopic, "%v", err)
 	}
+	// encoding/json replaces invalid UTF-8 with U+FFFD without a word: the session would be
+	// stored with a value nobody sent. Invalid UTF-8 is invalid JSON (RFC 8259 §8.1).
+	if !utf8.Valid(payload) {
+		return s, reject(ReasonBadJSON, "invalid UTF-8 at byte %d", invalidUTF8At(payload))
+	}
+	// Unmarshal (unlike a Decoder) checks the whole input is one JSON value before decoding:
+	// `{...}}` and `{...}]` are syntax errors, not an object followed by garbage.
 	var w wire
-	dec := json.NewDecoder(bytes.NewReader(payload))
-	if err := dec.Decode(&w); err != nil {
+	err = json.Unmarshal(payload, &w)
+	if se := (*json.SyntaxError)(nil); errors.As(err, &se) {
+		return s, reject(ReasonBadJSON, "%v", err)
+	}
+	// The payload is valid JSON from here on (checkKeys relies on it).
+	if kerr := checkKeys(payload); kerr != nil {
+		return s, kerr
+	}
+	if err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
 			return s, reject(ReasonWrongType, "field %q: got JSON %s, want %s", te.Field, te.Value, te.Type)
 		}
 		return s, reject(ReasonBadJSON, "%v", err)
-	}
-	if dec.More() {
-		return s, reject(ReasonBadJSON, "trailing data after the JSON object")
 	}
 	if err := w.into(&s, ids); err != nil {
 		return s, err
@@ -143,8 +161,19 @@ func (w *wire) into(s *Session, ids TopicIDs) error {
 			return reject(ReasonTopicMismatch, "charger_id %q does not match topic charger %q", cid, ids.ChargerID)
 		}
 	}
-	if w.ConnectorID != nil && *w.ConnectorID != ids.ConnectorID {
-		return reject(ReasonTopicMismatch, "connector_id %d does not match topic connector %d", *w.ConnectorID, ids.ConnectorID)
+	if len(w.ConnectorID) > 0 && string(w.ConnectorID) != "null" {
+		// Floats are accepted when integral (1.0), like every other ID; strings are not.
+		var n json.Number
+		if w.ConnectorID[0] == '"' || json.Unmarshal(w.ConnectorID, &n) != nil {
+			return reject(ReasonWrongType, "connector_id: want an integer, got %s", truncate(w.ConnectorID, 32))
+		}
+		conn, err := parseInteger(n)
+		if err != nil {
+			return reject(ReasonWrongType, "connector_id: %v", err)
+		}
+		if conn != int64(ids.ConnectorID) {
+			return reject(ReasonTopicMismatch, "connector_id %d does not match topic connector %d", conn, ids.ConnectorID)
+		}
 	}
 	s.ChargerID, s.ConnectorID = ids.ChargerID, ids.ConnectorID
 
@@ -163,6 +192,11 @@ func (w *wire) into(s *Session, ids TopicIDs) error {
 	if w.EndedAt != nil {
 		s.EndedAt = w.EndedAt.UTC().Truncate(time.Millisecond)
 	}
+	// Without ended_at the end is derived (timestamp or receive time) and could fall before the
+	// given start: a session that ends before it starts. Refused rather than guessed.
+	if w.StartedAt != nil && w.EndedAt == nil {
+		return reject(ReasonMissingField, "started_at given without ended_at")
+	}
 	s.PowerClass = w.PowerClass
 	s.PeakPowerKW, s.BatteryKWh = w.PeakPowerKW, w.BatteryKWh
 	s.StartSoCPercent, s.EndSoCPercent = w.StartSoCPercent, w.EndSoCPercent
@@ -171,6 +205,8 @@ func (w *wire) into(s *Session, ids TopicIDs) error {
 }
 
 // parseInteger accepts 7 and 7.0 but not 7.5, and stays within what JSON clients read exactly.
+// The decimal text is examined digit by digit: above 2^52 a float64 cannot hold a fraction, so
+// converting first would turn 4503599627370497.5 into an integer nobody sent.
 func parseInteger(n json.Number) (int64, error) {
 	if i, err := strconv.ParseInt(string(n), 10, 64); err == nil {
 		if i < 0 || i > maxJSONSafeInt {
@@ -178,11 +214,55 @@ func parseInteger(n json.Number) (int64, error) {
 		}
 		return i, nil
 	}
-	f, err := strconv.ParseFloat(string(n), 64)
-	if err != nil || f != math.Trunc(f) || f < 0 || f > maxJSONSafeInt {
-		return 0, fmt.Errorf("%s is not a non-negative integer", n)
+	i, ok := exactInteger(string(n))
+	if !ok {
+		return 0, fmt.Errorf("%s is not an integer in 0..2^53-1", truncate([]byte(n), 40))
 	}
-	return int64(f), nil
+	return i, nil
+}
+
+// exactInteger reads a JSON number (syntax already checked) as an integer in 0..2^53-1, exactly:
+// digits, optional fraction, optional exponent; it fails when any fraction digit survives.
+func exactInteger(n string) (int64, bool) {
+	if n == "" || n[0] == '-' {
+		// -0 and -0.0 are integral, but negative IDs are out of range anyway.
+		return 0, false
+	}
+	mant, exp := n, 0
+	if e := strings.IndexAny(n, "eE"); e >= 0 {
+		mant = n[:e]
+		x, err := strconv.Atoi(n[e+1:])
+		if err != nil || x > 1000 || x < -1000 {
+			// Far beyond 2^53 either way; zero mantissas are the only integral case, and a
+			// huge exponent of zero is not worth accepting.
+			return 0, false
+		}
+		exp = x
+	}
+	intPart, frac := mant, ""
+	if d := strings.IndexByte(mant, '.'); d >= 0 {
+		intPart, frac = mant[:d], mant[d+1:]
+	}
+	digits := strings.TrimLeft(intPart+frac, "0")
+	point := len(intPart) + exp - (len(intPart+frac) - len(digits)) // digits before the point
+	if digits == "" {
+		return 0, true
+	}
+	if point < len(digits) {
+		if point < 0 || strings.Trim(digits[point:], "0") != "" {
+			return 0, false // a fraction digit is not zero
+		}
+		digits = digits[:point]
+	}
+	if point > 16 { // 2^53 has 16 digits
+		return 0, false
+	}
+	digits += strings.Repeat("0", point-len(digits))
+	i, err := strconv.ParseInt(digits, 10, 64)
+	if err != nil || i > maxJSONSafeInt {
+		return 0, false
+	}
+	return i, true
 }
 
 func chargerIDOf(raw json.RawMessage) (string, error) {
@@ -243,11 +323,35 @@ func parseTimestamp(raw json.RawMessage) (int64, error) {
 	return t.Unix(), nil
 }
 
+// truncate shortens b for an error detail without cutting a UTF-8 character in two.
 func truncate(b []byte, n int) string {
-	if len(b) <= n {
-		return string(b)
+	return TruncateUTF8(string(b), n)
+}
+
+// TruncateUTF8 returns s cut to at most n bytes at a character boundary, with "…" appended when
+// it was cut. Invalid UTF-8 in the kept part becomes U+FFFD: the result is stored and logged
+// as a string, and BSON and JSON strings are UTF-8.
+func TruncateUTF8(s string, n int) string {
+	if len(s) <= n {
+		return strings.ToValidUTF8(s, "\uFFFD")
 	}
-	return string(b[:n]) + "…"
+	cut := n
+	for cut > 0 && cut > n-utf8.UTFMax && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strings.ToValidUTF8(s[:cut], "\uFFFD") + "…"
+}
+
+// invalidUTF8At returns the offset of the first byte of b that is not valid UTF-8.
+func invalidUTF8At(b []byte) int {
+	for i := 0; i < len(b); {
+		r, size := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && size == 1 {
+			return i
+		}
+		i += size
+	}
+	return len(b)
 }
 
 // Validate checks values a real session can have. Physical consistency between fields is the
@@ -289,7 +393,8 @@ func (s *Session) Validate() error {
 	if !s.StartedAt.IsZero() && !s.EndedAt.IsZero() && s.EndedAt.Before(s.StartedAt) {
 		return reject(ReasonOutOfRange, "ended_at before started_at")
 	}
-	if len(s.PowerClass) > 16 || strings.ContainsAny(s.PowerClass, "\x00$") {
+	// U+FFFD: what encoding/json makes of a lone surrogate escape (\ud800); no power class has it.
+	if len(s.PowerClass) > 16 || strings.ContainsAny(s.PowerClass, "\x00$\uFFFD") || !utf8.ValidString(s.PowerClass) {
 		return reject(ReasonOutOfRange, "power_class %q", truncate([]byte(s.PowerClass), 16))
 	}
 	return nil
@@ -355,4 +460,81 @@ func appendTime(dst []byte, key string, t time.Time) []byte {
 	dst = append(dst, '"')
 	dst = t.UTC().AppendFormat(dst, timeLayout)
 	return append(dst, '"')
+}
+
+// wireKeys are the JSON names of the wire fields, in declaration order.
+var wireKeys = func() [][]byte {
+	t := reflect.TypeFor[wire]()
+	keys := make([][]byte, t.NumField())
+	for i := range keys {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		keys[i] = []byte(name)
+	}
+	return keys
+}()
+
+// checkKeys refuses an object in which two top-level keys select the same wire field:
+// encoding/json matches names case-insensitively (bytes.EqualFold) and keeps the last, so
+// `"energy_delivered_in_kWh":1, "energy_delivered_in_kwh":9999` would store 9999 without a
+// word. payload must be valid JSON. Unknown keys are ignored, as they are when decoding. It
+// allocates nothing unless a key is escaped.
+func checkKeys(payload []byte) error {
+	var seen [32][]byte // key per wire field; wire has fewer than 32 fields
+	depth, expectKey := 0, false
+	for i := 0; i < len(payload); i++ {
+		switch c := payload[i]; c {
+		case '{':
+			depth++
+			expectKey = depth == 1
+		case '[':
+			depth++
+		case '}', ']':
+			depth--
+		case ',':
+			expectKey = depth == 1
+		case '"':
+			end := i + 1
+			for ; payload[end] != '"'; end++ {
+				if payload[end] == '\\' {
+					end++
+				}
+			}
+			if expectKey {
+				expectKey = false
+				raw := payload[i : end+1]
+				key := raw[1 : len(raw)-1]
+				if bytes.IndexByte(key, '\\') >= 0 {
+					var k string
+					if err := json.Unmarshal(raw, &k); err != nil {
+						return reject(ReasonBadJSON, "key %s: %v", truncate(raw, 40), err)
+					}
+					key = []byte(k)
+				}
+				if f := wireField(key); f >= 0 {
+					if seen[f] != nil {
+						return reject(ReasonBadJSON, "keys %q and %q both set %s (keys match case-insensitively): ambiguous",
+							truncate(seen[f], 40), truncate(key, 40), wireKeys[f])
+					}
+					seen[f] = key
+				}
+			}
+			i = end
+		}
+	}
+	return nil
+}
+
+// wireField returns the index of the wire field encoding/json would fill from key, or -1.
+func wireField(key []byte) int {
+	for i, k := range wireKeys {
+		if bytes.Equal(k, key) {
+			return i
+		}
+	}
+	for i, k := range wireKeys {
+		if bytes.EqualFold(k, key) {
+			return i
+		}
+	}
+	return -1
 }

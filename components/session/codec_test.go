@@ -115,6 +115,9 @@ func TestDecodeContractVariants(t *testing.T) {
 		{"numeric charger_id", `{"session_id": 1, "energy_delivered_in_kWh": 30, "duration_in_seconds": 45, "session_cost_in_cents": 70, "charger_id": 1, "connector_id": 1}`, base},
 		{"string charger_id", `{"session_id": 1, "energy_delivered_in_kWh": 30, "duration_in_seconds": 45, "session_cost_in_cents": 70, "charger_id": "1"}`, base},
 		{"unknown keys ignored", `{"session_id": 1, "energy_delivered_in_kWh": 30, "duration_in_seconds": 45, "session_cost_in_cents": 70, "vendor": {"x": [1]}}`, base},
+		{"float connector_id", `{"session_id": 1, "energy_delivered_in_kWh": 30, "duration_in_seconds": 45, "session_cost_in_cents": 70, "connector_id": 1.0}`, base},
+		{"integral float IDs in other spellings", `{"session_id": 0.1e1, "energy_delivered_in_kWh": 30, "duration_in_seconds": 45, "session_cost_in_cents": 70, "charger_id": 100e-2, "connector_id": 1.000}`, base},
+		{"nested keys may repeat", `{"session_id": 1, "energy_delivered_in_kWh": 30, "duration_in_seconds": 45, "session_cost_in_cents": 70, "vendor": {"session_id": 2, "Session_ID": 3}}`, base},
 		{"whitespace", " \n{\"session_id\":1,\"energy_delivered_in_kWh\":30,\"duration_in_seconds\":45,\"session_cost_in_cents\":70}\n ", base},
 	}
 	for _, c := range cases {
@@ -172,7 +175,26 @@ func TestDecodeRejects(t *testing.T) {
 		{"negative tariff", topic, obj(`, "tariff_cents_per_kwh": -3`), ReasonOutOfRange},
 		{"timestamp 1990", topic, obj(`, "timestamp": 631152000`), ReasonOutOfRange},
 		{"timestamp string 2150", topic, obj(`, "timestamp": "2150-01-01 00:00:00"`), ReasonOutOfRange},
-		{"started_at 1970", topic, obj(`, "started_at": "1970-01-01T00:00:00Z"`), ReasonOutOfRange},
+		{"started_at 1970", topic, obj(`, "started_at": "1970-01-01T00:00:00Z", "ended_at": "2024-01-01T00:00:00Z"`), ReasonOutOfRange},
+		// Found in review (issue 10): each was accepted, some stored a value nobody sent.
+		{"trailing brace", topic, obj("") + `}`, ReasonBadJSON},
+		{"trailing bracket", topic, obj("") + ` ]`, ReasonBadJSON},
+		{"energy key twice, case differs", topic, obj(`, "energy_delivered_in_kwh": 9999`), ReasonBadJSON},
+		{"key twice, same case", topic, obj(`, "session_cost_in_cents": 1`), ReasonBadJSON},
+		{"key twice through an escape", topic, obj(`, "session_cost_in_\u0063ents": 1`), ReasonBadJSON},
+		{"key twice through Kelvin sign", topic, obj(`, "energy_delivered_in_KWh": 9999`), ReasonBadJSON},
+		{"started_at without ended_at", topic, obj(`, "started_at": "2024-01-01T10:00:00Z"`), ReasonMissingField},
+		{"started_at with timestamp only", topic, obj(`, "started_at": "2024-01-01T10:00:00Z", "timestamp": 1704099600`), ReasonMissingField},
+		{"ended before started by 1ms", topic, obj(`, "started_at": "2024-01-01T10:00:00.001Z", "ended_at": "2024-01-01T10:00:00Z"`), ReasonOutOfRange},
+		{"session_id float fraction above 2^52", "charger/1/connector/1/session/4503599627370497", `{"session_id": 4503599627370497.5, "energy_delivered_in_kWh": 30, "duration_in_seconds": 45, "session_cost_in_cents": 70}`, ReasonWrongType},
+		{"session_id float beyond 2^53", "charger/1/connector/1/session/9007199254740992", `{"session_id": 9007199254740993.0, "energy_delivered_in_kWh": 30, "duration_in_seconds": 45, "session_cost_in_cents": 70}`, ReasonWrongType},
+		{"session_id exponent fraction", topic, `{"session_id": 15e-1, "energy_delivered_in_kWh": 30, "duration_in_seconds": 45, "session_cost_in_cents": 70}`, ReasonWrongType},
+		{"session_id huge exponent", topic, `{"session_id": 1e999999999, "energy_delivered_in_kWh": 30, "duration_in_seconds": 45, "session_cost_in_cents": 70}`, ReasonWrongType},
+		{"charger_id float fraction above 2^52", topic, obj(`, "charger_id": 4503599627370497.5`), ReasonWrongType},
+		{"connector_id fractional", topic, obj(`, "connector_id": 1.5`), ReasonWrongType},
+		{"invalid UTF-8 in power_class", topic, obj(`, "power_class": "AC` + "\xff" + `11"`), ReasonBadJSON},
+		{"invalid UTF-8 in an unknown key", topic, obj(`, "note` + "\xc3" + `": 1`), ReasonBadJSON},
+		{"lone surrogate in power_class", topic, obj(`, "power_class": "AC\ud800"`), ReasonOutOfRange},
 		{"ended before started", topic, obj(`, "started_at": "2024-01-01T10:00:00Z", "ended_at": "2024-01-01T09:00:00Z"`), ReasonOutOfRange},
 		{"power_class too long", topic, obj(`, "power_class": "AAAAAAAAAAAAAAAAAAAA"`), ReasonOutOfRange},
 		{"power_class with $", topic, obj(`, "power_class": "$where"`), ReasonOutOfRange},
@@ -286,11 +308,61 @@ func TestAppendJSONStringEscapes(t *testing.T) {
 
 func TestDecodeKeepsMilliseconds(t *testing.T) {
 	s, err := Decode("charger/1/connector/1/session/1", []byte(`{"session_id": 1, "energy_delivered_in_kWh": 30, `+
-		`"duration_in_seconds": 45, "session_cost_in_cents": 70, "started_at": "2024-01-01T01:00:00.123456789+01:00"}`))
+		`"duration_in_seconds": 45, "session_cost_in_cents": 70, "started_at": "2024-01-01T01:00:00.123456789+01:00", "ended_at": "2024-01-01T00:01:00Z"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := time.Date(2024, 1, 1, 0, 0, 0, 123_000_000, time.UTC); !s.StartedAt.Equal(want) || s.StartedAt.Location() != time.UTC {
 		t.Fatalf("started_at = %s, want %s", s.StartedAt, want)
+	}
+}
+
+func TestParseIntegerExact(t *testing.T) {
+	ok := map[string]int64{"0": 0, "7": 7, "7.0": 7, "7.000e0": 7, "70e-1": 7, "0.07e2": 7, "1e15": 1e15,
+		"9007199254740991": 9007199254740991, "9007199254740991.0": 9007199254740991, "4503599627370497.0": 4503599627370497,
+		"0.0": 0, "0e5": 0}
+	for n, want := range ok {
+		if got, err := parseInteger(json.Number(n)); err != nil || got != want {
+			t.Errorf("parseInteger(%s) = %d, %v; want %d", n, got, err, want)
+		}
+	}
+	for _, n := range []string{"-1", "-0.0", "7.5", "0.5", "4503599627370497.5", "9007199254740991.4", "9007199254740992",
+		"9007199254740992.0", "1e16", "1e-1", "15e-1", "1e999999999", "1e-999999999", "12345678901234567890"} {
+		if got, err := parseInteger(json.Number(n)); err == nil {
+			t.Errorf("parseInteger(%s) = %d, want an error", n, got)
+		}
+	}
+}
+
+func TestTruncateUTF8(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"abc", 3, "abc"},
+		{"abcd", 3, "abc…"},
+		{"aé", 2, "a…"},   // é is 2 bytes: not cut in half
+		{"a€b", 3, "a…"},  // € is 3 bytes
+		{"a€b", 4, "a€…"}, //
+		{"a\xffb", 5, "a\uFFFDb"},
+	} {
+		got := TruncateUTF8(c.in, c.n)
+		if got != c.want {
+			t.Errorf("TruncateUTF8(%q, %d) = %q, want %q", c.in, c.n, got, c.want)
+		}
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	s := fullSession()
+	topic := NewTopicBuilder("").Topic(s.ChargerID, s.ConnectorID, s.SessionID)
+	payload := s.AppendJSON(nil)
+	b.SetBytes(int64(len(payload)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(topic, payload); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

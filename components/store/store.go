@@ -18,6 +18,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
+	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
 	"github.com/chargesim/chargesim/components/cli"
 	"github.com/chargesim/chargesim/components/session"
@@ -54,8 +55,14 @@ func (c *Config) Validate() error {
 	if !strings.HasPrefix(c.URI, "mongodb://") && !strings.HasPrefix(c.URI, "mongodb+srv://") {
 		return cli.Invalid("mongo-uri", redact(c.URI), "must start with mongodb:// or mongodb+srv://")
 	}
-	if err := options.Client().ApplyURI(c.URI).Validate(); err != nil {
+	opts := options.Client().ApplyURI(c.URI)
+	if err := opts.Validate(); err != nil {
 		return cli.Invalid("mongo-uri", redact(c.URI), err.Error())
+	}
+	// A message is acknowledged to the broker once its write returns: an unacknowledged write
+	// concern returns before anything is stored, and a crash would lose what was acked.
+	if wc := opts.WriteConcern; wc != nil && !wc.Acknowledged() {
+		return cli.Invalid("mongo-uri", redact(c.URI), "unacknowledged write concern (w=0): the listener acknowledges messages only after they are stored, so writes must be acknowledged")
 	}
 	if c.Database == "" || strings.ContainsAny(c.Database, "/\\. \"$") {
 		return cli.Invalid("mongo-database", c.Database, "must be a non-empty name without / \\ . space \" $")
@@ -98,6 +105,28 @@ type Store struct {
 	Rejected *mongo.Collection
 }
 
+// writeConcern is the write concern the components write with: the URI's when it sets one
+// (Validate refuses w=0), else majority and journaled. Majority survives a primary failover
+// (a w:1 write can be rolled back after the broker was acknowledged); journaled survives a
+// crash of the server. MongoDB standalone servers and FerretDB accept it as well.
+func writeConcern(uri *options.ClientOptions) *writeconcern.WriteConcern {
+	wc := uri.WriteConcern
+	if wc == nil {
+		wc = writeconcern.Majority()
+	} else {
+		c := *wc
+		wc = &c
+	}
+	if wc.W == nil { // e.g. only journal=true in the URI: the server default would be w:1
+		wc.W = "majority"
+	}
+	if wc.Journal == nil {
+		j := true
+		wc.Journal = &j
+	}
+	return wc
+}
+
 // Connect opens a client (the driver connects lazily and reconnects by itself) and ensures the
 // indexes exist. It fails only for settings errors or when the indexes cannot be created
 // within ctx.
@@ -120,6 +149,10 @@ func Open(cfg Config, appName string) (*Store, error) {
 		SetAppName(appName).
 		SetServerSelectionTimeout(5 * time.Second).
 		SetConnectTimeout(5 * time.Second)
+	if wc := opts.WriteConcern; wc != nil && !wc.Acknowledged() {
+		return nil, fmt.Errorf("connect to mongodb %s: unacknowledged write concern (w=0) refused", redact(cfg.URI))
+	}
+	opts.SetWriteConcern(writeConcern(opts))
 	if cfg.CAFile != "" {
 		tc, err := cfg.tlsConfig()
 		if err != nil {
@@ -202,13 +235,13 @@ type SessionDoc struct {
 
 // RejectedDoc is a message kept aside because it can never be stored as a session.
 type RejectedDoc struct {
-	ID         bson.ObjectID `bson:"_id,omitempty"`
-	Topic      string        `bson:"topic"`
-	Payload    []byte        `bson:"payload"` // truncated to MaxRejectedPayload
-	Size       int           `bson:"size"`    // original payload size
-	Reason     string        `bson:"reason"`
-	Detail     string        `bson:"detail"`
-	ReceivedAt time.Time     `bson:"received_at"`
+	ID         string    `bson:"_id,omitempty"` // RejectedID: a redelivery maps to the same document
+	Topic      string    `bson:"topic"`
+	Payload    []byte    `bson:"payload"` // truncated to MaxRejectedPayload
+	Size       int       `bson:"size"`    // original payload size
+	Reason     string    `bson:"reason"`
+	Detail     string    `bson:"detail"`
+	ReceivedAt time.Time `bson:"received_at"`
 }
 
 // MaxRejectedPayload bounds how much of a rejected payload is kept.

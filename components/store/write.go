@@ -2,6 +2,9 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -17,13 +20,35 @@ import (
 // CodeDuplicateKey is the server error code of a unique-index violation (E11000).
 const CodeDuplicateKey = 11000
 
-// WriteResult summarises an idempotent bulk write: every document is now stored, either by
-// this write (Inserted) or by an earlier one (Duplicates: indexes into the written slice of the
-// documents whose _id already existed, in increasing order).
+// WriteResult summarises an idempotent bulk write: every document is now settled, either stored
+// by this write (Inserted), by an earlier one (Duplicates: indexes into the written slice of the
+// documents whose _id already existed, in increasing order) or refused by the store for good
+// (Refused, in increasing index order): the caller sets those aside instead of retrying them.
 type WriteResult struct {
 	Inserted   int
 	Duplicates []int
+	Refused    []Refusal
 }
+
+// Refusal is a document the store refused permanently: retrying it can only fail again.
+type Refusal struct {
+	Index   int
+	Code    int
+	Message string
+}
+
+// transientCodes are server error codes that say "not now" rather than "never": the write is
+// retried. The driver's retryable-write codes plus lock, conflict and time-limit errors.
+var transientCodes = map[int]bool{
+	6: true, 7: true, 89: true, 91: true, 134: true, 189: true, 262: true, 9001: true, // unreachable, shutting down, stepped down, socket
+	10107: true, 11600: true, 11602: true, 13435: true, 13436: true, 10058: true, // not primary, interrupted
+	24: true, 46: true, 50: true, 112: true, 64: true, 79: true, 100: true, // lock timeout/busy, max time, write conflict, write concern
+}
+
+// TransientCode reports whether a per-document write error code is worth retrying. Every other
+// code except duplicate key (11000, which means already stored) is a permanent refusal of that
+// document: a validator, an invalid value or key, a size limit.
+func TransientCode(code int) bool { return transientCodes[code] }
 
 // IsDuplicate reports whether document i was already stored.
 func (r WriteResult) IsDuplicate(i int) bool {
@@ -60,27 +85,23 @@ func NewSessionDoc(s session.Session, topic string, receivedAt time.Time) Sessio
 	return SessionDoc{ID: s.Key(), Session: s, Topic: topic, ReceivedAt: receivedAt}
 }
 
-// NewRejectedDoc builds the stored form of a rejected message. The ID is assigned here, once,
-// so that retrying the write of the same RejectedDoc cannot store it twice.
+// NewRejectedDoc builds the stored form of a rejected message. Its ID is RejectedID: retrying
+// the write, or the broker redelivering the same bad message, cannot store it twice. Topic and
+// detail are cut at a character boundary and made valid UTF-8 (BSON strings are UTF-8); the
+// payload is kept as bytes, as received.
 func NewRejectedDoc(topic string, payload []byte, reason session.Reason, detail string, receivedAt time.Time) RejectedDoc {
 	kept := payload
 	if len(kept) > MaxRejectedPayload {
 		kept = kept[:MaxRejectedPayload]
 	}
 	const maxDetail = 512
-	if len(detail) > maxDetail {
-		detail = detail[:maxDetail]
-	}
-	if len(topic) > maxDetail {
-		topic = topic[:maxDetail]
-	}
 	return RejectedDoc{
-		ID:         bson.NewObjectID(),
-		Topic:      topic,
+		ID:         RejectedID(topic, payload, reason),
+		Topic:      session.TruncateUTF8(topic, maxDetail),
 		Payload:    append([]byte(nil), kept...),
 		Size:       len(payload),
 		Reason:     string(reason),
-		Detail:     detail,
+		Detail:     session.TruncateUTF8(detail, maxDetail),
 		ReceivedAt: receivedAt.UTC().Truncate(time.Millisecond),
 	}
 }
@@ -121,16 +142,69 @@ func insertMany(ctx context.Context, coll *mongo.Collection, docs any, n int) (W
 	if !errors.As(err, &bwe) || bwe.WriteConcernError != nil {
 		return WriteResult{}, fmt.Errorf("insert %d documents into %s: %w", n, coll.Name(), err)
 	}
+	return classify(bwe, n, coll.Name(), err)
+}
+
+// classify sorts the per-document errors of an unordered bulk insert: duplicates (already
+// stored), permanent refusals (set aside by the caller) and transient errors (the whole call
+// is an error, retried; documents that did go in come back as duplicates next time).
+func classify(bwe mongo.BulkWriteException, n int, coll string, err error) (WriteResult, error) {
+	if bwe.HasErrorLabel("RetryableWriteError") || bwe.HasErrorLabel("NetworkError") ||
+		bwe.HasErrorLabel("TransientTransactionError") {
+		return WriteResult{}, fmt.Errorf("insert %d documents into %s: %w", n, coll, err)
+	}
 	res := WriteResult{Duplicates: make([]int, 0, len(bwe.WriteErrors))}
 	for _, we := range bwe.WriteErrors {
-		if we.Code != CodeDuplicateKey {
-			// Any other per-document failure means the batch is not stored as a whole: the
-			// caller retries it, and the documents that did go in come back as duplicates.
-			return WriteResult{}, fmt.Errorf("insert %d documents into %s: document %d: %w", n, coll.Name(), we.Index, err)
+		switch {
+		case we.Code == CodeDuplicateKey:
+			res.Duplicates = append(res.Duplicates, we.Index)
+		case TransientCode(we.Code):
+			return WriteResult{}, fmt.Errorf("insert %d documents into %s: document %d: %w", n, coll, we.Index, err)
+		default:
+			res.Refused = append(res.Refused, Refusal{Index: we.Index, Code: we.Code, Message: we.Message})
 		}
-		res.Duplicates = append(res.Duplicates, we.Index)
 	}
 	slices.Sort(res.Duplicates)
-	res.Inserted = n - len(res.Duplicates)
+	slices.SortFunc(res.Refused, func(a, b Refusal) int { return a.Index - b.Index })
+	res.Inserted = n - len(res.Duplicates) - len(res.Refused)
 	return res, nil
+}
+
+// ReceivedAt returns the received_at of the stored sessions among ids. After a write whose
+// outcome is unknown (a timeout: it may have been applied), a retry sees the documents that
+// did go in as duplicates; comparing received_at with the documents written tells "stored by
+// that attempt" from "stored before by another delivery", so the counters stay exact.
+func (s *Store) ReceivedAt(ctx context.Context, ids []string) (map[string]time.Time, error) {
+	cur, err := s.Sessions.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}},
+		options.Find().SetProjection(bson.D{{Key: "received_at", Value: 1}}))
+	if err != nil {
+		return nil, fmt.Errorf("read received_at of %d sessions: %w", len(ids), err)
+	}
+	var docs []struct {
+		ID         string    `bson:"_id"`
+		ReceivedAt time.Time `bson:"received_at"`
+	}
+	if err := cur.All(ctx, &docs); err != nil {
+		return nil, fmt.Errorf("read received_at of %d sessions: %w", len(ids), err)
+	}
+	out := make(map[string]time.Time, len(docs))
+	for _, d := range docs {
+		out[d.ID] = d.ReceivedAt
+	}
+	return out, nil
+}
+
+// RejectedID is the deterministic _id of a rejected message: a SHA-256 of topic, whole payload
+// and reason (each length-prefixed, so no two inputs share an encoding), hex of the first 16
+// bytes. The same bad message delivered again is the same document; the rejected counter
+// still counts every delivery.
+func RejectedID(topic string, payload []byte, reason session.Reason) string {
+	h := sha256.New()
+	var n [8]byte
+	for _, part := range [][]byte{[]byte(topic), payload, []byte(reason)} {
+		binary.BigEndian.PutUint64(n[:], uint64(len(part)))
+		h.Write(n[:])
+		h.Write(part)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }

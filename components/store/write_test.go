@@ -1,8 +1,10 @@
 package store_test
 
 import (
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/chargesim/chargesim/components/session"
 	"github.com/chargesim/chargesim/components/store"
@@ -62,12 +64,17 @@ func TestNewRejectedDocTruncates(t *testing.T) {
 	if len(d.Payload) != store.MaxRejectedPayload || d.Size != len(payload) {
 		t.Errorf("payload %d bytes, size %d; want %d, %d", len(d.Payload), d.Size, store.MaxRejectedPayload, len(payload))
 	}
-	if d.ID.IsZero() || d.Reason != "oversized" {
+	if d.ID != store.RejectedID("t", payload, session.ReasonOversized) || d.Reason != "oversized" {
 		t.Errorf("ID %v reason %q", d.ID, d.Reason)
 	}
 	payload[0] = 1
 	if d.Payload[0] != 0 {
 		t.Error("rejected doc aliases the message buffer")
+	}
+	// Topic and detail are cut at a character boundary and kept valid UTF-8.
+	d = store.NewRejectedDoc(strings.Repeat("é", 300), nil, session.ReasonBadTopic, strings.Repeat("€", 200)+"\xff", time.Now())
+	if !utf8.ValidString(d.Topic) || !utf8.ValidString(d.Detail) || len(d.Topic) > 512+len("…") || len(d.Detail) > 512+len("…") {
+		t.Errorf("topic %d bytes valid %v, detail %d bytes valid %v", len(d.Topic), utf8.ValidString(d.Topic), len(d.Detail), utf8.ValidString(d.Detail))
 	}
 }
 
