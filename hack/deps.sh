@@ -2,8 +2,9 @@
 # Installs the pinned real dependencies that integration tests, benchmarks and `make run` start
 # (DEVELOPERS.md: tests are real, a missing dependency is a failure telling you to run this).
 #
-#   hack/deps.sh            mosquitto, prometheus + promtool, chromium (Debian), FerretDB (built
-#                           from source): everything the integration, chart and dashboard tests start
+#   hack/deps.sh            mosquitto, prometheus + promtool, chromium, containerd + runc + CNI
+#                           plugins + iptables + conntrack (Debian), FerretDB (built from source):
+#                           everything the integration, chart, dashboard and cluster tests start
 #
 # Idempotent and fast when everything is present (no apt-get update, no build). Works with CI=true
 # and no stdin. Builds are cached in ${CHARGESIM_CACHE:-$HOME/.cache/chargesim}/<tool>-<version>/
@@ -26,7 +27,7 @@ for arg in "$@"; do
 	case $arg in
 	chromium) ;; # accepted for old callers: chromium is always installed (the docs-page tests need it)
 	-h | --help)
-		sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+		sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
@@ -139,9 +140,11 @@ fi
 
 # --- Debian packages ----------------------------------------------------------------------
 # chromium: TestDocsPageInChromium/TestDocsTryItInChromium load the API's docs page headless.
-pkgs=(mosquitto prometheus chromium)
+# containerd, runc, CNI plugins, iptables, conntrack: the real single-node cluster of
+# hack/cluster.sh (make test-e2e-cluster); its containerd runs privately, never the system one.
+pkgs=(mosquitto prometheus chromium containerd runc containernetworking-plugins iptables conntrack)
 apt_install "${pkgs[@]}"
-for svc in mosquitto prometheus; do
+for svc in mosquitto prometheus containerd; do
 	if [[ " ${installed_now[*]} " == *" $svc "* ]]; then stop_services "$svc"; fi
 done
 
@@ -170,6 +173,15 @@ CHROMIUM_BIN=/usr/bin/chromium
 [[ -x $CHROMIUM_BIN ]] || die "$CHROMIUM_BIN missing after install"
 link "$CHROMIUM_BIN" chromium
 summary+=("chromium    $(deb_version chromium)  bin/chromium -> $CHROMIUM_BIN")
+
+CONTAINERD_BIN=/usr/bin/containerd
+CTR_BIN=/usr/bin/ctr
+RUNC_BIN=/usr/sbin/runc
+CNI_BIN_DIR=/usr/lib/cni
+for f in "$CONTAINERD_BIN" "$CTR_BIN" "$RUNC_BIN" "$CNI_BIN_DIR/bridge" "$CNI_BIN_DIR/host-local" "$CNI_BIN_DIR/loopback" /usr/sbin/iptables /usr/sbin/conntrack; do
+	[[ -x $f ]] || die "$f missing after install"
+done
+summary+=("containerd  $(deb_version containerd)  runc $(deb_version runc)  cni $(deb_version containernetworking-plugins)  ($CNI_BIN_DIR)")
 
 # --- FerretDB (built from the module proxy) ---------------------------------------------------
 FERRETDB_DIR=$CACHE/ferretdb-$FERRETDB_VERSION
@@ -225,6 +237,10 @@ tmp_env=$(mktemp "$BIN_DIR/.deps.env.XXXXXX")
 	echo "export CHARGESIM_PROMETHEUS_BIN=$PROMETHEUS_BIN"
 	echo "export CHARGESIM_PROMTOOL_BIN=$PROMTOOL_BIN"
 	echo "export CHARGESIM_CHROMIUM_BIN=$CHROMIUM_BIN"
+	echo "export CHARGESIM_CONTAINERD_BIN=$CONTAINERD_BIN"
+	echo "export CHARGESIM_CTR_BIN=$CTR_BIN"
+	echo "export CHARGESIM_RUNC_BIN=$RUNC_BIN"
+	echo "export CHARGESIM_CNI_BIN_DIR=$CNI_BIN_DIR"
 } >"$tmp_env"
 chmod 644 "$tmp_env"
 mv -f "$tmp_env" "$BIN_DIR/deps.env"
