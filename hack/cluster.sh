@@ -472,6 +472,7 @@ write_env() {
 export KUBECONFIG="$KUBECONFIG_PATH"
 export CHARGESIM_CLUSTER_IMAGE="$IMG_CHARGESIM"
 export CHARGESIM_CLUSTER_FERRETDB_IMAGE="$IMG_FERRETDB"
+export CHARGESIM_CLUSTER_CTR="/usr/bin/ctr --address $SOCK -n k8s.io"
 EOF
   mv -f "$BIN/cluster.env.tmp.$$" "$BIN/cluster.env"
 }
