@@ -120,7 +120,7 @@ func TestChartOnRealCluster(t *testing.T) {
 	s2 := e.waitStat(api, s1)
 	e.waitFor("/readings/ shows new sessions", func() (bool, string) {
 		r := e.readings(api)
-		return len(r) > 0 && r[0] != firstOr(r1), fmt.Sprintf("%d readings", len(r))
+		return len(r) > 0 && string(r[0]) != firstOr(r1), fmt.Sprintf("%d readings", len(r))
 	})
 	t.Logf("minimal: /api/v1/stats sessions %d -> %d", s1, s2)
 
