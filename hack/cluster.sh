@@ -9,7 +9,8 @@
 #                               the last line printed is KUBECONFIG=<path>
 #   hack/cluster.sh down        stop it and leave the host as it was (sysctls, iptables, bridge,
 #                               cgroups, mounts, /run/containerd)
-#   hack/cluster.sh images      rebuild and import the images only (cluster up)
+#   hack/cluster.sh images      build the image tarballs only; prints <dir>/images/<name>.tar
+#                               (hack/test-e2e-kind.sh loads them into kind)
 #   hack/cluster.sh kubeconfig  print the kubeconfig path of the running cluster
 #
 # State: $CHARGESIM_CLUSTER_DIR (default ${CHARGESIM_CACHE:-$HOME/.cache/chargesim}/cluster);
@@ -224,7 +225,8 @@ EOF
 
 # ---- images ------------------------------------------------------------------------------------
 # Built into $DIR/images as docker-archive tarballs by hack/imagebuild (reproducible: same
-# input, same digest) and imported when their digest changed since the last import.
+# input, same digest); import_images imports those whose digest changed since the last import.
+IMAGES=(pause chargesim ferretdb coredns)
 build_images() {
   local out=$DIR/images gobuild=(go build -trimpath -buildvcs=false -ldflags "-s -w")
   mkdir -p "$out"
@@ -263,8 +265,12 @@ build_images() {
     -expose 53/udp -expose 53/tcp \
     -label org.opencontainers.image.title=coredns >"$out/coredns.digest"
   local img
-  for img in pause chargesim ferretdb coredns; do
-    log "image $(cat "$out/$img.digest")"
+  for img in "${IMAGES[@]}"; do log "image $(cat "$out/$img.digest")"; done
+}
+
+import_images() {
+  local out=$DIR/images img
+  for img in "${IMAGES[@]}"; do
     if [[ -f $out/$img.imported ]] && cmp -s "$out/$img.digest" "$out/$img.imported" &&
       ctr images ls -q | grep -qxF "$(awk '{print $1}' "$out/$img.digest")"; then
       continue
@@ -488,6 +494,7 @@ up() {
   sysctl -q -w net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 >/dev/null
   start_containerd
   build_images
+  import_images
   start_control_plane
   start_node
   deploy_coredns
@@ -568,9 +575,11 @@ case $cmd in
   up) up ;;
   down) down ;;
   images)
-    preflight
+    "$ROOT/hack/kube-tools.sh" coredns >/dev/null 9>&-
     IMG_COREDNS=chargesim.local/coredns:$("$BIN/coredns" -version | sed -n 's/^CoreDNS-\([0-9.]*\).*/v\1/p')
+    mkdir -p "$DIR/logs"
     build_images
+    for img in "${IMAGES[@]}"; do echo "$DIR/images/$img.tar"; done
     ;;
   kubeconfig)
     apiserver_ok || die "not running (hack/cluster.sh up)"

@@ -140,9 +140,9 @@ fi
 
 # --- Debian packages ----------------------------------------------------------------------
 # chromium: TestDocsPageInChromium/TestDocsTryItInChromium load the API's docs page headless.
-# containerd, runc, CNI plugins, iptables, conntrack: the real single-node cluster of
+# containerd, runc, CNI plugins, iptables, conntrack (+ ip, sysctl, modprobe): the real node of
 # hack/cluster.sh (make test-e2e-cluster); its containerd runs privately, never the system one.
-pkgs=(mosquitto prometheus chromium containerd runc containernetworking-plugins iptables conntrack)
+pkgs=(mosquitto prometheus chromium containerd runc containernetworking-plugins iptables conntrack iproute2 procps kmod)
 apt_install "${pkgs[@]}"
 for svc in mosquitto prometheus containerd; do
 	if [[ " ${installed_now[*]} " == *" $svc "* ]]; then stop_services "$svc"; fi
