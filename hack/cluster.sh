@@ -188,7 +188,7 @@ start_containerd() {
 EOF
   # restrict_oom_score_adj: this VM lacks CAP_SYS_RESOURCE; without it runc cannot lower a
   # sandbox's oom_score_adj and every sandbox fails ("can't get final child's PID from pipe").
-  write_if_changed "$DIR/containerd/config.toml" <<EOF || stop_proc containerd
+  write_if_changed "$DIR/containerd/config.toml" <<EOF && stop_proc containerd || true
 version = 2
 root = "$DIR/containerd/root"
 state = "$DIR/containerd/state"

@@ -35,7 +35,7 @@ func main() {
 		"--telemetry=disable",
 		"--log-level=info",
 	}
-	err := syscall.Exec(argv[0], argv, os.Environ())
+	err := syscall.Exec(argv[0], argv, os.Environ()) //nolint:gosec // a fixed binary; only the port comes from the arguments
 	fmt.Fprintf(os.Stderr, "ferretdb-entrypoint: exec %s: %v\n", argv[0], err)
 	os.Exit(1)
 }

@@ -53,7 +53,7 @@ type Result struct {
 
 const (
 	nonrootUID = 65532
-	passwd     = "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n"
+	passwd     = "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n" //nolint:gosec // /etc/passwd without passwords
 	group      = "root:x:0:\nnonroot:x:65532:\n"
 )
 
