@@ -61,7 +61,7 @@ pid_of() {
   local f=$DIR/pids/$1.pid pid
   [[ -f $f ]] || return 1
   pid=$(<"$f")
-  [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$DIR/" && echo "$pid"
+  [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF "$DIR/" && echo "$pid"
 }
 
 start_proc() { # name command...
@@ -102,7 +102,7 @@ pids_mentioning_dir() {
     pid=${f#/proc/}
     pid=${pid%/cmdline}
     [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
-    tr '\0' ' ' <"$f" 2>/dev/null | grep -qF "$DIR/containerd/" && echo "$pid"
+    tr '\0' ' ' 2>/dev/null <"$f" | grep -qF "$DIR/containerd/" && echo "$pid"
   done
   return 0
 }
@@ -136,7 +136,7 @@ save_sysctls() {
     printf '%s=%s\n' "$k" "$v" >>"$DIR/sysctl.saved.tmp"
   done
   # Directories and state that exist before the cluster are never removed by `down`.
-  [[ -e /run/containerd ]] && touch "$DIR/run-containerd.preexisting"
+  if [[ -e /run/containerd ]]; then ls -A /run/containerd >"$DIR/run-containerd.preexisting"; fi
   ls /var/run/netns 2>/dev/null >"$DIR/netns.preexisting" || true
   mv "$DIR/sysctl.saved.tmp" "$DIR/sysctl.saved"
 }
@@ -319,6 +319,8 @@ componentsPatches:
   - {key: bind-address, value: 0.0.0.0}
   - {key: advertise-address, value: "$ip"}
   - {key: service-cluster-ip-range, value: "$SERVICE_CIDR"}
+  # logs, exec and port-forward: the node's name resolves nowhere, its InternalIP is this host.
+  - {key: kubelet-preferred-address-types, value: "InternalIP,Hostname"}
 - name: kube-controller-manager
   extraArgs:
   - {key: service-cluster-ip-range, value: "$SERVICE_CIDR"}
@@ -557,9 +559,15 @@ down() {
   ip link del "$BRIDGE" 2>/dev/null || true
   find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} \; 2>/dev/null || true
   restore_sysctls
+  # /run/containerd (runc state, shim sockets): ours unless it was there before `up`; then only
+  # the entries that appeared since.
+  findmnt -rn -o TARGET | grep '^/run/containerd/' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   if [[ ! -e $DIR/run-containerd.preexisting ]]; then
-    findmnt -rn -o TARGET | grep '^/run/containerd/' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf /run/containerd
+  else
+    for f in $(ls -A /run/containerd 2>/dev/null); do
+      grep -qxF "$f" "$DIR/run-containerd.preexisting" || rm -rf "/run/containerd/$f"
+    done
   fi
   rm -f "$DIR/run-containerd.preexisting" "$DIR/netns.preexisting"
   # Images stay in $DIR/containerd/root for the next `up`; everything else of this run goes.
