@@ -547,7 +547,8 @@ down() {
   done
   stop_pids 10 "${pids[@]}"
   # Mounts: rootfs overlays, shm, volumes (deepest first), and the pods' network namespaces.
-  findmnt -rn -o TARGET | grep -F "$DIR/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  # (grep finds nothing when there is nothing left: not an error.)
+  { findmnt -rn -o TARGET | grep -F "$DIR/" || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   local ns
   for ns in $(ls /var/run/netns 2>/dev/null); do
     [[ $ns == cni-* ]] || continue
@@ -561,7 +562,7 @@ down() {
   restore_sysctls
   # /run/containerd (runc state, shim sockets): ours unless it was there before `up`; then only
   # the entries that appeared since.
-  findmnt -rn -o TARGET | grep '^/run/containerd/' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { findmnt -rn -o TARGET | grep '^/run/containerd/' || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   if [[ ! -e $DIR/run-containerd.preexisting ]]; then
     rm -rf /run/containerd
   else
