@@ -557,6 +557,12 @@ down() {
     rm -f "/var/run/netns/$ns"
   done
   remove_iptables
+  # The pods' veths (ports of our bridge) go with their network namespaces, but the kernel frees
+  # those lazily: delete them now.
+  local veth
+  for veth in $(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    ip link del "$veth" 2>/dev/null || true
+  done
   ip link del "$BRIDGE" 2>/dev/null || true
   find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} \; 2>/dev/null || true
   restore_sysctls
