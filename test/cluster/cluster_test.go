@@ -149,12 +149,21 @@ func TestChartOnRealCluster(t *testing.T) {
 	}
 
 	// ---- a killed listener loses nothing ---------------------------------------------------
+	// SIGKILL of the listener's process on the node mid-stream (no graceful drain; the kubelet
+	// restarts the container), then the whole pod deleted while the test keeps publishing.
+	restarts := e.restarts("minimal-listener-0")
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		pub.publish(101, 400, 5*time.Millisecond)
+		pub.publish(501, 300, 5*time.Millisecond)
 	}()
 	time.Sleep(500 * time.Millisecond)
+	e.killContainer("minimal-listener-0")
+	e.waitFor("listener container restarted", func() (bool, string) {
+		r := e.restarts("minimal-listener-0")
+		return r > restarts, fmt.Sprintf("restarts %d", r)
+	})
 	e.must(e.kubectl("-n", namespace, "delete", "pod", "minimal-listener-0", "--grace-period=0", "--force"))
 	<-done
 	e.must(e.kubectl("-n", namespace, "patch", "chargersimulation/minimal", "--type=merge", "-p", `{"spec":{"suspend":true}}`))
@@ -330,6 +339,32 @@ if err=$( (echo x > /proc/$pid/root/.e2e-write-test) 2>&1); then echo write ok; 
 			e.t.Errorf("pod %s container %s: a write to its root filesystem did not fail read-only: %s", p.Metadata.Name, c.Name, out)
 		}
 	}
+}
+
+// restarts returns the restart count of a pod's first container (-1 if unknown).
+func (e *env) restarts(name string) int {
+	out, err := e.kubectl("-n", namespace, "get", "pod", name, "-o", "jsonpath={.status.containerStatuses[0].restartCount}")
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// killContainer sends SIGKILL to the process of a pod's first container, on the node.
+func (e *env) killContainer(name string) {
+	e.t.Helper()
+	id, ok := strings.CutPrefix(e.must(e.kubectl("-n", namespace, "get", "pod", name, "-o",
+		"jsonpath={.status.containerStatuses[0].containerID}")), "containerd://")
+	if !ok {
+		e.t.Fatalf("pod %s: no containerd container", name)
+	}
+	e.must(e.prov.nodeShell(e.ctx, `pid=$($CTR task ls | awk -v id=`+id+` '$1 == id {print $2}')
+[ -n "$pid" ] || { echo "no task `+id+`" >&2; exit 1; }
+kill -9 "$pid"`))
 }
 
 // portForward starts kubectl port-forward to target's port and returns 127.0.0.1:<local port>.
