@@ -9,7 +9,8 @@
 #                               the last line printed is KUBECONFIG=<path>
 #   hack/cluster.sh down        stop it and leave the host as it was (sysctls, iptables, bridge,
 #                               cgroups, mounts, /run/containerd)
-#   hack/cluster.sh images      build the image tarballs only; prints <dir>/images/<name>.tar
+#   hack/cluster.sh images [name...]  build image tarballs only (pause chargesim ferretdb
+#                               coredns; default all); prints <dir>/images/<name>.tar
 #                               (hack/test-e2e-kind.sh loads them into kind)
 #   hack/cluster.sh kubeconfig  print the kubeconfig path of the running cluster
 #
@@ -48,7 +49,7 @@ export KWOK_WORKDIR
 
 log() { printf '[cluster %4ss] %s\n' "$SECONDS" "$*" >&2; }
 die() { printf 'cluster: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 ctr() { /usr/bin/ctr --address "$SOCK" -n k8s.io "$@"; }
@@ -243,8 +244,9 @@ build_images() {
   local ib=$out/imagebuild ca=/etc/ssl/certs/ca-certificates.crt
   [[ -f $ca ]] || die "$ca missing (Debian package ca-certificates)"
   local -a common=(-base -add "$ca=/etc/ssl/certs/ca-certificates.crt:0644")
+  want() { [[ " ${IMAGES[*]} " == *" $1 "* ]]; }
   # The Dockerfile's runtime stage: static binary, CA certificates, nonroot 65532, OCI labels.
-  "$ib" -o "$out/chargesim.tar" -tag "$IMG_CHARGESIM" "${common[@]}" -user 65532:65532 \
+  want chargesim && "$ib" -o "$out/chargesim.tar" -tag "$IMG_CHARGESIM" "${common[@]}" -user 65532:65532 \
     -add "$out/chargesim=/chargesim:0755" -entrypoint '["/chargesim"]' -cmd '["--help"]' \
     -expose 8080/tcp -expose 9090/tcp -expose 1883/tcp \
     -label org.opencontainers.image.title=chargesim \
@@ -252,15 +254,15 @@ build_images() {
     -label org.opencontainers.image.source=https://github.com/chargesim/chargesim \
     -label "org.opencontainers.image.version=$version" \
     -label org.opencontainers.image.licenses=Apache-2.0 >"$out/chargesim.digest"
-  "$ib" -o "$out/pause.tar" -tag "$IMG_PAUSE" -user 65535:65535 \
+  want pause && "$ib" -o "$out/pause.tar" -tag "$IMG_PAUSE" -user 65535:65535 \
     -add "$out/pause=/pause:0755" -entrypoint '["/pause"]' >"$out/pause.digest"
-  "$ib" -o "$out/ferretdb.tar" -tag "$IMG_FERRETDB" "${common[@]}" -user 65532:65532 \
+  want ferretdb && "$ib" -o "$out/ferretdb.tar" -tag "$IMG_FERRETDB" "${common[@]}" -user 65532:65532 \
     -add "$CACHE/ferretdb-$FERRETDB_VERSION/ferretdb=/ferretdb:0755" \
     -add "$out/ferretdb-entrypoint=/ferretdb-entrypoint:0755" \
     -entrypoint '["/ferretdb-entrypoint"]' -cmd '["mongod"]' -expose 27017/tcp \
     -label org.opencontainers.image.title=ferretdb \
     -label "org.opencontainers.image.version=$FERRETDB_VERSION" >"$out/ferretdb.digest"
-  "$ib" -o "$out/coredns.tar" -tag "$IMG_COREDNS" "${common[@]}" \
+  want coredns && "$ib" -o "$out/coredns.tar" -tag "$IMG_COREDNS" "${common[@]}" \
     -add "$(readlink -f "$BIN/coredns")=/coredns:0755" -entrypoint '["/coredns"]' \
     -expose 53/udp -expose 53/tcp \
     -label org.opencontainers.image.title=coredns >"$out/coredns.digest"
@@ -590,8 +592,12 @@ case $cmd in
   up) up ;;
   down) down ;;
   images)
-    "$ROOT/hack/kube-tools.sh" coredns >/dev/null 9>&-
-    IMG_COREDNS=chargesim.local/coredns:$("$BIN/coredns" -version | sed -n 's/^CoreDNS-\([0-9.]*\).*/v\1/p')
+    shift
+    (($# == 0)) || IMAGES=("$@")
+    if [[ " ${IMAGES[*]} " == *" coredns "* ]]; then
+      "$ROOT/hack/kube-tools.sh" coredns >/dev/null 9>&-
+      IMG_COREDNS=chargesim.local/coredns:$("$BIN/coredns" -version | sed -n 's/^CoreDNS-\([0-9.]*\).*/v\1/p')
+    fi
     mkdir -p "$DIR/logs"
     build_images
     for img in "${IMAGES[@]}"; do echo "$DIR/images/$img.tar"; done

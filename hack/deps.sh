@@ -2,6 +2,7 @@
 # Installs the pinned real dependencies that integration tests, benchmarks and `make run` start
 # (DEVELOPERS.md: tests are real, a missing dependency is a failure telling you to run this).
 #
+#   hack/deps.sh ferretdb   only the FerretDB build (no apt; hack/test-e2e-kind.sh)
 #   hack/deps.sh            mosquitto, prometheus + promtool, chromium, containerd + runc + CNI
 #                           plugins + iptables + conntrack (Debian), FerretDB (built from source):
 #                           everything the integration, chart, dashboard and cluster tests start
@@ -23,15 +24,17 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${CHARGESIM_CACHE:-${HOME:-/root}/.cache/chargesim}
 BIN_DIR=$REPO_ROOT/bin
 
+only_ferretdb=false
 for arg in "$@"; do
 	case $arg in
 	chromium) ;; # accepted for old callers: chromium is always installed (the docs-page tests need it)
+	ferretdb) only_ferretdb=true ;; # only the FerretDB build (hack/test-e2e-kind.sh's store image; no apt)
 	-h | --help)
-		sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+		sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
-		echo "hack/deps.sh: unknown argument ${arg@Q} (known: chromium)" >&2
+		echo "hack/deps.sh: unknown argument ${arg@Q} (known: chromium, ferretdb)" >&2
 		exit 2
 		;;
 	esac
@@ -139,6 +142,7 @@ if ! flock -n 8; then
 fi
 
 # --- Debian packages ----------------------------------------------------------------------
+if ! $only_ferretdb; then
 # chromium: TestDocsPageInChromium/TestDocsTryItInChromium load the API's docs page headless.
 # containerd, runc, CNI plugins, iptables, conntrack (+ ip, sysctl, modprobe): the real node of
 # hack/cluster.sh (make test-e2e-cluster); its containerd runs privately, never the system one.
@@ -183,6 +187,8 @@ for f in "$CONTAINERD_BIN" "$CTR_BIN" "$RUNC_BIN" "$CNI_BIN_DIR/bridge" "$CNI_BI
 done
 summary+=("containerd  $(deb_version containerd)  runc $(deb_version runc)  cni $(deb_version containernetworking-plugins)  ($CNI_BIN_DIR)")
 
+fi
+
 # --- FerretDB (built from the module proxy) ---------------------------------------------------
 FERRETDB_DIR=$CACHE/ferretdb-$FERRETDB_VERSION
 FERRETDB_BIN=$FERRETDB_DIR/ferretdb
@@ -226,6 +232,11 @@ if ! ferretdb_ok; then
 fi
 link "$FERRETDB_BIN" ferretdb
 summary+=("ferretdb    $FERRETDB_VERSION  bin/ferretdb -> $FERRETDB_BIN")
+
+if $only_ferretdb; then
+	printf '%s\n' "${summary[@]}"
+	exit 0
+fi
 
 # --- bin/deps.env -----------------------------------------------------------------------------
 tmp_env=$(mktemp "$BIN_DIR/.deps.env.XXXXXX")

@@ -40,7 +40,7 @@ if [[ ! -x $KIND ]]; then
 fi
 # The pinned helm and kubectl the test runs (bin/helm, bin/kubectl).
 hack/kube-tools.sh helm kubectl >&2
-hack/deps.sh >/dev/null # the FerretDB binary of the store image
+hack/deps.sh ferretdb >/dev/null # the FerretDB binary of the store image (no apt on the runner)
 
 # ---- cluster ----------------------------------------------------------------------------
 KUBECONFIG=$CACHE/kind-$CLUSTER.kubeconfig
@@ -66,7 +66,7 @@ fi
 
 # ---- images -----------------------------------------------------------------------------
 log "building the images (hack/imagebuild)"
-mapfile -t archives < <(hack/cluster.sh images)
+mapfile -t archives < <(hack/cluster.sh images chargesim ferretdb)
 for a in "${archives[@]}"; do
   case $(basename "$a") in
     chargesim.tar | ferretdb.tar) "$KIND" load image-archive "$a" --name "$CLUSTER" >&2 ;;
