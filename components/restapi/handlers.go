@@ -130,23 +130,18 @@ type HealthView struct {
 // database does not.
 const healthTimeout = 2 * time.Second
 
-func (s *Server) queryContext(r *http.Request) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
-}
-
 func (s *Server) readings(w http.ResponseWriter, r *http.Request) {
 	if errs := parseNoParams(r.URL.RawQuery); len(errs) > 0 {
 		writeInvalidParams(w, errs)
 		return
 	}
-	ctx, cancel := s.queryContext(r)
-	defer cancel()
-	docs, _, err := s.st.FindSessions(ctx, store.SessionQuery{Limit: ReadingsLimit})
-	if err != nil {
-		s.writeStoreError(w, r, err)
-		return
-	}
-	writeJSON(w, s.log, http.StatusOK, sessionViews(docs))
+	s.serveRead(w, r, routeReadings, "/", func(ctx context.Context, st *store.Store) (any, string, error) {
+		docs, _, err := st.FindSessions(ctx, store.SessionQuery{Limit: ReadingsLimit})
+		if err != nil {
+			return nil, "", err
+		}
+		return sessionViews(docs), "", nil
+	})
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
@@ -171,20 +166,19 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	ctx, cancel := s.queryContext(r)
-	defer cancel()
-	docs, more, err := s.st.FindSessions(ctx, p.query)
-	if err != nil {
-		s.writeStoreError(w, r, err)
-		return
-	}
-	page := SessionPage{Items: sessionViews(docs)}
-	if more && len(docs) > 0 {
-		last := docs[len(docs)-1]
-		c := encodeSessionCursor(store.SessionCursor{EndedAt: last.EndedAt, ID: last.ID})
-		page.NextCursor = &c
-	}
-	writeJSON(w, s.log, http.StatusOK, page)
+	s.serveRead(w, r, routeSessions, r.URL.RawQuery, func(ctx context.Context, st *store.Store) (any, string, error) {
+		docs, more, err := st.FindSessions(ctx, p.query)
+		if err != nil {
+			return nil, "", err
+		}
+		page := SessionPage{Items: sessionViews(docs)}
+		if more && len(docs) > 0 {
+			last := docs[len(docs)-1]
+			c := encodeSessionCursor(store.SessionCursor{EndedAt: last.EndedAt, ID: last.ID})
+			page.NextCursor = &c
+		}
+		return page, "", nil
+	})
 }
 
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
@@ -203,18 +197,18 @@ func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
 		writeNotFound(w, "no session "+truncate(raw, 100)+": a session key is <charger>:<connector>:<session>, e.g. 17:1:42")
 		return
 	}
-	ctx, cancel := s.queryContext(r)
-	defer cancel()
-	doc, err := s.st.FindSession(ctx, key)
-	if errors.Is(err, store.ErrNotFound) {
-		writeNotFound(w, "no session "+truncate(raw, 100))
-		return
-	}
-	if err != nil {
-		s.writeStoreError(w, r, err)
-		return
-	}
-	writeJSON(w, s.log, http.StatusOK, newSessionView(&doc))
+	// Not cached: a lookup by _id is cheap on every store, and a session just stored must be
+	// visible at once.
+	s.serveRead(w, r, routeSession, "", func(ctx context.Context, st *store.Store) (any, string, error) {
+		doc, err := st.FindSession(ctx, key)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, "no session " + truncate(raw, 100), nil
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		return newSessionView(&doc), "", nil
+	})
 }
 
 func (s *Server) listChargers(w http.ResponseWriter, r *http.Request) {
@@ -223,22 +217,21 @@ func (s *Server) listChargers(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	ctx, cancel := s.queryContext(r)
-	defer cancel()
-	rows, more, err := s.st.ListChargerTotals(ctx, p.after, p.limit)
-	if err != nil {
-		s.writeStoreError(w, r, err)
-		return
-	}
-	page := ChargerPage{Items: make([]ChargerView, len(rows))}
-	for i := range rows {
-		page.Items[i] = newChargerView(&rows[i])
-	}
-	if more && len(rows) > 0 {
-		c := encodeChargerCursor(rows[len(rows)-1].ChargerID)
-		page.NextCursor = &c
-	}
-	writeJSON(w, s.log, http.StatusOK, page)
+	s.serveRead(w, r, routeChargers, r.URL.RawQuery, func(ctx context.Context, st *store.Store) (any, string, error) {
+		rows, more, err := st.ListChargerTotals(ctx, p.after, p.limit)
+		if err != nil {
+			return nil, "", err
+		}
+		page := ChargerPage{Items: make([]ChargerView, len(rows))}
+		for i := range rows {
+			page.Items[i] = newChargerView(&rows[i])
+		}
+		if more && len(rows) > 0 {
+			c := encodeChargerCursor(rows[len(rows)-1].ChargerID)
+			page.NextCursor = &c
+		}
+		return page, "", nil
+	})
 }
 
 func (s *Server) getCharger(w http.ResponseWriter, r *http.Request) {
@@ -254,18 +247,16 @@ func (s *Server) getCharger(w http.ResponseWriter, r *http.Request) {
 		writeNotFound(w, "no charger "+truncate(id, 100)+": a charger ID is 1 to 64 of A-Z a-z 0-9 _ . -")
 		return
 	}
-	ctx, cancel := s.queryContext(r)
-	defer cancel()
-	t, err := s.st.ChargerTotals(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		writeNotFound(w, "no charger "+id+": it has no stored session")
-		return
-	}
-	if err != nil {
-		s.writeStoreError(w, r, err)
-		return
-	}
-	writeJSON(w, s.log, http.StatusOK, newChargerView(&t))
+	s.serveRead(w, r, routeCharger, id, func(ctx context.Context, st *store.Store) (any, string, error) {
+		t, err := st.ChargerTotals(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, "no charger " + id + ": it has no stored session", nil
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		return newChargerView(&t), "", nil
+	})
 }
 
 func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
@@ -273,16 +264,15 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	ctx, cancel := s.queryContext(r)
-	defer cancel()
-	st, err := s.st.FleetStats(ctx)
-	if err != nil {
-		s.writeStoreError(w, r, err)
-		return
-	}
-	writeJSON(w, s.log, http.StatusOK, StatsView{
-		Sessions: st.Sessions, EnergyKWh: st.EnergyKWh, CostCents: st.CostCents,
-		Chargers: st.Chargers, Rejected: st.Rejected,
-		FirstSessionAt: optTime(st.FirstSessionAt), LastSessionAt: optTime(st.LastSessionAt),
+	s.serveRead(w, r, routeStats, "/", func(ctx context.Context, st *store.Store) (any, string, error) {
+		fs, err := st.FleetStats(ctx)
+		if err != nil {
+			return nil, "", err
+		}
+		return StatsView{
+			Sessions: fs.Sessions, EnergyKWh: fs.EnergyKWh, CostCents: fs.CostCents,
+			Chargers: fs.Chargers, Rejected: fs.Rejected,
+			FirstSessionAt: optTime(fs.FirstSessionAt), LastSessionAt: optTime(fs.LastSessionAt),
+		}, "", nil
 	})
 }
