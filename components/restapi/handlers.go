@@ -135,6 +135,12 @@ func (s *Server) readings(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+		docs, _, ok := sn.Sessions(store.SessionQuery{Limit: ReadingsLimit})
+		return sessionViews(docs), "", ok
+	}) {
+		return
+	}
 	s.serveRead(w, r, routeReadings, "/", func(ctx context.Context, st *store.Store) (any, string, error) {
 		docs, _, err := st.FindSessions(ctx, store.SessionQuery{Limit: ReadingsLimit})
 		if err != nil {
@@ -166,19 +172,29 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+		docs, more, ok := sn.Sessions(p.query)
+		return newSessionPage(docs, more), "", ok
+	}) {
+		return
+	}
 	s.serveRead(w, r, routeSessions, r.URL.RawQuery, func(ctx context.Context, st *store.Store) (any, string, error) {
 		docs, more, err := st.FindSessions(ctx, p.query)
 		if err != nil {
 			return nil, "", err
 		}
-		page := SessionPage{Items: sessionViews(docs)}
-		if more && len(docs) > 0 {
-			last := docs[len(docs)-1]
-			c := encodeSessionCursor(store.SessionCursor{EndedAt: last.EndedAt, ID: last.ID})
-			page.NextCursor = &c
-		}
-		return page, "", nil
+		return newSessionPage(docs, more), "", nil
 	})
+}
+
+func newSessionPage(docs []store.SessionDoc, more bool) SessionPage {
+	page := SessionPage{Items: sessionViews(docs)}
+	if more && len(docs) > 0 {
+		last := docs[len(docs)-1]
+		c := encodeSessionCursor(store.SessionCursor{EndedAt: last.EndedAt, ID: last.ID})
+		page.NextCursor = &c
+	}
+	return page
 }
 
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
@@ -217,21 +233,31 @@ func (s *Server) listChargers(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+		rows, more := sn.ListChargers(p.after, p.limit)
+		return newChargerPage(rows, more), "", true
+	}) {
+		return
+	}
 	s.serveRead(w, r, routeChargers, r.URL.RawQuery, func(ctx context.Context, st *store.Store) (any, string, error) {
 		rows, more, err := st.ListChargerTotals(ctx, p.after, p.limit)
 		if err != nil {
 			return nil, "", err
 		}
-		page := ChargerPage{Items: make([]ChargerView, len(rows))}
-		for i := range rows {
-			page.Items[i] = newChargerView(&rows[i])
-		}
-		if more && len(rows) > 0 {
-			c := encodeChargerCursor(rows[len(rows)-1].ChargerID)
-			page.NextCursor = &c
-		}
-		return page, "", nil
+		return newChargerPage(rows, more), "", nil
 	})
+}
+
+func newChargerPage(rows []store.ChargerTotals, more bool) ChargerPage {
+	page := ChargerPage{Items: make([]ChargerView, len(rows))}
+	for i := range rows {
+		page.Items[i] = newChargerView(&rows[i])
+	}
+	if more && len(rows) > 0 {
+		c := encodeChargerCursor(rows[len(rows)-1].ChargerID)
+		page.NextCursor = &c
+	}
+	return page
 }
 
 func (s *Server) getCharger(w http.ResponseWriter, r *http.Request) {
@@ -245,6 +271,15 @@ func (s *Server) getCharger(w http.ResponseWriter, r *http.Request) {
 	}
 	if !session.ValidChargerID(id) {
 		writeNotFound(w, "no charger "+truncate(id, 100)+": a charger ID is 1 to 64 of A-Z a-z 0-9 _ . -")
+		return
+	}
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+		t, err := sn.Charger(id)
+		if err != nil {
+			return nil, "no charger " + id + ": it has no stored session", true
+		}
+		return newChargerView(&t), "", true
+	}) {
 		return
 	}
 	s.serveRead(w, r, routeCharger, id, func(ctx context.Context, st *store.Store) (any, string, error) {
@@ -264,15 +299,24 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+		return newStatsView(&sn.Fleet), "", true
+	}) {
+		return
+	}
 	s.serveRead(w, r, routeStats, "/", func(ctx context.Context, st *store.Store) (any, string, error) {
 		fs, err := st.FleetStats(ctx)
 		if err != nil {
 			return nil, "", err
 		}
-		return StatsView{
-			Sessions: fs.Sessions, EnergyKWh: fs.EnergyKWh, CostCents: fs.CostCents,
-			Chargers: fs.Chargers, Rejected: fs.Rejected,
-			FirstSessionAt: optTime(fs.FirstSessionAt), LastSessionAt: optTime(fs.LastSessionAt),
-		}, "", nil
+		return newStatsView(&fs), "", nil
 	})
+}
+
+func newStatsView(fs *store.FleetStats) StatsView {
+	return StatsView{
+		Sessions: fs.Sessions, EnergyKWh: fs.EnergyKWh, CostCents: fs.CostCents,
+		Chargers: fs.Chargers, Rejected: fs.Rejected,
+		FirstSessionAt: optTime(fs.FirstSessionAt), LastSessionAt: optTime(fs.LastSessionAt),
+	}
 }

@@ -41,20 +41,35 @@ type Config struct {
 	// 503 and Retry-After (0: the default).
 	RouteConcurrency int
 	QueueWait        time.Duration
+	// ReadModel chooses how totals and the newest sessions are read: ReadModelAuto (snapshots
+	// on a store without indexes, i.e. FerretDB v1; queries otherwise), ReadModelSnapshot or
+	// ReadModelQueries. "" means auto.
+	ReadModel string
+	// ScanTimeout bounds one snapshot scan (0: the default).
+	ScanTimeout time.Duration
 }
+
+// Read models (--read-model).
+const (
+	ReadModelAuto     = "auto"
+	ReadModelSnapshot = "snapshot"
+	ReadModelQueries  = "queries"
+)
 
 // Defaults of the store-protection settings.
 const (
 	defaultCacheTTL         = time.Second
 	defaultRouteConcurrency = 4
 	defaultQueueWait        = 2 * time.Second
+	defaultScanTimeout      = 10 * time.Minute
 )
 
 // DefaultConfig returns the settings the flags default to (for callers that build a Server
 // without flags, like `chargesim run`).
 func DefaultConfig() Config {
 	return Config{QueryTimeout: 10 * time.Second, CacheTTL: defaultCacheTTL,
-		RouteConcurrency: defaultRouteConcurrency, QueueWait: defaultQueueWait}
+		RouteConcurrency: defaultRouteConcurrency, QueueWait: defaultQueueWait,
+		ReadModel: ReadModelAuto, ScanTimeout: defaultScanTimeout}
 }
 
 // maxQueryTimeout keeps QueryTimeout below cli.Serve's 30s write timeout.
@@ -67,6 +82,8 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.CacheTTL, "cache-ttl", d.CacheTTL, "how old a cached answer (totals, lists) may be; responses say their age in X-Data-As-Of and Age (0: no cache)")
 	fs.IntVar(&c.RouteConcurrency, "route-concurrency", d.RouteConcurrency, "database computations one route runs at once; more requests queue")
 	fs.DurationVar(&c.QueueWait, "queue-wait", d.QueueWait, "how long a request may queue for its route before it is shed with 503 and Retry-After")
+	fs.StringVar(&c.ReadModel, "read-model", d.ReadModel, "how totals and the newest sessions are read: auto (snapshot on a store without indexes such as FerretDB, queries otherwise), snapshot (one background scan at a time, served from memory) or queries (indexed queries per request)")
+	fs.DurationVar(&c.ScanTimeout, "scan-timeout", d.ScanTimeout, "time limit of one snapshot scan, also sent to the database as maxTimeMS")
 }
 
 // Validate checks the settings.
@@ -83,6 +100,14 @@ func (c *Config) Validate() error {
 	if c.QueueWait < 0 || c.QueueWait > maxQueryTimeout {
 		return cli.Invalid("queue-wait", c.QueueWait, "must be ≥ 0 and ≤ 25s")
 	}
+	switch c.ReadModel {
+	case "", ReadModelAuto, ReadModelSnapshot, ReadModelQueries:
+	default:
+		return cli.Invalid("read-model", c.ReadModel, "must be auto, snapshot or queries")
+	}
+	if c.ScanTimeout < 0 || c.ScanTimeout > 24*time.Hour {
+		return cli.Invalid("scan-timeout", c.ScanTimeout, "must be ≥ 0 and ≤ 24h")
+	}
 	return nil
 }
 
@@ -95,6 +120,7 @@ type Server struct {
 	metrics *metrics
 	cache   *responseCache // nil when CacheTTL is 0
 	guards  map[string]*routeGuard
+	snaps   *snapshots
 }
 
 // Guarded routes: each has its own concurrency bound (routeGuard).
@@ -121,6 +147,9 @@ func New(cfg Config, st *store.Store, log *slog.Logger, reg prometheus.Registere
 	if cfg.QueueWait == 0 {
 		cfg.QueueWait = defaultQueueWait
 	}
+	if cfg.ScanTimeout == 0 {
+		cfg.ScanTimeout = defaultScanTimeout
+	}
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, err
@@ -132,6 +161,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger, reg prometheus.Registere
 	if cfg.CacheTTL > 0 {
 		s.cache = newResponseCache(cfg.CacheTTL, maxCacheEntries)
 	}
+	s.snaps = &snapshots{log: log, ttl: cfg.CacheTTL, timeout: cfg.ScanTimeout, newestK: snapshotNewest}
 	for _, r := range []string{routeReadings, routeSessions, routeSession, routeChargers, routeCharger, routeStats} {
 		s.guards[r] = newRouteGuard(cfg.RouteConcurrency, cfg.QueueWait)
 	}

@@ -96,7 +96,13 @@ type Store struct {
 	DB       *mongo.Database
 	Sessions *mongo.Collection
 	Rejected *mongo.Collection
+	// noIndexes is set for FerretDB v1, which uses no index but _id equality and sorts in
+	// its memory: reads then sort in the client (bounded) and the API reads snapshots.
+	noIndexes bool
 }
+
+// NoIndexes reports whether the server uses no secondary index (FerretDB v1).
+func (s *Store) NoIndexes() bool { return s.noIndexes }
 
 // Connect opens a client (the driver connects lazily and reconnects by itself) and ensures the
 // indexes exist. It fails only for settings errors or when the indexes cannot be created
@@ -120,6 +126,10 @@ func Connect(ctx context.Context, cfg Config, appName string) (*Store, error) {
 	db := client.Database(cfg.Database)
 	s := &Store{Client: client, DB: db, Sessions: db.Collection(SessionsCollection), Rejected: db.Collection(RejectedCollection)}
 	if err := s.EnsureIndexes(ctx); err != nil {
+		_ = client.Disconnect(context.Background())
+		return nil, err
+	}
+	if s.noIndexes, err = s.IsFerretDB(ctx); err != nil {
 		_ = client.Disconnect(context.Background())
 		return nil, err
 	}
