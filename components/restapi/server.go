@@ -121,6 +121,8 @@ type Server struct {
 	cache   *responseCache // nil when CacheTTL is 0
 	guards  map[string]*routeGuard
 	snaps   *snapshots
+	// readingsMemo is /readings/ of the current snapshot, encoded once.
+	readingsMemo atomic.Pointer[cached]
 }
 
 // Guarded routes: each has its own concurrency bound (routeGuard).

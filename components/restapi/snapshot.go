@@ -8,6 +8,7 @@ package restapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -114,7 +115,7 @@ func (m *snapshots) retryAfter() int {
 
 // snapshotFunc answers a request from a snapshot: the value to send, or a not-found detail,
 // or ok false when the snapshot cannot answer it (the store is asked instead).
-type snapshotFunc func(sn *store.Snapshot) (v any, notFound string, ok bool)
+type snapshotFunc func(ctx context.Context, st *store.Store, sn *store.Snapshot) (v any, notFound string, ok bool, err error)
 
 // serveSnapshot answers from the snapshot read model when the server uses it; it reports
 // false when the request must be answered by the store's queries instead.
@@ -140,9 +141,20 @@ func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request, answer sn
 		s.writeStoreError(w, r, err)
 		return true
 	}
-	v, notFound, ok := answer(sn)
+	v, notFound, ok, err := answer(ctx, st, sn)
+	if err != nil {
+		s.writeStoreError(w, r, err)
+		return true
+	}
 	if !ok {
 		return false
+	}
+	if body, isBody := v.(json.RawMessage); isBody {
+		setFreshness(w.Header(), sn.AsOf, s.cfg.CacheTTL)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(body)
+		return true
 	}
 	if notFound != "" {
 		writeNotFound(w, notFound)
@@ -169,4 +181,22 @@ func (s *Server) useSnapshots() bool {
 		return false
 	}
 	return st.NoIndexes()
+}
+
+// readingsBody returns /readings/ of sn, encoded once per snapshot.
+func (s *Server) readingsBody(sn *store.Snapshot) (json.RawMessage, bool) {
+	if c := s.readingsMemo.Load(); c != nil && c.asOf.Equal(sn.AsOf) {
+		return c.body, true
+	}
+	docs, _, ok := sn.Sessions(store.SessionQuery{Limit: ReadingsLimit})
+	if !ok {
+		return nil, false
+	}
+	b, err := json.Marshal(sessionViews(docs))
+	if err != nil {
+		return nil, false
+	}
+	body := json.RawMessage(append(b, '\n'))
+	s.readingsMemo.Store(&cached{body: body, asOf: sn.AsOf})
+	return body, true
 }
