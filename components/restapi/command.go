@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"log/slog"
 	"time"
 
 	"github.com/chargesim/chargesim/components/cli"
@@ -40,6 +41,9 @@ func Command(ctx context.Context, args []string) error {
 			srv.SetStore(st)
 		}
 		connected <- st
+		if st != nil {
+			RunRetention(ctx, srv.cfg, st, log)
+		}
 	}()
 	serveErr := cli.Serve(ctx, log, common.HTTPAddr, srv.Handler(), common.ShutdownTimeout)
 	cancel()
@@ -72,4 +76,36 @@ func (c *commandSettings) Register(fs *flag.FlagSet) {
 
 func (c *commandSettings) Validate() error {
 	return errors.Join(c.store.Validate(), c.api.Validate())
+}
+
+// retentionInterval is how often the retention deletes: a tenth of the retention, at most
+// every 10 minutes and at least every minute.
+func retentionInterval(retention time.Duration) time.Duration {
+	return min(10*time.Minute, max(time.Minute, retention/10))
+}
+
+// RunRetention deletes sessions older than cfg.Retention from st every retentionInterval
+// until ctx ends; it returns at once when retention is off.
+func RunRetention(ctx context.Context, cfg Config, st *store.Store, log *slog.Logger) {
+	if cfg.Retention <= 0 {
+		return
+	}
+	tick := time.NewTicker(retentionInterval(cfg.Retention))
+	defer tick.Stop()
+	for {
+		dctx, cancel := context.WithTimeout(ctx, cfg.ScanTimeout)
+		n, err := st.DeleteSessionsBefore(dctx, time.Now().Add(-cfg.Retention))
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Warn("retention: delete old sessions", "err", err)
+		case n > 0:
+			log.Info("retention: deleted old sessions", "sessions", n, "older_than", cfg.Retention)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -167,5 +168,20 @@ func TestResponseCacheIsBounded(t *testing.T) {
 	}
 	if len(c.entries) != 3 {
 		t.Errorf("%d entries, want the bound 3", len(c.entries))
+	}
+}
+
+func TestConfigProtectionSettings(t *testing.T) {
+	for flagName, bad := range map[string]Config{
+		"--cache-ttl":         {QueryTimeout: time.Second, CacheTTL: -time.Second},
+		"--route-concurrency": {QueryTimeout: time.Second, RouteConcurrency: -1},
+		"--queue-wait":        {QueryTimeout: time.Second, QueueWait: time.Hour},
+		"--read-model":        {QueryTimeout: time.Second, ReadModel: "fast"},
+		"--scan-timeout":      {QueryTimeout: time.Second, ScanTimeout: -time.Second},
+		"--retention":         {QueryTimeout: time.Second, Retention: time.Second},
+	} {
+		if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), flagName) {
+			t.Errorf("%+v: %v, want an error naming %s", bad, err, flagName)
+		}
 	}
 }

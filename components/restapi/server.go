@@ -47,6 +47,8 @@ type Config struct {
 	ReadModel string
 	// ScanTimeout bounds one snapshot scan (0: the default).
 	ScanTimeout time.Duration
+	// Retention deletes sessions that ended longer ago than this (0: keep everything).
+	Retention time.Duration
 }
 
 // Read models (--read-model).
@@ -84,6 +86,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.QueueWait, "queue-wait", d.QueueWait, "how long a request may queue for its route before it is shed with 503 and Retry-After")
 	fs.StringVar(&c.ReadModel, "read-model", d.ReadModel, "how totals and the newest sessions are read: auto (snapshot on a store without indexes such as FerretDB, queries otherwise), snapshot (one background scan at a time, served from memory) or queries (indexed queries per request)")
 	fs.DurationVar(&c.ScanTimeout, "scan-timeout", d.ScanTimeout, "time limit of one snapshot scan, also sent to the database as maxTimeMS")
+	fs.DurationVar(&c.Retention, "retention", 0, "delete sessions (and rejected messages) older than this, checked every retention/10 (at most every 10 min); 0 keeps everything")
 }
 
 // Validate checks the settings.
@@ -104,6 +107,9 @@ func (c *Config) Validate() error {
 	case "", ReadModelAuto, ReadModelSnapshot, ReadModelQueries:
 	default:
 		return cli.Invalid("read-model", c.ReadModel, "must be auto, snapshot or queries")
+	}
+	if c.Retention != 0 && c.Retention < time.Minute {
+		return cli.Invalid("retention", c.Retention, "must be 0 (keep everything) or ≥ 1m")
 	}
 	if c.ScanTimeout < 0 || c.ScanTimeout > 24*time.Hour {
 		return cli.Invalid("scan-timeout", c.ScanTimeout, "must be ≥ 0 and ≤ 24h")

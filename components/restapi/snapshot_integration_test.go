@@ -114,3 +114,49 @@ func TestReadModelsAgree(t *testing.T) {
 		}
 	}
 }
+
+// --retention deletes the sessions that ended longer ago than the retention, and nothing
+// else; totals then cover what remains.
+func TestRetention(t *testing.T) {
+	e := startAPI(t)
+	now := time.Now().UTC()
+	docs := genSessions(40)
+	for i := range docs {
+		if i%2 == 0 {
+			docs[i].EndedAt = now.Add(-2 * time.Hour).Truncate(time.Millisecond) // older than the retention
+		} else {
+			docs[i].EndedAt = now.Add(-time.Duration(i) * time.Second).Truncate(time.Millisecond)
+		}
+	}
+	e.seed(t, docs)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		RunRetention(ctx, Config{Retention: time.Hour, ScanTimeout: time.Minute}, e.st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	var v StatsView
+	for {
+		decodeJSON(t, "/api/v1/stats", e.c.get("/api/v1/stats"), &v)
+		if v.Sessions == 20 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	var want StatsView
+	for i, d := range docs {
+		if i%2 == 1 {
+			want.Sessions++
+			want.EnergyKWh += d.EnergyKWh
+		}
+	}
+	if v.Sessions != want.Sessions || v.EnergyKWh != want.EnergyKWh {
+		t.Errorf("after retention: %d sessions %v kWh, want %d %v", v.Sessions, v.EnergyKWh, want.Sessions, want.EnergyKWh)
+	}
+	if got := retentionInterval(time.Hour); got != 6*time.Minute {
+		t.Errorf("retention interval of 1h: %v", got)
+	}
+}
