@@ -204,6 +204,16 @@ func (s *Server) serveRead(w http.ResponseWriter, r *http.Request, route, cacheK
 			return cached{err: err}
 		}
 		defer release()
+		if st.NoIndexes() && route != routeSession {
+			// Without indexes every such query scans and decodes the whole collection: one at
+			// a time across all routes (besides the snapshot scan), so that readers leave the
+			// store to the listener's writes.
+			releaseScan, err := s.scanGuard.acquire(ctx)
+			if err != nil {
+				return cached{err: err}
+			}
+			defer releaseScan()
+		}
 		asOf := time.Now()
 		v, notFound, err := read(ctx, st)
 		switch {

@@ -135,9 +135,9 @@ func (s *Server) readings(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	if s.serveSnapshot(w, r, func(_ context.Context, _ *store.Store, sn *store.Snapshot) (any, string, bool, error) {
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
 		body, ok := s.readingsBody(sn)
-		return body, "", ok, nil
+		return body, "", ok
 	}) {
 		return
 	}
@@ -172,9 +172,9 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	if s.serveSnapshot(w, r, func(ctx context.Context, st *store.Store, sn *store.Snapshot) (any, string, bool, error) {
-		docs, more, ok, err := st.SnapshotSessions(ctx, sn, p.query)
-		return newSessionPage(docs, more), "", ok, err
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+		docs, more, ok := sn.Sessions(p.query)
+		return newSessionPage(docs, more), "", ok
 	}) {
 		return
 	}
@@ -233,9 +233,9 @@ func (s *Server) listChargers(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	if s.serveSnapshot(w, r, func(_ context.Context, _ *store.Store, sn *store.Snapshot) (any, string, bool, error) {
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
 		rows, more := sn.ListChargers(p.after, p.limit)
-		return newChargerPage(rows, more), "", true, nil
+		return newChargerPage(rows, more), "", true
 	}) {
 		return
 	}
@@ -273,12 +273,12 @@ func (s *Server) getCharger(w http.ResponseWriter, r *http.Request) {
 		writeNotFound(w, "no charger "+truncate(id, 100)+": a charger ID is 1 to 64 of A-Z a-z 0-9 _ . -")
 		return
 	}
-	if s.serveSnapshot(w, r, func(_ context.Context, _ *store.Store, sn *store.Snapshot) (any, string, bool, error) {
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
 		t, err := sn.Charger(id)
 		if err != nil {
-			return nil, "no charger " + id + ": it has no stored session", true, nil
+			return nil, "no charger " + id + ": it has no stored session", true
 		}
-		return newChargerView(&t), "", true, nil
+		return newChargerView(&t), "", true
 	}) {
 		return
 	}
@@ -299,8 +299,8 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	if s.serveSnapshot(w, r, func(_ context.Context, _ *store.Store, sn *store.Snapshot) (any, string, bool, error) {
-		return newStatsView(&sn.Fleet), "", true, nil
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+		return newStatsView(&sn.Fleet), "", true
 	}) {
 		return
 	}

@@ -360,7 +360,7 @@ func BenchmarkReadSide(b *testing.B) {
 		b.ReportMetric(r.pct(0.50), name+"-p50-ms")
 		b.ReportMetric(r.pct(0.99), name+"-p99-ms")
 		b.ReportMetric(float64(r.n5+r.errs), name+"-5xx")
-		b.Logf("%s: %d requests, codes %v, shed %d, errors %d", name, len(r.lat), r.codes, r.shed, r.errs)
+		fmt.Printf("# %s: %d requests, codes %v, shed %d, errors %d\n", name, len(r.lat), r.codes, r.shed, r.errs)
 	}
 	for _, ep := range endpoints {
 		report(ep.name, load(4, phase, func(rnd *rand.Rand) (int, http.Header, error) { return httpGet(client, ep.url(rnd)) }))

@@ -127,6 +127,8 @@ type Server struct {
 	cache   *responseCache // nil when CacheTTL is 0
 	guards  map[string]*routeGuard
 	snaps   *snapshots
+	// scanGuard admits one full-scan query at a time on a store without indexes.
+	scanGuard *routeGuard
 	// readingsMemo is /readings/ of the current snapshot, encoded once.
 	readingsMemo atomic.Pointer[cached]
 }
@@ -169,6 +171,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger, reg prometheus.Registere
 	if cfg.CacheTTL > 0 {
 		s.cache = newResponseCache(cfg.CacheTTL, maxCacheEntries)
 	}
+	s.scanGuard = newRouteGuard(1, cfg.QueueWait)
 	s.snaps = &snapshots{log: log, ttl: cfg.CacheTTL, timeout: cfg.ScanTimeout, newestK: snapshotNewest}
 	for _, r := range []string{routeReadings, routeSessions, routeSession, routeChargers, routeCharger, routeStats} {
 		s.guards[r] = newRouteGuard(cfg.RouteConcurrency, cfg.QueueWait)

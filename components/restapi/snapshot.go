@@ -38,8 +38,9 @@ type snapshots struct {
 
 	mu       sync.Mutex
 	cur      *store.Snapshot
-	running  chan struct{} // closed when the running scan ends; nil when none runs
-	started  time.Time     // start of the running scan
+	prev     *store.Snapshot // the snapshot before cur: a client walking pages keeps its place for one more refresh
+	running  chan struct{}   // closed when the running scan ends; nil when none runs
+	started  time.Time       // start of the running scan
 	lastErr  error
 	lastEnd  time.Time
 	lastTook time.Duration
@@ -97,12 +98,19 @@ func (m *snapshots) startLocked(st *store.Store) {
 		m.lastErr, m.lastEnd, m.running = err, time.Now(), nil
 		m.lastTook = m.lastEnd.Sub(m.started)
 		if err == nil {
-			m.cur = sn
+			m.prev, m.cur = m.cur, sn
 		} else {
 			m.log.Warn("scan of the stored sessions failed", "err", err, "took", m.lastTook)
 		}
 		close(done)
 	}()
+}
+
+// previous returns the snapshot before the current one, or nil.
+func (m *snapshots) previous() *store.Snapshot {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.prev
 }
 
 // retryAfter estimates, in whole seconds, when the running scan will be done.
@@ -115,7 +123,7 @@ func (m *snapshots) retryAfter() int {
 
 // snapshotFunc answers a request from a snapshot: the value to send, or a not-found detail,
 // or ok false when the snapshot cannot answer it (the store is asked instead).
-type snapshotFunc func(ctx context.Context, st *store.Store, sn *store.Snapshot) (v any, notFound string, ok bool, err error)
+type snapshotFunc func(sn *store.Snapshot) (v any, notFound string, ok bool)
 
 // serveSnapshot answers from the snapshot read model when the server uses it; it reports
 // false when the request must be answered by the store's queries instead.
@@ -141,10 +149,13 @@ func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request, answer sn
 		s.writeStoreError(w, r, err)
 		return true
 	}
-	v, notFound, ok, err := answer(ctx, st, sn)
-	if err != nil {
-		s.writeStoreError(w, r, err)
-		return true
+	v, notFound, ok := answer(sn)
+	if !ok {
+		// A page the current snapshot no longer holds may still be in the previous one.
+		if prev := s.snaps.previous(); prev != nil {
+			sn = prev
+			v, notFound, ok = answer(sn)
+		}
 	}
 	if !ok {
 		return false

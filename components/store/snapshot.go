@@ -10,10 +10,8 @@ package store
 // scan started, count and sums over the same set.
 
 import (
-	"cmp"
 	"container/heap"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -21,7 +19,6 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
-	"golang.org/x/sync/errgroup"
 )
 
 // IsFerretDB reports whether the server is FerretDB (its buildInfo carries ferretdbVersion).
@@ -43,19 +40,7 @@ type Snapshot struct {
 	ids      []string     // charger IDs in ascending byte order
 	newest   []SessionDoc // the newest sessions, newest first (ended_at desc, _id desc)
 	complete bool         // newest holds every stored session
-	// keys is the sort key of every session, newest first (nil beyond MaxSnapshotKeys):
-	// deeper pages are found here and their documents fetched by _id.
-	keys []sessionKey
 }
-
-type sessionKey struct {
-	endMs int64
-	id    string
-}
-
-// MaxSnapshotKeys bounds the session keys a snapshot keeps for deep pages (about 40 bytes
-// each: 5,000,000 keys ≈ 200 MB); beyond it deep pages are read from the store.
-var MaxSnapshotKeys = 5_000_000
 
 // ScanSnapshot reads every stored session once and keeps the newest newestK of them.
 func (s *Store) ScanSnapshot(ctx context.Context, newestK int) (*Snapshot, error) {
@@ -75,13 +60,7 @@ func (s *Store) ScanSnapshot(ctx context.Context, newestK int) (*Snapshot, error
 		}
 		n++
 		end := d.EndedAt.UTC()
-		if sn.keys != nil || n == 1 {
-			if n > int64(MaxSnapshotKeys) {
-				sn.keys = nil
-			} else {
-				sn.keys = append(sn.keys, sessionKey{endMs: end.UnixMilli(), id: d.ID})
-			}
-		}
+
 		c := sn.chargers[d.ChargerID]
 		if c == nil {
 			c = &ChargerTotals{ChargerID: d.ChargerID}
@@ -117,12 +96,7 @@ func (s *Store) ScanSnapshot(ctx context.Context, newestK int) (*Snapshot, error
 		sn.newest[i] = heap.Pop(top).(SessionDoc)
 	}
 	sn.complete = int64(len(sn.newest)) == n
-	slices.SortFunc(sn.keys, func(a, b sessionKey) int {
-		if a.endMs != b.endMs {
-			return cmp.Compare(b.endMs, a.endMs)
-		}
-		return cmp.Compare(b.id, a.id)
-	})
+
 	sn.Took = time.Since(start)
 	return sn, nil
 }
@@ -182,52 +156,6 @@ func (sn *Snapshot) Sessions(q SessionQuery) (docs []SessionDoc, more, ok bool) 
 	}
 	end := min(len(sn.newest), i+q.Limit)
 	return slices.Clone(sn.newest[i:end]), end < len(sn.newest), true
-}
-
-// SnapshotSessions answers q from sn like Snapshot.Sessions, and beyond the newest sessions
-// kept from the snapshot's keys, fetching that page's documents by _id (the one lookup every
-// store does by index). ok is false when the store must be queried instead.
-func (s *Store) SnapshotSessions(ctx context.Context, sn *Snapshot, q SessionQuery) (docs []SessionDoc, more, ok bool, err error) {
-	if docs, more, ok := sn.Sessions(q); ok {
-		return docs, more, true, nil
-	}
-	if q.ChargerID != "" || q.HasConnector || !q.From.IsZero() || !q.To.IsZero() || sn.keys == nil {
-		return nil, false, false, nil
-	}
-	i := 0
-	if q.After != nil {
-		c := sessionKey{endMs: q.After.EndedAt.UnixMilli(), id: q.After.ID}
-		i = sort.Search(len(sn.keys), func(i int) bool {
-			k := sn.keys[i]
-			return k.endMs < c.endMs || (k.endMs == c.endMs && k.id < c.id)
-		})
-	}
-	end := min(len(sn.keys), i+q.Limit)
-	page := sn.keys[i:end]
-	docs = make([]SessionDoc, len(page))
-	found := make([]bool, len(page))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	for j, k := range page {
-		g.Go(func() error {
-			d, err := s.FindSession(gctx, k.id)
-			if errors.Is(err, ErrNotFound) {
-				return nil // deleted since the scan (retention)
-			}
-			docs[j], found[j] = d, err == nil
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, false, false, err
-	}
-	out := docs[:0]
-	for j := range docs {
-		if found[j] {
-			out = append(out, docs[j])
-		}
-	}
-	return out, end < len(sn.keys), true, nil
 }
 
 // newer reports whether a comes before b in newest-first order (ended_at desc, _id desc).

@@ -94,27 +94,6 @@ func TestSnapshotMatchesQueries(t *testing.T) {
 		t.Errorf("a page of 3 from 3 kept of 8 cannot tell whether more follow, yet it was answered")
 	}
 
-	// Beyond the kept sessions, pages come from the snapshot's keys and lookups by _id.
-	for limit := 1; limit <= 9; limit++ {
-		var got []string
-		var after *store.SessionCursor
-		for {
-			docs, more, ok, err := st.SnapshotSessions(ctx, small, store.SessionQuery{After: after, Limit: limit})
-			if err != nil || !ok {
-				t.Fatalf("limit %d: SnapshotSessions %v %v", limit, ok, err)
-			}
-			got = append(got, queryIDs(docs)...)
-			if !more {
-				break
-			}
-			last := docs[len(docs)-1]
-			after = &store.SessionCursor{EndedAt: last.EndedAt, ID: last.ID}
-		}
-		if !slices.Equal(got, queryWantOrder) {
-			t.Errorf("from keys, limit %d: %v, want %v", limit, got, queryWantOrder)
-		}
-	}
-
 	// Redeliveries change nothing: the same documents again are duplicates.
 	again, _, err := st.FindSessions(ctx, store.SessionQuery{Limit: 100})
 	if err != nil {
