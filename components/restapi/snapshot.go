@@ -26,8 +26,9 @@ import (
 var errScanPending = errors.New("the first scan of the stored sessions is still running")
 
 // snapshotNewest is how many of the newest sessions a snapshot keeps: /readings/ and the
-// first 100 pages of 100 of /api/v1/sessions (about 10 MB).
-const snapshotNewest = 10_100
+// first 102 pages of 100 of /api/v1/sessions, plus the one that tells whether another page
+// follows (about 10 MB).
+const snapshotNewest = 102*100 + 1
 
 // snapshots keeps the current snapshot and runs one scan at a time.
 type snapshots struct {
