@@ -107,7 +107,7 @@ func TestSnapshotMatchesQueries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after.Fleet.Totals.Sessions != 8 || after.Fleet.EnergyKWh != 76.75 || after.Fleet.CostCents != 3442.25 {
+	if after.Fleet.Sessions != 8 || after.Fleet.EnergyKWh != 76.75 || after.Fleet.CostCents != 3442.25 {
 		t.Errorf("after redelivery: %+v", after.Fleet)
 	}
 }
