@@ -129,8 +129,9 @@ func connectBench(b *testing.B, uri string) *store.Store {
 	return st
 }
 
-// ingest writes rate sessions/s in batches of rate/10 every 100 ms until stop, counting what
-// was stored.
+// ingest offers rate sessions/s to the store through InsertSessions, like the listener: every
+// 100 ms it writes what is due, in batches of at most 1000 when it fell behind (the listener's
+// batches grow with its backlog too). stored counts what was stored.
 type ingest struct {
 	stored atomic.Int64
 	stop   chan struct{}
@@ -143,23 +144,27 @@ func startIngest(st *store.Store, rate, first int) *ingest {
 		defer close(in.done)
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
-		next := first
-		per := max(1, rate/10)
+		start, sent := time.Now(), 0
 		for {
 			select {
 			case <-in.stop:
 				return
 			case <-tick.C:
 			}
-			now := time.Now().UTC()
-			docs := make([]store.SessionDoc, per)
-			for i := range docs {
-				docs[i] = benchSession(next+i, now)
-			}
-			next += per
-			res, err := st.InsertSessions(context.Background(), docs)
-			if err == nil {
+			due := int(float64(rate)*time.Since(start).Seconds()) - sent
+			for due > 0 {
+				now := time.Now().UTC()
+				docs := make([]store.SessionDoc, min(due, 1000))
+				for i := range docs {
+					docs[i] = benchSession(first+sent+i, now)
+				}
+				res, err := st.InsertSessions(context.Background(), docs)
+				if err != nil {
+					break // retried on the next tick, like the listener
+				}
 				in.stored.Add(int64(res.Inserted))
+				sent += len(docs)
+				due -= len(docs)
 			}
 		}
 	}()
