@@ -153,6 +153,11 @@ func startIngest(st *store.Store, rate, first int) *ingest {
 			}
 			due := int(float64(rate)*time.Since(start).Seconds()) - sent
 			for due > 0 {
+				select {
+				case <-in.stop:
+					return
+				default:
+				}
 				now := time.Now().UTC()
 				docs := make([]store.SessionDoc, min(due, 1000))
 				for i := range docs {
