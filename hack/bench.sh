@@ -49,7 +49,8 @@ $summary_only || fleet_process
 
 # Read side (issue 11): BenchmarkReadSide on FerretDB holding BENCH_READ_SESSIONS sessions (default
 # 1,000,000 over 10,000 chargers; loaded once, cached under ~/.cache/chargesim) while sessions are
-# stored at BENCH_INGEST_RATE/s. BENCH_READ=0 skips it (it takes ~20 min at 1,000,000 on 2 cores).
+# stored at BENCH_INGEST_RATE/s. BENCH_READ=0 skips it; at 1,000,000 it is long on 2 cores (loading once,
+# then every snapshot scan takes minutes): BENCH_READ_SESSIONS=100000 for a quick look.
 if [[ ${BENCH_READ:-1} != 0 ]] && ! $summary_only; then
 	go test -tags integration -run '^$' -bench '^BenchmarkReadSide$' -benchtime 1x -count 1 -timeout 90m \
 		./components/restapi/ | tee -a "$out"
