@@ -89,6 +89,7 @@ printf '%-44s %12s MB peak RSS at %s sessions/s (configured 16667)\n' "publisher
 
 # one metric of the single BenchmarkReadSide run
 rs() { metric BenchmarkReadSide "$1"; }
+ratio_g() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.3g", a / b }'; }
 if [[ $(rs stored-sessions) != nan ]]; then
 	echo
 	echo "== read side: $(rs stored-sessions) stored sessions, ingest ${BENCH_INGEST_RATE:-1000}/s (goal: p99 <= 100 ms with 4 clients) =="
@@ -96,8 +97,8 @@ if [[ $(rs stored-sessions) != nan ]]; then
 	for ep in stats charger chargers-first chargers-deep sessions-first sessions-deep health readings seed-readings bare-find-limit-1000; do
 		printf '%-44s %10s %10s %6s\n' "$ep" "$(rs "$ep-p50-ms")" "$(rs "$ep-p99-ms")" "$(rs "$ep-5xx")"
 	done
-	printf '%-44s %10s\n' "/readings/ p50 / seed-style API p50 (goal < 1)" "$(ratio "$(rs readings-p50-ms)" "$(rs seed-readings-p50-ms)")"
-	printf '%-44s %10s\n' "/readings/ p50 / bare driver p50 (goal <= 1.2)" "$(ratio "$(rs readings-p50-ms)" "$(rs bare-find-limit-1000-p50-ms)")"
+	printf '%-44s %10s\n' "/readings/ p50 / seed-style API p50 (goal < 1)" "$(ratio_g "$(rs readings-p50-ms)" "$(rs seed-readings-p50-ms)")"
+	printf '%-44s %10s\n' "/readings/ p50 / bare driver p50 (goal <= 1.2)" "$(ratio_g "$(rs readings-p50-ms)" "$(rs bare-find-limit-1000-p50-ms)")"
 	printf '%-44s %10s ms p99, %s 5xx, %s shed (503 + Retry-After)\n' "64 clients, every endpoint" "$(rs hammer64-p99-ms)" "$(rs hammer64-5xx)" "$(rs hammer64-shed)"
 	printf '%-44s %10s docs/s (before: %s; goal: drop <= 10%%)\n' "ingest while hammered" "$(rs ingest-hammer-docs/s)" "$(rs ingest-baseline-docs/s)"
 	printf '%-44s %10s MB (goal <= 1024)\n' "FerretDB peak RSS" "$(rs ferretdb-peak-RSS-MB)"
