@@ -47,6 +47,15 @@ fleet_process() {
 }
 $summary_only || fleet_process
 
+# Read side (issue 11): BenchmarkReadSide on FerretDB holding BENCH_READ_SESSIONS sessions (default
+# 1,000,000 over 10,000 chargers; loaded once, cached under ~/.cache/chargesim) while sessions are
+# stored at BENCH_INGEST_RATE/s. BENCH_READ=0 skips it; at 1,000,000 it is long on 2 cores (loading once,
+# then every snapshot scan takes minutes): BENCH_READ_SESSIONS=100000 for a quick look.
+if [[ ${BENCH_READ:-1} != 0 ]] && ! $summary_only; then
+	go test -tags integration -run '^$' -bench '^BenchmarkReadSide$' -benchtime 1x -count 1 -timeout 90m \
+		./components/restapi/ | tee -a "$out"
+fi
+
 # median of a benchmark's metric (name without the -N suffix, unit) over the -count runs
 metric() {
 	local values n
@@ -77,3 +86,22 @@ printf '%-44s %12s\n' "listener / raw (backlog)" "$(ratio "$back" "$ins")"
 printf '%-44s %12s MB (%s B/charger)\n' "publisher fleet heap, 1,000,000 chargers" "$mem" "$per"
 printf '%-44s %12s MB peak RSS at %s sessions/s (configured 16667)\n' "publisher process, 1,000,000 chargers" \
 	"$(metric BenchmarkFleetProcess peak-RSS-MB)" "$(metric BenchmarkFleetProcess sessions/s)"
+
+# one metric of the single BenchmarkReadSide run
+rs() { metric BenchmarkReadSide "$1"; }
+ratio_g() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.3g", a / b }'; }
+if [[ $(rs stored-sessions) != nan ]]; then
+	echo
+	echo "== read side: $(rs stored-sessions) stored sessions, ingest ${BENCH_INGEST_RATE:-1000}/s (goal: p99 <= 100 ms with 4 clients) =="
+	printf '%-44s %10s %10s %6s\n' "endpoint (4 clients)" "p50 ms" "p99 ms" "5xx"
+	for ep in stats charger chargers-first chargers-deep sessions-first sessions-deep health readings seed-readings bare-find-limit-1000; do
+		printf '%-44s %10s %10s %6s\n' "$ep" "$(rs "$ep-p50-ms")" "$(rs "$ep-p99-ms")" "$(rs "$ep-5xx")"
+	done
+	printf '%-44s %10s\n' "/readings/ p50 / seed-style API p50 (goal < 1)" "$(ratio_g "$(rs readings-p50-ms)" "$(rs seed-readings-p50-ms)")"
+	printf '%-44s %10s\n' "/readings/ p50 / bare driver p50 (goal <= 1.2)" "$(ratio_g "$(rs readings-p50-ms)" "$(rs bare-find-limit-1000-p50-ms)")"
+	printf '%-44s %10s ms p99, %s 5xx, %s shed (503 + Retry-After)\n' "64 clients, every endpoint" "$(rs hammer64-p99-ms)" "$(rs hammer64-5xx)" "$(rs hammer64-shed)"
+	printf '%-44s %10s docs/s (before: %s; goal: drop <= 10%%)\n' "ingest while hammered" "$(rs ingest-hammer-docs/s)" "$(rs ingest-baseline-docs/s)"
+	printf '%-44s %10s MB (goal <= 1024)\n' "FerretDB peak RSS" "$(rs ferretdb-peak-RSS-MB)"
+	printf '%-44s %10s MB\n' "API heap in use (same process as the bench)" "$(rs api-heap-MB)"
+	printf '%-44s %10s s\n' "first snapshot after start (one full scan)" "$(rs first-snapshot-s)"
+fi

@@ -43,6 +43,9 @@ type Config struct {
 	APIAddr  string
 	// Audit is the periodic audit whose gauges /metrics exports (Every 0: none).
 	Audit audit.Config
+	// Retention deletes stored sessions older than this (0: keep everything); see
+	// restapi.RunRetention.
+	Retention time.Duration
 }
 
 // Register adds the flags, with laptop defaults for the broker URL and the store.
@@ -51,6 +54,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	c.Store.Register(fs)
 	fs.StringVar(&c.MQTTAddr, "mqtt-addr", DefaultMQTTAddr, "listen address of the embedded broker; empty: no broker, use --mqtt-url")
 	fs.StringVar(&c.APIAddr, "api-addr", DefaultAPIAddr, "listen address of the REST API (also /metrics of every part)")
+	fs.DurationVar(&c.Retention, "retention", 0, "delete sessions older than this (≥ 1m), so that a long run does not fill the disk; 0 keeps everything")
 	// Empty: derived from --mqtt-addr, so moving the embedded broker moves its clients too.
 	setDefault(fs, "mqtt-url", "")
 	fs.Lookup("mqtt-url").Usage = "broker URL of the publisher and listener (default: the embedded broker at --mqtt-addr)"
@@ -82,6 +86,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.MQTTAddr); err != nil {
 			errs = append(errs, cli.Invalid("mqtt-addr", c.MQTTAddr, "want host:port or empty"))
 		}
+	}
+	if c.Retention != 0 && c.Retention < time.Minute {
+		errs = append(errs, cli.Invalid("retention", c.Retention, "must be 0 (keep everything) or ≥ 1m"))
 	}
 	if _, _, err := net.SplitHostPort(c.APIAddr); err != nil {
 		errs = append(errs, cli.Invalid("api-addr", c.APIAddr, "want host:port"))
@@ -182,11 +189,14 @@ func Run(ctx context.Context, log *slog.Logger, grace time.Duration, cfg Config,
 			return err
 		}
 		defer st.Close(context.Background()) //nolint:errcheck // best effort at exit
-		api, err := restapi.New(restapi.DefaultConfig(), st, log.With("part", "api"), reg, reg)
+		apiCfg := restapi.DefaultConfig()
+		apiCfg.Retention = cfg.Retention
+		api, err := restapi.New(apiCfg, st, log.With("part", "api"), reg, reg)
 		if err != nil {
 			_ = ln.Close()
 			return err
 		}
+		go restapi.RunRetention(apiCtx, apiCfg, st, log.With("part", "api"))
 		parts := []cli.Component{pub, lis}
 		if b != nil {
 			parts = append(parts, b)

@@ -103,6 +103,9 @@ type Store struct {
 	DB       *mongo.Database
 	Sessions *mongo.Collection
 	Rejected *mongo.Collection
+	// noIndexes is set for FerretDB v1, which uses no index but _id equality and sorts in
+	// its memory: reads then sort in the client (bounded) and the API reads snapshots.
+	noIndexes bool
 }
 
 // writeConcern is the write concern the components write with: the URI's when it sets one
@@ -127,6 +130,9 @@ func writeConcern(uri *options.ClientOptions) *writeconcern.WriteConcern {
 	return wc
 }
 
+// NoIndexes reports whether the server uses no secondary index (FerretDB v1).
+func (s *Store) NoIndexes() bool { return s.noIndexes }
+
 // Connect opens a client (the driver connects lazily and reconnects by itself) and ensures the
 // indexes exist. It fails only for settings errors or when the indexes cannot be created
 // within ctx.
@@ -136,6 +142,10 @@ func Connect(ctx context.Context, cfg Config, appName string) (*Store, error) {
 		return nil, err
 	}
 	if err := s.EnsureIndexes(ctx); err != nil {
+		_ = s.Client.Disconnect(context.Background())
+		return nil, err
+	}
+	if s.noIndexes, err = s.IsFerretDB(ctx); err != nil {
 		_ = s.Client.Disconnect(context.Background())
 		return nil, err
 	}

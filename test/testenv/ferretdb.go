@@ -208,3 +208,11 @@ func (f *FerretDB) Start() {
 
 // Running reports whether the FerretDB process is up.
 func (f *FerretDB) Running() bool { return f.p.running() }
+
+// Pid is the FerretDB process ID (for its memory in benchmarks), 0 when it is not running.
+func (f *FerretDB) Pid() int {
+	if !f.p.running() {
+		return 0
+	}
+	return f.p.cmd.Process.Pid
+}
