@@ -29,6 +29,7 @@ type Config struct {
 	MaxPending       int
 	WriteConcurrency int
 	MaxPayloadBytes  int
+	LagObjective     time.Duration
 
 	// ShutdownTimeout bounds the final flush. It is the common --shutdown-timeout flag
 	// (cli.Common), so Register does not declare it: Command copies it in.
@@ -44,6 +45,7 @@ const (
 	DefaultWriteConcurrency = 4
 	DefaultMaxPayloadBytes  = 65536
 	DefaultShutdownTimeout  = 15 * time.Second
+	DefaultLagObjective     = time.Second
 )
 
 // Bounds that keep a typo from becoming an outage.
@@ -73,6 +75,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.FlushInterval, "flush-interval", DefaultFlushInterval, "max time a document waits for its batch")
 	fs.IntVar(&c.MaxPending, "max-pending", DefaultMaxPending, "max received-but-unstored messages before the listener stops reading (backpressure)")
 	fs.IntVar(&c.WriteConcurrency, "write-concurrency", DefaultWriteConcurrency, "bulk writes in flight")
+	fs.DurationVar(&c.LagObjective, "lag-objective", DefaultLagObjective, "p99 end-to-end lag (session end → stored) above which the listener reports falling behind (metric, log, /readyz)")
 	fs.IntVar(&c.MaxPayloadBytes, "max-payload-bytes", DefaultMaxPayloadBytes, "larger payloads are rejected (oversized)")
 }
 
@@ -101,6 +104,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxPayloadBytes < 1 || c.MaxPayloadBytes > maxMaxPayload {
 		return cli.Invalid("max-payload-bytes", c.MaxPayloadBytes, "must be 1-16777216")
+	}
+	if c.LagObjective <= 0 {
+		return cli.Invalid("lag-objective", c.LagObjective, "must be > 0")
 	}
 	if c.ShutdownTimeout <= 0 {
 		return cli.Invalid("shutdown-timeout", c.ShutdownTimeout, "must be > 0")

@@ -13,6 +13,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/chargesim/chargesim/components/cli"
 	"github.com/chargesim/chargesim/components/mqttclient"
 	"github.com/chargesim/chargesim/components/session"
 	"github.com/chargesim/chargesim/components/store"
@@ -26,6 +27,7 @@ type Listener struct {
 	cfg    Config
 	log    *slog.Logger
 	m      *metrics
+	behind *behindDetector
 	lim    *logLimiter
 	filter string // the subscription, $share/<group>/... unless the group is empty
 
@@ -53,6 +55,10 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Listener, er
 	if err != nil {
 		return nil, fmt.Errorf("register listener metrics: %w", err)
 	}
+	bm, err := newBehindMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("register listener metrics: %w", err)
+	}
 	l := &Listener{
 		cfg:      cfg,
 		log:      log,
@@ -60,6 +66,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Listener, er
 		lim:      newLogLimiter(logInterval, nil),
 		filter:   session.SharedSubscription(cfg.ShareGroup, session.SubscriptionFilter(cfg.MQTT.TopicPrefix)),
 		stopping: make(chan struct{}),
+		behind:   newBehindDetector(cfg.LagObjective, bm, log),
 	}
 	l.p = newPipeline(pipelineConfig{
 		batchSize:   cfg.BatchSize,
@@ -68,6 +75,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Listener, er
 		maxPending:  cfg.MaxPending,
 		concurrency: cfg.WriteConcurrency,
 	}, l.write, m, log)
+	l.p.onBlocked = l.behind.observeBlocked
 	return l, nil
 }
 
@@ -105,6 +113,7 @@ func (l *Listener) Run(ctx context.Context) error {
 	defer cancelHard()
 	l.p.holdAck = l.holdAck
 	l.p.start(hard)
+	go l.behind.run(l.stopping, func() int { return len(l.p.slots) })
 
 	client := mqtt.NewClient(opts)
 	l.client.Store(client)
@@ -295,7 +304,9 @@ func (l *Listener) write(ctx context.Context, b *batch) error {
 		l.m.duplicates.Add(float64(len(r.Duplicates)))
 		for i := range b.sessions {
 			if !r.IsDuplicate(i) {
-				l.m.lag.Observe(max(0, stored.Sub(b.sessions[i].EndedAt).Seconds()))
+				lag := max(0, stored.Sub(b.sessions[i].EndedAt).Seconds())
+				l.m.lag.Observe(lag)
+				l.behind.observeLag(lag)
 			}
 		}
 	}
@@ -312,7 +323,8 @@ func (l *Listener) write(ctx context.Context, b *batch) error {
 }
 
 // Ready reports whether the listener can do its work: connected and subscribed to the broker,
-// and the store answering ping.
+// and the store answering ping. While it is falling behind it is still ready, and says so
+// with a *cli.Degraded error (/readyz: 200 with the detail).
 func (l *Listener) Ready(ctx context.Context) error {
 	c, _ := l.client.Load().(mqtt.Client)
 	if err := mqttclient.Ready(c); err != nil {
@@ -325,5 +337,11 @@ func (l *Listener) Ready(ctx context.Context) error {
 	if st == nil {
 		return errors.New("store not connected yet")
 	}
-	return st.Ping(ctx)
+	if err := st.Ping(ctx); err != nil {
+		return err
+	}
+	if s := l.behind.Status(); s != "" {
+		return &cli.Degraded{Detail: "listener falling behind: " + s}
+	}
+	return nil
 }

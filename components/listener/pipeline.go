@@ -75,6 +75,9 @@ type pipeline struct {
 	log  *slog.Logger
 	lim  *logLimiter
 
+	// onBlocked, when set, is told how long admission waited for a free slot (backpressure).
+	onBlocked func(time.Duration)
+
 	slots   chan struct{} // one token per admitted, not yet acknowledged message
 	in      chan *entry   // capacity maxPending: never blocks an admitted message
 	batches chan *batch   // unbuffered: writers pull, so a batch grows while they are busy
@@ -157,6 +160,10 @@ func (p *pipeline) admit(stop <-chan struct{}, connected func() bool) bool {
 	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
+	if p.onBlocked != nil {
+		start := time.Now()
+		defer func() { p.onBlocked(time.Since(start)) }()
+	}
 	for {
 		select {
 		case p.slots <- struct{}{}:
