@@ -74,6 +74,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Listener, er
 		quiet:       min(quietFlush, cfg.FlushInterval),
 		maxPending:  cfg.MaxPending,
 		concurrency: cfg.WriteConcurrency,
+		onLimit:     func(n int) { bm.writeLimit.Set(float64(n)) },
 	}, l.write, m, log)
 	l.p.onBlocked = l.behind.observeBlocked
 	return l, nil
