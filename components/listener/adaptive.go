@@ -61,7 +61,7 @@ type writeLimiter struct {
 }
 
 func newWriteLimiter(max, batchSize int, onLimit func(int)) *writeLimiter {
-	l := &writeLimiter{max: max, batchSize: batchSize, onLimit: onLimit, limit: min(2, max)}
+	l := &writeLimiter{max: max, batchSize: batchSize, onLimit: onLimit, limit: max}
 	l.cond = sync.NewCond(&l.mu)
 	if onLimit != nil {
 		onLimit(l.limit)

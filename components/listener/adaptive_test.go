@@ -53,8 +53,8 @@ func TestWriteLimiterIgnores(t *testing.T) {
 	for range 100 {
 		l.observe(time.Second, 10)
 	}
-	if l.current() != 2 {
-		t.Fatalf("limit %d after small batches only, want the initial 2", l.current())
+	if l.current() != 4 {
+		t.Fatalf("limit %d after small batches only, want the initial ceiling 4", l.current())
 	}
 	one := newWriteLimiter(1, 500, nil)
 	for range 100 {
@@ -67,7 +67,7 @@ func TestWriteLimiterIgnores(t *testing.T) {
 
 // Permits: acquire blocks at the limit; close releases the waiters for good.
 func TestWriteLimiterPermits(t *testing.T) {
-	l := newWriteLimiter(4, 500, nil) // starts at 2
+	l := newWriteLimiter(2, 500, nil) // starts at the ceiling
 	if !l.acquire() || !l.acquire() {
 		t.Fatal("acquire under the limit")
 	}
