@@ -21,12 +21,14 @@ out=bin/bench.txt
 summary_only=false
 [[ ${1:-} == --summary ]] && summary_only=true # print the table of the last run again
 $summary_only || : >"$out"
+# BENCH_ONLY=listener,run (publisher, listener, fleet, run) runs only those parts.
+only() { [[ -z ${BENCH_ONLY:-} || ,$BENCH_ONLY, == *,$1,* ]] && ! $summary_only; }
 
 bench() { # package regexp
 	go test -tags integration -run '^$' -bench "$2" -benchtime "$BENCHTIME" -count "$COUNT" "$1" | tee -a "$out"
 }
-$summary_only || bench ./components/publisher/ '^Benchmark(Publisher|RawPaho|FleetMemory|Build|AppendJSON)$'
-$summary_only || bench ./components/listener/ '^Benchmark(ListenerIngest|RawInsertMany)$'
+only publisher && bench ./components/publisher/ '^Benchmark(Publisher|RawPaho|FleetMemory|Build|AppendJSON)$'
+only listener && bench ./components/listener/ '^Benchmark(ListenerIngest|RawInsertMany)$'
 
 # `chargesim run` (broker, publisher, listener, API in one process) at RUN_RATE sessions/s for
 # BENCH_RUN_SECONDS against a store like `make run`'s: a fresh FerretDB, or the MongoDB at
@@ -63,7 +65,7 @@ run_at_rate() {
 		m=$(scrape)
 		w=$(metric_of chargesim_listener_lag_window_p99_seconds <<<"$m")
 		b=$(metric_of chargesim_listener_falling_behind <<<"$m")
-		worst=$(awk -v a="$worst" -v b="${w:-0}" 'BEGIN { print (b > a ? b : a) }')
+		worst=$(awk -v a="$worst" -v b="${w:-0}" 'BEGIN { printf "%.2f", (b + 0 > a + 0 ? b : a) }')
 		[[ ${b:-0} == 1 ]] && behind=$((behind + 1))
 	done
 	s1=$(scrape | metric_of chargesim_listener_sessions_stored_total); t1=$(date +%s.%N)
@@ -82,7 +84,7 @@ run_at_rate() {
 	rm -rf "$dir"
 }
 BENCH_RUN_SECONDS=${BENCH_RUN_SECONDS:-300}
-if ! $summary_only && ((BENCH_RUN_SECONDS > 0)); then
+if only run && ((BENCH_RUN_SECONDS > 0)); then
 	go build -o bin/chargesim .
 	run_at_rate "$BENCH_RUN_SECONDS"
 fi
@@ -109,7 +111,7 @@ fleet_process() {
 	kill -TERM $bpid; wait $bpid || true
 	echo "BenchmarkFleetProcess 1 $((rss / 1024)) peak-RSS-MB $(awk -v a="$p0" -v b="$p1" 'BEGIN { printf "%.0f", (b - a) / 10 }') sessions/s" | tee -a "$out"
 }
-$summary_only || fleet_process
+if only fleet; then fleet_process; fi
 
 # median of a benchmark's metric (name without the -N suffix, unit) over the -count runs
 metric() {

@@ -30,8 +30,7 @@ import (
 func BenchmarkListenerIngest(b *testing.B) {
 	b.Run("live", func(b *testing.B) {
 		d, uri := startBenchDeps(b)
-		cfg := d.config(pubID("bench"))
-		benchDefaults(&cfg, uri)
+		cfg := benchConfig(d, uri)
 		r := startListener(b, cfg, "bench", nil)
 		p := newPub(b, d.mq.URL, pubID("pub"))
 		msgs := messagesOf(goods(0, b.N))
@@ -47,8 +46,7 @@ func BenchmarkListenerIngest(b *testing.B) {
 	})
 	b.Run("backlog", func(b *testing.B) {
 		d, uri := startBenchDeps(b)
-		cfg := d.config(pubID("bench"))
-		benchDefaults(&cfg, uri)
+		cfg := benchConfig(d, uri)
 		first := startListener(b, cfg, "subscribe", nil) // creates the persistent session
 		first.stop(b)
 		newPub(b, d.mq.URL, pubID("pub")).publish(b, messagesOf(goods(0, b.N)))
@@ -89,12 +87,13 @@ func startBenchDeps(b *testing.B) (deps, string) {
 // benchDB is the database of the running benchmark (testDB on a fresh FerretDB).
 var benchDB = testDB
 
-func benchDefaults(c *Config, uri string) {
+// benchConfig is the listener at its documented defaults, on the benchmark's broker and store.
+func benchConfig(d deps, uri string) Config {
+	c := DefaultConfig()
+	c.MQTT.URL, c.MQTT.ClientID = d.mq.URL, pubID("bench")
 	c.Store.URI, c.Store.Database = uri, benchDB
-	c.BatchSize = DefaultBatchSize
-	c.FlushInterval = DefaultFlushInterval
-	c.MaxPending = DefaultMaxPending
-	c.WriteConcurrency = DefaultWriteConcurrency
+	c.ShutdownTimeout = 10 * time.Second
+	return c
 }
 
 func waitStored(b *testing.B, r *running, n int) {
