@@ -142,7 +142,11 @@ printf '%-44s %12s docs/s\n' "listener draining a backlog" "$back"
 printf '%-44s %12s docs/s (1 writer %s, 4 writers %s)\n' "bare InsertMany loop (raw limit)" "$ins" "$ins1" "$ins4"
 printf '%-44s %12s\n' "listener / raw (live)" "$(ratio "$ing" "$ins")"
 printf '%-44s %12s\n' "listener / raw (backlog)" "$(ratio "$back" "$ins")"
-echo "  store: ${CHARGESIM_BENCH_MONGO_URI:+MongoDB at \$CHARGESIM_BENCH_MONGO_URI}${CHARGESIM_BENCH_MONGO_URI:-fresh FerretDB 1.24/SQLite per benchmark}"
+if [[ -n ${CHARGESIM_BENCH_MONGO_URI:-} ]]; then
+	echo "  store: the MongoDB at \$CHARGESIM_BENCH_MONGO_URI (URI not printed: it may hold credentials)"
+else
+	echo "  store: a fresh FerretDB 1.24/SQLite per benchmark"
+fi
 if grep -q '^BenchmarkRunAtRate' "$out"; then
 	printf '%-44s %12s stored/s of %s offered, p99 lag %s s, worst 10 s window %s s, %s windows behind\n' \
 		"chargesim run, ${BENCH_RUN_SECONDS}s" "$(metric BenchmarkRunAtRate stored/s)" "$(metric BenchmarkRunAtRate offered/s)" \
