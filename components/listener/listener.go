@@ -172,7 +172,6 @@ func (l *Listener) clientOptions(o *mqtt.ClientOptions) {
 	o.SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) {
 		l.log.Debug("reconnecting to broker")
 	})
-	bufferedReads(o, l.cfg.MQTT.URL)
 	if l.mqttOpts != nil {
 		l.mqttOpts(o)
 	}
