@@ -68,8 +68,10 @@ func TestWriteLimiterIgnores(t *testing.T) {
 // Permits: acquire blocks at the limit; close releases the waiters for good.
 func TestWriteLimiterPermits(t *testing.T) {
 	l := newWriteLimiter(2, 500, nil) // starts at the ceiling
-	if !l.acquire() || !l.acquire() {
-		t.Fatal("acquire under the limit")
+	for i := range 2 {
+		if !l.acquire() {
+			t.Fatalf("acquire %d under the limit", i)
+		}
 	}
 	got := make(chan bool)
 	go func() { got <- l.acquire() }()
