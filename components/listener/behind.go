@@ -75,6 +75,7 @@ func newBehindMetrics(reg prometheus.Registerer) (*behindMetrics, error) {
 // behindDetector collects one window of lag samples and admission waits.
 type behindDetector struct {
 	objective time.Duration
+	window    time.Duration // behindWindow (tests shorten it before Run)
 	m         *behindMetrics
 	log       *slog.Logger
 
@@ -87,7 +88,7 @@ type behindDetector struct {
 }
 
 func newBehindDetector(objective time.Duration, m *behindMetrics, log *slog.Logger) *behindDetector {
-	return &behindDetector{objective: objective, m: m, log: log, counts: make([]uint64, len(lagBounds)+1)}
+	return &behindDetector{objective: objective, window: behindWindow, m: m, log: log, counts: make([]uint64, len(lagBounds)+1)}
 }
 
 // observeLag records the lag of one stored session.
@@ -185,16 +186,16 @@ func quantile(counts []uint64, n uint64, q float64) float64 {
 	return math.Inf(1)
 }
 
-// run closes a window every behindWindow until stop is closed.
+// run closes a window every d.window until stop is closed.
 func (d *behindDetector) run(stop <-chan struct{}, pending func() int) {
-	t := time.NewTicker(behindWindow)
+	t := time.NewTicker(d.window)
 	defer t.Stop()
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
-			d.close(behindWindow, pending())
+			d.close(d.window, pending())
 		}
 	}
 }
