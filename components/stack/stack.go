@@ -215,7 +215,7 @@ func Run(ctx context.Context, log *slog.Logger, grace time.Duration, cfg Config,
 	g.Go(func() error {
 		// A broker discards messages nobody has subscribed to yet: start publishing only once
 		// the listener is subscribed (and its store reachable).
-		for lis.Ready(gctx) != nil {
+		for !cli.IsReady(lis.Ready(gctx)) {
 			select {
 			case <-gctx.Done():
 				stopListener()
@@ -267,10 +267,16 @@ func withReady(api http.Handler, reg prometheus.Gatherer, parts []cli.Component)
 	mux := http.NewServeMux()
 	mux.Handle("/", api)
 	mux.Handle("GET /readyz", cli.OpsHandler(reg, func(ctx context.Context) error {
+		var degraded []error
 		for _, p := range parts {
-			if err := p.Ready(ctx); err != nil {
+			if err := p.Ready(ctx); !cli.IsReady(err) {
 				return err
+			} else if err != nil {
+				degraded = append(degraded, err)
 			}
+		}
+		if err := errors.Join(degraded...); err != nil {
+			return &cli.Degraded{Detail: err.Error()}
 		}
 		return nil
 	}))
