@@ -32,6 +32,8 @@ const (
 	LabelName       = "app.kubernetes.io/name"
 	LabelInstance   = "app.kubernetes.io/instance"
 	LabelComponent  = "app.kubernetes.io/component"
+	// LabelConfig marks a component's ConfigMap (its other labels are the component's).
+	LabelConfig = "chargesim.io/config"
 	// LabelPodIndex is set by the StatefulSet controller on each pod (Kubernetes ≥ 1.28).
 	LabelPodIndex = "apps.kubernetes.io/pod-index"
 
@@ -56,8 +58,14 @@ const (
 	API       Component = "api"
 )
 
-// Ports the components listen on (docs/configuration.md).
+// Ports the components listen on (docs/configuration.md), and their names. The ops port of
+// publisher, listener and broker is named "metrics", the API's port "http": these are the
+// names the chart's PodMonitor scrapes (test/chart matches it against rendered pods).
 const (
+	MetricsPortName = "metrics"
+	HTTPPortName    = "http"
+	MQTTPortName    = "mqtt"
+
 	opsPort  = 9090 // publisher, listener, broker: /healthz, /readyz, /metrics
 	apiPort  = 8080 // api: routes and ops endpoints
 	mqttPort = 1883 // managed broker
@@ -65,8 +73,24 @@ const (
 
 // Object names, all derived from the simulation's name (at most 42 characters, enforced by the
 // CRD, so "<name>-publisher-<revision hash>" stays a valid label value).
-func configMapName(sim string) string             { return sim + "-config" }
 func workloadName(sim string, c Component) string { return sim + "-" + string(c) }
+
+// configMapName is the name of component c's ConfigMap: content-named and immutable, so that
+// a pod always starts with the configuration its template was rendered with. A changed
+// configuration is a new ConfigMap and a new template, applied together; the old ConfigMap
+// stays for the old pods until the rollout is complete (collectConfigMaps).
+func configMapName(sim string, c Component, data map[string]string) string {
+	keys := make([]string, 0, len(data))
+	for k := range data {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	h := sha256.New()
+	for _, k := range keys {
+		fmt.Fprintf(h, "%s=%q\n", k, data[k])
+	}
+	return workloadName(sim, c) + "-config-" + hex.EncodeToString(h.Sum(nil))[:10]
+}
 
 // selectorLabels select one component's pods. They must never change: a workload's selector is
 // immutable.
@@ -146,9 +170,8 @@ const (
 	envShareGroup      = "CHARGESIM_SHARE_GROUP"
 )
 
-// componentKeys are the ConfigMap keys each component reads. All components get the whole
-// ConfigMap (the flag parser ignores variables of flags it does not have), but only these keys
-// go into a component's config hash, so a listener setting does not restart the publisher.
+// componentKeys are the ConfigMap keys each component reads. Each component has its own
+// ConfigMap with only these keys, so a listener setting does not restart the publisher.
 var componentKeys = map[Component][]string{
 	Broker: {envLogLevel, envLogFormat},
 	Publisher: {envLogLevel, envLogFormat, envMQTTURL, envTopicPrefix, envChargers, envConnectors,
@@ -289,13 +312,31 @@ func newDesired(sim *v1alpha1.ChargerSimulation, defaultImage, broker string, se
 	return d
 }
 
-func (d *desired) configMap() *corev1ac.ConfigMapApplyConfiguration {
+// componentConfig is the part of the configuration component c reads.
+func (d *desired) componentConfig(c Component) map[string]string {
+	out := map[string]string{}
+	for _, k := range componentKeys[c] {
+		if v, ok := d.config[k]; ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func (d *desired) configMapName(c Component) string {
+	return configMapName(d.sim.Name, c, d.componentConfig(c))
+}
+
+// configMap is component c's immutable, content-named ConfigMap.
+func (d *desired) configMap(c Component) *corev1ac.ConfigMapApplyConfiguration {
 	sim := d.sim
-	l := objectLabels(sim.Name, "config")
-	return corev1ac.ConfigMap(configMapName(sim.Name), sim.Namespace).
+	l := objectLabels(sim.Name, c)
+	l[LabelConfig] = "true"
+	return corev1ac.ConfigMap(d.configMapName(c), sim.Namespace).
 		WithLabels(l).
 		WithOwnerReferences(ownerRef(sim)).
-		WithData(d.config)
+		WithImmutable(true).
+		WithData(d.componentConfig(c))
 }
 
 // defaultResources keep a simulation schedulable on a small cluster while giving the scheduler
@@ -338,14 +379,23 @@ type secretVolume struct {
 
 func (v secretVolume) path() string { return v.dir + "/" + v.file }
 
+// opsPortName names the port that serves /healthz, /readyz and /metrics.
+func opsPortName(c Component) string {
+	if c == API {
+		return HTTPPortName
+	}
+	return MetricsPortName
+}
+
 // pod builds the pod template shared by every component.
 func (d *desired) pod(c Component, port int32, res *corev1.ResourceRequirements, env []*corev1ac.EnvVarApplyConfiguration, vols []secretVolume) *corev1ac.PodTemplateSpecApplyConfiguration {
 	sim := d.sim
+	portName := opsPortName(c)
 	ports := []*corev1ac.ContainerPortApplyConfiguration{
-		corev1ac.ContainerPort().WithName("http").WithContainerPort(port).WithProtocol(corev1.ProtocolTCP),
+		corev1ac.ContainerPort().WithName(portName).WithContainerPort(port).WithProtocol(corev1.ProtocolTCP),
 	}
 	if c == Broker {
-		ports = append(ports, corev1ac.ContainerPort().WithName("mqtt").WithContainerPort(mqttPort).WithProtocol(corev1.ProtocolTCP))
+		ports = append(ports, corev1ac.ContainerPort().WithName(MQTTPortName).WithContainerPort(mqttPort).WithProtocol(corev1.ProtocolTCP))
 	}
 	env = append([]*corev1ac.EnvVarApplyConfiguration{
 		corev1ac.EnvVar().WithName(envHTTPAddr).WithValue(fmt.Sprintf(":%d", port)),
@@ -355,14 +405,14 @@ func (d *desired) pod(c Component, port int32, res *corev1.ResourceRequirements,
 		WithImage(d.image).
 		WithArgs(string(c)).
 		WithPorts(ports...).
-		WithEnvFrom(corev1ac.EnvFromSource().WithConfigMapRef(corev1ac.ConfigMapEnvSource().WithName(configMapName(sim.Name)))).
+		WithEnvFrom(corev1ac.EnvFromSource().WithConfigMapRef(corev1ac.ConfigMapEnvSource().WithName(d.configMapName(c)))).
 		WithEnv(env...).
 		WithResources(resourcesAC(res)).
 		WithLivenessProbe(corev1ac.Probe().
-			WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromString("http"))).
+			WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromString(portName))).
 			WithPeriodSeconds(10).WithTimeoutSeconds(2).WithFailureThreshold(3)).
 		WithReadinessProbe(corev1ac.Probe().
-			WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString("http"))).
+			WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString(portName))).
 			WithPeriodSeconds(5).WithTimeoutSeconds(3).WithFailureThreshold(3)).
 		WithSecurityContext(corev1ac.SecurityContext().
 			WithRunAsNonRoot(true).
@@ -491,7 +541,7 @@ func (d *desired) brokerObjects() (*appsv1ac.DeploymentApplyConfiguration, *core
 	}
 	dep := d.deployment(Broker, 1, d.pod(Broker, opsPort, res, env, nil))
 	svc := d.service(Broker, corev1.ServiceTypeClusterIP, false,
-		servicePort("mqtt", mqttPort, "mqtt"), servicePort("http", opsPort, "http"))
+		servicePort(MQTTPortName, mqttPort, MQTTPortName), servicePort(MetricsPortName, opsPort, MetricsPortName))
 	return dep, svc
 }
 
@@ -569,7 +619,7 @@ func (d *desired) statefulSet(c Component, replicas int32, tmpl *corev1ac.PodTem
 }
 
 func (d *desired) headlessService(c Component) *corev1ac.ServiceApplyConfiguration {
-	return d.service(c, corev1.ServiceTypeClusterIP, true, servicePort("http", opsPort, "http"))
+	return d.service(c, corev1.ServiceTypeClusterIP, true, servicePort(MetricsPortName, opsPort, MetricsPortName))
 }
 
 func (d *desired) apiObjects() (*appsv1ac.DeploymentApplyConfiguration, *corev1ac.ServiceApplyConfiguration) {
@@ -580,7 +630,7 @@ func (d *desired) apiObjects() (*appsv1ac.DeploymentApplyConfiguration, *corev1a
 	if typ == "" {
 		typ = corev1.ServiceTypeClusterIP
 	}
-	svc := d.service(API, typ, false, servicePort("http", sim.Spec.API.ServicePort(), "http"))
+	svc := d.service(API, typ, false, servicePort(HTTPPortName, sim.Spec.API.ServicePort(), HTTPPortName))
 	return dep, svc
 }
 

@@ -247,7 +247,7 @@ func TestPodHardening(t *testing.T) {
 		if comp == API {
 			wantPort = apiPort
 		}
-		if c.Ports[0].Name != "http" || c.Ports[0].ContainerPort != wantPort || envMap(c)[envHTTPAddr].Value != ":"+strconv.Itoa(int(wantPort)) {
+		if c.Ports[0].Name != opsPortName(comp) || c.Ports[0].ContainerPort != wantPort || envMap(c)[envHTTPAddr].Value != ":"+strconv.Itoa(int(wantPort)) {
 			t.Errorf("%s: port %+v http addr %q", comp, c.Ports[0], envMap(c)[envHTTPAddr].Value)
 		}
 		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
@@ -256,7 +256,7 @@ func TestPodHardening(t *testing.T) {
 		if tmpl.Annotations[AnnotationConfigHash] == "" {
 			t.Errorf("%s: no config hash", comp)
 		}
-		if len(c.EnvFrom) != 1 || c.EnvFrom[0].ConfigMapRef.Name != "fleet-config" {
+		if len(c.EnvFrom) != 1 || !strings.HasPrefix(c.EnvFrom[0].ConfigMapRef.Name, "fleet-"+string(comp)+"-config-") {
 			t.Errorf("%s: envFrom %+v", comp, c.EnvFrom)
 		}
 		if len(c.Args) != 1 || c.Args[0] != string(comp) {

@@ -5,13 +5,21 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// Condition types of a ChargerSimulation. They follow the kstatus conventions: Ready is the
-// summary, Progressing says a rollout is under way, Degraded says the operator cannot make the
-// cluster match the spec (and why).
+// Condition types of a ChargerSimulation. Reconciling and Stalled are the kstatus conditions
+// (sigs.k8s.io/cli-utils/pkg/kstatus, read by Flux, kpt, Config Sync); Ready is the summary
+// for people and tools that read Ready, Progressing says a rollout is under way, Degraded says
+// the operator cannot make the cluster match the spec (and why).
 const (
 	ConditionReady       = "Ready"
 	ConditionProgressing = "Progressing"
 	ConditionDegraded    = "Degraded"
+	// ConditionReconciling (kstatus): True while the operator works towards the spec — a
+	// rollout in progress, or a retry after a transient error.
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled (kstatus): True when the simulation cannot reach the spec without the
+	// user: a missing Secret, a name conflict, an object the API server refuses, a stuck
+	// rollout. Its reason is the Degraded reason.
+	ConditionStalled = "Stalled"
 )
 
 // Condition reasons. A Ready=False condition carries the Degraded reason when the simulation is
@@ -41,6 +49,15 @@ const (
 	ReasonInvalidBrokerURL = "InvalidBrokerURL"
 	// ReasonApplyFailed: the API server refused a child object.
 	ReasonApplyFailed = "ApplyFailed"
+	// ReasonNameConflict: an object the simulation needs (named after it) exists and belongs
+	// to someone else; the operator leaves it alone.
+	ReasonNameConflict = "NameConflict"
+	// ReasonRecreated (event): a child the API server refused to update (a hand edit made the
+	// operator's fields invalid, or an immutable field changed) was deleted and recreated.
+	ReasonRecreated = "Recreated"
+	// ReasonRetrying: the last reconcile met a transient error (timeout, conflict) and is
+	// retried; reason of Reconciling=True.
+	ReasonRetrying = "Retrying"
 	// ReasonRolloutStalled: a Deployment reports ProgressDeadlineExceeded.
 	ReasonRolloutStalled = "RolloutStalled"
 )
@@ -48,7 +65,9 @@ const (
 // ChargerSimulationSpec is the desired simulation: the fleet, how it charges, where its
 // sessions go, and how each component of the pipeline runs.
 //
-// +kubebuilder:validation:XValidation:rule="!has(self.publisher) || !has(self.publisher.replicas) || !has(self.chargers) || self.chargers >= self.publisher.replicas",message="spec.chargers must be at least spec.publisher.replicas: each publisher replica simulates its own share of the chargers"
+// A negative or zero chargers count is the minimum's to report (the rule passes on it, so that
+// the message says what is wrong).
+// +kubebuilder:validation:XValidation:rule="!has(self.publisher) || !has(self.publisher.replicas) || !has(self.chargers) || self.chargers < 1 || self.chargers >= self.publisher.replicas",message="spec.chargers must be at least spec.publisher.replicas: each publisher replica simulates its own share of the chargers",fieldPath=".chargers"
 type ChargerSimulationSpec struct {
 	// chargers is the size of the simulated fleet (charger IDs 1..chargers). The publisher
 	// replicas split it: replica i simulates the chargers c with (c-1) % replicas == i.
@@ -423,7 +442,7 @@ type ChargerSimulationStatus struct {
 // publisher → MQTT broker → listener → MongoDB → REST API.
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 42 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name must be at most 42 characters of lower-case letters, digits and '-', starting with a letter: it prefixes the names of the Services and the StatefulSet the operator creates"
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 42 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name must be at most 42 characters of lower-case letters, digits and '-', starting with a letter: it prefixes the names of the Services and the StatefulSet the operator creates",fieldPath=".metadata"
 // +kubebuilder:resource:shortName=csim,categories=chargesim
 // +kubebuilder:subresource:status
 // +kubebuilder:subresource:scale:specpath=.spec.publisher.replicas,statuspath=.status.publisher.replicas,selectorpath=.status.publisher.selector

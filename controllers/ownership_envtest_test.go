@@ -1,0 +1,281 @@
+//go:build envtest
+
+package controllers_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/chargesim/chargesim/api/v1alpha1"
+	"github.com/chargesim/chargesim/controllers"
+)
+
+// Issue 9, bug 1: a user's Service named like a simulation's child existed first. Server-side
+// apply would have adopted it (owner reference, selector and all; deleting the simulation would
+// have deleted it). The operator must refuse, say so, and still run the other components.
+func TestForeignObjectNeverTakenOver(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	mine := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "victim-api", Labels: map[string]string{"team": "payments"}},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "payments"},
+			Ports: []corev1.ServicePort{{Name: "web", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}
+	if err := k8s.Create(ctx, mine); err != nil {
+		t.Fatal(err)
+	}
+	before := getObj(t, ns, "victim-api", &corev1.Service{})
+
+	createSim(t, simulation(ns, "victim"))
+	sim := waitCondition(t, ns, "victim", v1alpha1.ConditionStalled, metav1.ConditionTrue, v1alpha1.ReasonNameConflict)
+	c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionDegraded)
+	if c == nil || c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonNameConflict || !strings.Contains(c.Message, "Service victim-api") {
+		t.Fatalf("Degraded condition %+v: want NameConflict naming Service victim-api", c)
+	}
+	eventually(t, "NameConflict event", func() error {
+		if len(events(t, ns, "victim", v1alpha1.ReasonNameConflict)) == 0 {
+			return errors.New("no event")
+		}
+		return nil
+	})
+	// The other components are reconciled all the same.
+	getObj(t, ns, "victim-broker", &appsv1.Deployment{})
+	getObj(t, ns, "victim-listener", &appsv1.StatefulSet{})
+	if err := k8s.Get(ctx, key(ns, "victim-api"), &appsv1.Deployment{}); err != nil {
+		t.Errorf("API Deployment not created next to the conflicting Service: %v", err)
+	}
+
+	// A few more reconciles (a spec change) and the Service is still exactly the user's.
+	updateSim(t, ns, "victim", func(s *v1alpha1.ChargerSimulation) { s.Spec.Chargers = 20 })
+	waitCondition(t, ns, "victim", v1alpha1.ConditionStalled, metav1.ConditionTrue, v1alpha1.ReasonNameConflict)
+	after := getObj(t, ns, "victim-api", &corev1.Service{})
+	if after.ResourceVersion != before.ResourceVersion || len(after.OwnerReferences) != 0 ||
+		after.Spec.Selector["app"] != "payments" || len(after.Spec.Selector) != 1 {
+		t.Fatalf("the user's Service was touched: rv %s→%s, owners %v, selector %v",
+			before.ResourceVersion, after.ResourceVersion, after.OwnerReferences, after.Spec.Selector)
+	}
+
+	// Once the user's Service is gone, the simulation gets its own and recovers.
+	if err := k8s.Delete(ctx, after); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, ns, "victim", v1alpha1.ConditionStalled, metav1.ConditionFalse, v1alpha1.ReasonAsExpected)
+	assertOwned(t, getObj(t, ns, "victim-api", &corev1.Service{}), getSim(t, ns, "victim"))
+}
+
+// Issue 9, bug 2: a hand edit of the broker's strategy makes the operator's apply invalid
+// (rollingUpdate next to Recreate). The operator repairs it, and a later scale of the
+// simulation is applied — a failing child does not hold the others back.
+func TestHandEditDoesNotWedge(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	sim := simulation(ns, "wedge")
+	sim.Spec.Chargers = 10
+	createSim(t, sim)
+	startPublisher(t, ns, "wedge")
+	broker := getObj(t, ns, "wedge-broker", &appsv1.Deployment{})
+
+	// kubectl patch deploy wedge-broker -p '{"spec":{"strategy":{"type":"RollingUpdate"}}}'
+	patch := client.RawPatch(types.StrategicMergePatchType, []byte(`{"spec":{"strategy":{"type":"RollingUpdate"}}}`))
+	if err := k8s.Patch(ctx, broker.DeepCopy(), patch, client.FieldOwner("kubectl-patch")); err != nil {
+		t.Fatal(err)
+	}
+	updateSim(t, ns, "wedge", func(s *v1alpha1.ChargerSimulation) { s.Spec.Publisher.Replicas = 2 })
+
+	eventually(t, "publisher scaled", func() error {
+		sts := getObj(t, ns, "wedge-publisher", &appsv1.StatefulSet{})
+		if *sts.Spec.Replicas != 2 {
+			return fmt.Errorf("publisher replicas %d", *sts.Spec.Replicas)
+		}
+		return nil
+	})
+	eventually(t, "broker repaired", func() error {
+		d := getObj(t, ns, "wedge-broker", &appsv1.Deployment{})
+		if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType || d.Spec.Strategy.RollingUpdate != nil {
+			return fmt.Errorf("strategy %+v", d.Spec.Strategy)
+		}
+		return nil
+	})
+	if len(events(t, ns, "wedge", v1alpha1.ReasonRecreated)) == 0 {
+		t.Error("no Recreated event")
+	}
+	markReady(t, ns, "wedge")
+	waitCondition(t, ns, "wedge", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+}
+
+// Issue 9, bug 3: configuration and template change together. Each pod template names an
+// immutable ConfigMap named after its content, so a pod that restarts reads the configuration
+// its template was rendered with, whatever step of a later change failed; the old ConfigMap
+// goes once the rollout is complete.
+func TestConfigChangesWithTemplate(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "cfg"))
+	startPublisher(t, ns, "cfg")
+	markReady(t, ns, "cfg")
+	waitCondition(t, ns, "cfg", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	old := configMapOf(t, ns, "cfg-publisher", &appsv1.StatefulSet{})
+	oldScale := old.Data["CHARGESIM_TIME_SCALE"]
+
+	updateSim(t, ns, "cfg", func(s *v1alpha1.ChargerSimulation) { s.Spec.TimeScale = ptr.To(30.0) })
+	var cur *corev1.ConfigMap
+	eventually(t, "publisher template names a new ConfigMap", func() error {
+		cur = configMapOf(t, ns, "cfg-publisher", &appsv1.StatefulSet{})
+		if cur.Name == old.Name {
+			return errors.New("same ConfigMap")
+		}
+		return nil
+	})
+	if cur.Data["CHARGESIM_TIME_SCALE"] != "30" {
+		t.Errorf("new ConfigMap: time scale %q", cur.Data["CHARGESIM_TIME_SCALE"])
+	}
+	// Mid-rollout, old pods still read the old configuration.
+	waitCondition(t, ns, "cfg", v1alpha1.ConditionReconciling, metav1.ConditionTrue, v1alpha1.ReasonRollingOut)
+	kept := getObj(t, ns, old.Name, &corev1.ConfigMap{})
+	if kept.Data["CHARGESIM_TIME_SCALE"] != oldScale {
+		t.Errorf("old ConfigMap changed: time scale %q, was %q", kept.Data["CHARGESIM_TIME_SCALE"], oldScale)
+	}
+	markReady(t, ns, "cfg")
+	eventually(t, "old ConfigMap collected", func() error {
+		err := k8s.Get(ctx, key(ns, old.Name), &corev1.ConfigMap{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there (%v)", err)
+	})
+	// The listener's and API's ConfigMaps did not change and stay.
+	configMapOf(t, ns, "cfg-listener", &appsv1.StatefulSet{})
+	configMapOf(t, ns, "cfg-api", &appsv1.Deployment{})
+}
+
+// eventCounter counts the events a reconciler records, by reason.
+type eventCounter struct {
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func (e *eventCounter) Eventf(_ runtime.Object, _ runtime.Object, _, reason, _, _ string, _ ...interface{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.counts == nil {
+		e.counts = map[string]int{}
+	}
+	e.counts[reason]++
+}
+
+func (e *eventCounter) count(reason string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.counts[reason]
+}
+
+// Issue 9, bug 5: a reconcile that starts from a cached copy older than the operator's last
+// status patch announced "Available" a second time. Events now follow the status write, which
+// a stale copy cannot make.
+func TestNoDuplicateAvailableEvent(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "dup"))
+	startPublisher(t, ns, "dup")
+	stale := waitCondition(t, ns, "dup", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+	markReady(t, ns, "dup")
+	waitCondition(t, ns, "dup", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+
+	mgr := operator.Manager()
+	rec := &eventCounter{}
+	r := &controllers.Reconciler{Client: &staleClient{Client: mgr.GetClient(), stale: stale}, APIReader: mgr.GetAPIReader(),
+		Recorder: rec, DefaultImage: testImage}
+	if _, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: key(ns, "dup")}); err != nil {
+		t.Fatal(err)
+	}
+	if n := rec.count(v1alpha1.ReasonAvailable); n != 0 {
+		t.Errorf("a reconcile from a stale copy recorded %d Available event(s)", n)
+	}
+}
+
+// Issue 9, bug 5: on shutdown, requests fail with "context canceled"; that is not the
+// simulation's fault and must neither raise a Warning nor change its status.
+func TestShutdownIsNotAFailure(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "calm"))
+	startPublisher(t, ns, "calm")
+	markReady(t, ns, "calm")
+	waitCondition(t, ns, "calm", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	// A spec change, so that the reconcile has something to apply when it is cancelled.
+	updateSim(t, ns, "calm", func(s *v1alpha1.ChargerSimulation) { s.Spec.Chargers = 30 })
+	before := getSim(t, ns, "calm")
+
+	mgr := operator.Manager()
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rec := &eventCounter{}
+	r := &controllers.Reconciler{Client: &cancellingClient{Client: mgr.GetClient(), cancel: cancel}, APIReader: mgr.GetAPIReader(),
+		Recorder: rec, DefaultImage: testImage}
+	if _, err := r.Reconcile(rctx, ctrl.Request{NamespacedName: key(ns, "calm")}); err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("reconcile: %v", err)
+	}
+	if len(rec.counts) != 0 {
+		t.Errorf("events on shutdown: %v", rec.counts)
+	}
+	after := getSim(t, ns, "calm")
+	if after.ResourceVersion != before.ResourceVersion {
+		c := meta.FindStatusCondition(after.Status.Conditions, v1alpha1.ConditionReady)
+		t.Errorf("status written on shutdown: Ready %+v", c)
+	}
+}
+
+// cancellingClient is a shutdown arriving in the middle of a reconcile: the first apply
+// cancels the context and fails the way client-go fails then.
+type cancellingClient struct {
+	client.Client
+	cancel context.CancelFunc
+}
+
+func (c *cancellingClient) Apply(ctx context.Context, o runtime.ApplyConfiguration, opts ...client.ApplyOption) error {
+	c.cancel()
+	return fmt.Errorf("apply: %w", ctx.Err())
+}
+
+// Issue 9, bug 5: scaling down, the message said "publisher 3/1 ready".
+func TestScaleDownMessage(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	sim := simulation(ns, "down")
+	sim.Spec.Publisher.Replicas = 3
+	createSim(t, sim)
+	startPublisher(t, ns, "down")
+	markReady(t, ns, "down")
+	waitCondition(t, ns, "down", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	updateSim(t, ns, "down", func(s *v1alpha1.ChargerSimulation) { s.Spec.Publisher.Replicas = 1 })
+	// The StatefulSet controller has not caught up: three pods still run and are ready.
+	eventually(t, "publisher status lags", func() error {
+		s := getObj(t, ns, "down-publisher", &appsv1.StatefulSet{})
+		if *s.Spec.Replicas != 1 {
+			return errors.New("not scaled yet")
+		}
+		s.Status.Replicas, s.Status.ReadyReplicas, s.Status.AvailableReplicas = 3, 3, 3
+		return k8s.Status().Update(ctx, s)
+	})
+	got := waitCondition(t, ns, "down", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
+	msg := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionReady).Message
+	if strings.Contains(msg, "3/1") || !strings.Contains(msg, "publisher scaling down to 1 (3 running)") {
+		t.Errorf("message %q", msg)
+	}
+}
