@@ -559,7 +559,7 @@ func (r *Reconciler) observeFromCache(ctx context.Context, sim *v1alpha1.Charger
 
 // pendingEvent is an event summarize decided on; Reconcile records it once status is written.
 type pendingEvent struct {
-	related                    runtime.Object
+	related                   runtime.Object
 	typ, reason, action, note string
 }
 

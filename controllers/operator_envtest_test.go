@@ -884,7 +884,7 @@ func resourceVersions(t *testing.T, ns, name string) map[string]string {
 		rv["config-"+c] = cm.ResourceVersion
 	}
 	objs := map[string]client.Object{
-		"sim": &v1alpha1.ChargerSimulation{},
+		"sim":    &v1alpha1.ChargerSimulation{},
 		"broker": &appsv1.Deployment{}, "broker-svc": &corev1.Service{},
 		"publisher": &appsv1.StatefulSet{}, "publisher-svc": &corev1.Service{},
 		"listener": &appsv1.StatefulSet{}, "listener-svc": &corev1.Service{},
