@@ -3,6 +3,7 @@ package controllers
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"math"
 	"net"
@@ -659,4 +660,32 @@ func formatRate(r float64) string {
 	exp := math.Floor(math.Log10(r))
 	scale := math.Pow(10, 3-exp)
 	return strconv.FormatFloat(math.Round(r*scale)/scale, 'f', -1, 64)
+}
+
+// PodTemplates renders the pod template of every component of sim as the operator would
+// (Secret contents read as empty), for tests that check what selects these pods: the chart's
+// monitors, NetworkPolicies.
+func PodTemplates(sim *v1alpha1.ChargerSimulation, image string) (map[Component]corev1.PodTemplateSpec, error) {
+	broker, err := brokerURL(sim)
+	if err != nil {
+		return nil, err
+	}
+	d := newDesired(sim, image, broker, secretUses(sim))
+	bdep, _ := d.brokerObjects()
+	pub, _ := d.publisherObjects()
+	lis, _ := d.listenerObjects()
+	api, _ := d.apiObjects()
+	out := map[Component]corev1.PodTemplateSpec{}
+	for c, ac := range map[Component]any{Broker: bdep.Spec.Template, Publisher: pub.Spec.Template, Listener: lis.Spec.Template, API: api.Spec.Template} {
+		b, err := json.Marshal(ac)
+		if err != nil {
+			return nil, fmt.Errorf("marshal %s template: %w", c, err)
+		}
+		var t corev1.PodTemplateSpec
+		if err := json.Unmarshal(b, &t); err != nil {
+			return nil, fmt.Errorf("decode %s template: %w", c, err)
+		}
+		out[c] = t
+	}
+	return out, nil
 }
