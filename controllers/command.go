@@ -214,7 +214,16 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, er
 	if err != nil {
 		return nil, fmt.Errorf("create manager: %w", err)
 	}
-	metrics, err := NewMetrics(reg, mgr.GetCache())
+	elected := mgr.Elected()
+	leader := func() bool {
+		select {
+		case <-elected:
+			return true
+		default:
+			return false
+		}
+	}
+	metrics, err := NewMetrics(reg, mgr.GetCache(), leader)
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}

@@ -6,10 +6,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -277,5 +281,89 @@ func TestScaleDownMessage(t *testing.T) {
 	msg := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionReady).Message
 	if strings.Contains(msg, "3/1") || !strings.Contains(msg, "publisher scaling down to 1 (3 running)") {
 		t.Errorf("message %q", msg)
+	}
+}
+
+// gauges gathers reg and returns every sample of the named metric, keyed by its labels.
+func gauges(t *testing.T, reg prometheus.Gatherer, name string) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var l []string
+			for _, lp := range m.GetLabel() {
+				l = append(l, lp.GetName()+"="+lp.GetValue())
+			}
+			out[strings.Join(l, ",")] = m.GetGauge().GetValue()
+		}
+	}
+	return out
+}
+
+// Issue 8: a hot standby exported the same chargesim_operator_simulations as the leader, and
+// `sum by (status)` over the replicas doubled. Only the leader reports simulations; each
+// simulation has its own series from status.
+func TestOnlyTheLeaderReportsSimulations(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	sim := simulation(ns, "seen")
+	sim.Spec.Publisher.Replicas = 2
+	createSim(t, sim)
+	startPublisher(t, ns, "seen")
+	markReady(t, ns, "seen")
+	waitCondition(t, ns, "seen", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+
+	standbyReg := prometheus.NewRegistry()
+	standby, err := controllers.New(controllers.Config{
+		LogLevel: "info", LogFormat: "text", MetricsAddr: "0", ProbeAddr: "0",
+		LeaderElect: true, LeaderElectionID: "chargesim-operator.chargesim.io", LeaderElectionNamespace: operatorNamespace,
+		DefaultImage: "other:image", MaxConcurrentReconciles: 1, KubeAPIQPS: 50, KubeAPIBurst: 100,
+		ShutdownTimeout: time.Second, RestConfig: operatorRestConfig, SkipNameValidation: true,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)), standbyReg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- standby.Run(sctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	eventually(t, "standby's cache synced", func() error { return standby.Ready(ctx) })
+
+	if g := gauges(t, standbyReg, "chargesim_operator_leader"); g[""] != 0 || len(g) != 1 {
+		t.Errorf("standby leader gauge %v", g)
+	}
+	if g := gauges(t, standbyReg, "chargesim_operator_simulations"); len(g) != 0 {
+		t.Errorf("standby reports simulations: %v", g)
+	}
+	if g := gauges(t, opReg, "chargesim_operator_leader"); g[""] != 1 {
+		t.Errorf("leader gauge %v", g)
+	}
+	if g := gauges(t, opReg, "chargesim_operator_simulations"); g["condition=Ready,status=True"] < 1 {
+		t.Errorf("leader simulations %v", g)
+	}
+	id := "namespace=" + ns + ",simulation=seen"
+	if g := gauges(t, opReg, "chargesim_simulation_ready"); g[id] != 1 {
+		t.Errorf("chargesim_simulation_ready %v", g)
+	}
+	if g := gauges(t, opReg, "chargesim_simulation_configured_sessions_per_second"); g[id] <= 0 {
+		t.Errorf("configured rate %v", g)
+	}
+	rep := gauges(t, opReg, "chargesim_simulation_replicas")
+	for _, want := range []string{"component=publisher," + id + ",state=desired", "component=publisher," + id + ",state=ready"} {
+		if rep[want] != 2 {
+			t.Errorf("%s = %v in %v", want, rep[want], rep)
+		}
 	}
 }

@@ -42,6 +42,8 @@ var (
 	k8s      client.Client // cluster admin: plays the user and the missing controllers
 	operator *controllers.Operator
 	opReg    *prometheus.Registry
+	// operatorRestConfig is the operator's identity (its ServiceAccount, impersonated).
+	operatorRestConfig *rest.Config
 	// forbidden counts operator log records that mention an RBAC denial.
 	forbidden  atomic.Int64
 	lastDenied atomic.Value
@@ -90,6 +92,7 @@ func runSuite(m *testing.M) int {
 		UserName: "system:serviceaccount:" + operatorNamespace + ":" + operatorSA,
 		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + operatorNamespace, "system:authenticated"},
 	}
+	operatorRestConfig = opCfg
 	level := slog.LevelWarn
 	if os.Getenv("OPERATOR_DEBUG") != "" {
 		level = slog.LevelDebug
