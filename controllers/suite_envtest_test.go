@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/chargesim/chargesim/controllers"
+	"github.com/chargesim/chargesim/test/testenv"
 )
 
 const (
@@ -239,18 +240,11 @@ func loadYAML(path string) ([]client.Object, error) {
 	return out, nil
 }
 
-// eventually retries check until it succeeds; the deadline only bounds a hung test.
+// eventually waits for the operator (or the API server) to get there; one minute bounds a
+// hung test.
 func eventually(t *testing.T, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = check(); err == nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: %v", what, err)
+	testenv.Eventually(t, time.Minute, what, check)
 }
 
 // newNamespace gives each test its own namespace.
