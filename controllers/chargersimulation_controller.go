@@ -23,7 +23,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/chargesim/chargesim/api/v1alpha1"
 )
@@ -37,6 +39,7 @@ import (
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=services;configmaps,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconciler turns a ChargerSimulation into its ConfigMap, broker, publisher, listener and API
@@ -75,6 +78,9 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.StatefulSet{}).
 		Owns(&corev1.Service{}).
 		Owns(&corev1.ConfigMap{}).
+		// Pods are owned by ReplicaSets and StatefulSets, not by the simulation: they are mapped
+		// to it by label, so that a pod stuck in ImagePullBackOff or Unschedulable is reported.
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToSimulation)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(1, r.MaxConcurrentReconciles)}).
 		Complete(r)
 }
@@ -108,13 +114,16 @@ type observation struct {
 	components map[Component]*componentObservation
 	// waitingForListener: a new simulation's publisher is held back until a listener is ready.
 	waitingForListener bool
+	// recheck: a pod may count as stuck after this long (nothing else would wake a reconcile).
+	recheck time.Duration
 }
 
 type componentObservation struct {
-	status   v1alpha1.ComponentStatus
-	updated  int32  // replicas on the newest revision
-	complete bool   // rolled out: every desired replica updated and available, nothing else left
-	stalled  string // non-empty: why the rollout cannot progress
+	stalledReason string // the pod's reason (ImagePullBackOff, Unschedulable, …); RolloutStalled if empty
+	status        v1alpha1.ComponentStatus
+	updated       int32  // replicas on the newest revision
+	complete      bool   // rolled out: every desired replica updated and available, nothing else left
+	stalled       string // non-empty: why the rollout cannot progress
 }
 
 // Reconcile reads top to bottom: fetch, arrange for the status patch, reconcile each component
@@ -528,6 +537,87 @@ func observeStatefulSet(st *appsv1.StatefulSet, desired int32, selector string) 
 	return o
 }
 
+// podToSimulation maps a pod to the simulation its labels name.
+func podToSimulation(_ context.Context, o client.Object) []reconcile.Request {
+	sim := o.GetLabels()[LabelSimulation]
+	if sim == "" {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: sim}}}
+}
+
+// Deadlines after which a pod that is not getting anywhere stalls its simulation. An image that
+// cannot be pulled or a container that crash-loops is reported at once (the kubelet has
+// already retried); a pod may wait for the scheduler for a while (a node being added) and a
+// slow component may take a while to pass its readiness probe.
+const (
+	unschedulableDeadline = 2 * time.Minute
+	notReadyDeadline      = 5 * time.Minute
+)
+
+// stuckWaitingReasons are container waiting reasons that do not resolve by waiting.
+var stuckWaitingReasons = map[string]bool{
+	"ImagePullBackOff": true, "ErrImagePull": true, "InvalidImageName": true,
+	"CrashLoopBackOff": true, "CreateContainerConfigError": true, "CreateContainerError": true,
+}
+
+// podStuck says why pod p cannot become ready without someone changing something (reason,
+// message), or, when it may still get there, how long until it would count as stuck (recheck).
+func podStuck(p *corev1.Pod, now time.Time) (reason, message string, recheck time.Duration) {
+	if !p.DeletionTimestamp.IsZero() {
+		return "", "", 0
+	}
+	for _, list := range [][]corev1.ContainerStatus{p.Status.InitContainerStatuses, p.Status.ContainerStatuses} {
+		for _, cs := range list {
+			if w := cs.State.Waiting; w != nil && stuckWaitingReasons[w.Reason] {
+				return w.Reason, fmt.Sprintf("pod %s: container %s: %s: %s", p.Name, cs.Name, w.Reason, w.Message), 0
+			}
+		}
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
+			if left := unschedulableDeadline - now.Sub(c.LastTransitionTime.Time); left > 0 {
+				return "", "", left
+			}
+			return corev1.PodReasonUnschedulable, fmt.Sprintf("pod %s: Unschedulable: %s", p.Name, c.Message), 0
+		}
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if r := cs.State.Running; r != nil && !cs.Ready {
+			if left := notReadyDeadline - now.Sub(r.StartedAt.Time); left > 0 {
+				return "", "", left
+			}
+			return "ProbeFailing", fmt.Sprintf("pod %s: container %s running for %s without passing its readiness probe",
+				p.Name, cs.Name, now.Sub(r.StartedAt.Time).Round(time.Second)), 0
+		}
+	}
+	return "", "", 0
+}
+
+// observePods looks at the pods of a component that has not rolled out, and marks the
+// component stalled when one of them is stuck.
+func (r *Reconciler) observePods(ctx context.Context, sim *v1alpha1.ChargerSimulation, c Component, o *componentObservation, obs *observation) {
+	if o.complete || o.stalled != "" {
+		return
+	}
+	var pods corev1.PodList
+	if err := r.Client.List(ctx, &pods, client.InNamespace(sim.Namespace), client.MatchingLabels(selectorLabels(sim.Name, c))); err != nil {
+		ctrl.LoggerFrom(ctx).V(1).Info("list pods", "component", c, "error", err.Error())
+		return
+	}
+	now := time.Now()
+	for i := range pods.Items {
+		reason, msg, recheck := podStuck(&pods.Items[i], now)
+		if reason != "" {
+			o.stalled, o.stalledReason = msg, reason
+			return
+		}
+		if recheck > 0 && (obs.recheck == 0 || recheck < obs.recheck) {
+			obs.recheck = recheck
+		}
+	}
+}
+
 // observeFromCache fills in components the reconcile did not reach (it stopped on an error),
 // so status keeps reporting what is actually running.
 func (r *Reconciler) observeFromCache(ctx context.Context, sim *v1alpha1.ChargerSimulation, obs *observation) {
@@ -566,6 +656,11 @@ type pendingEvent struct {
 // summarize completes the observation from the cache and writes status from it.
 func (r *Reconciler) summarize(ctx context.Context, sim *v1alpha1.ChargerSimulation, obs *observation, result ctrl.Result, err error) (ctrl.Result, []pendingEvent, error) {
 	r.observeFromCache(ctx, sim, obs)
+	for _, c := range []Component{Broker, Publisher, Listener, API} {
+		if o, ok := obs.components[c]; ok {
+			r.observePods(ctx, sim, c, o, obs)
+		}
+	}
 	res, evs := summarizeStatus(sim, obs, time.Now())
 	if err != nil {
 		// Transient: controller-runtime logs it and retries with backoff. No event (a storm
@@ -630,6 +725,7 @@ func summarizeStatus(sim *v1alpha1.ChargerSimulation, obs *observation, now time
 	}
 
 	var notReady, stalled []string
+	stalledReason := v1alpha1.ReasonRolloutStalled
 	for _, c := range []Component{Broker, Publisher, Listener, API} {
 		o, ok := obs.components[c]
 		if !ok {
@@ -639,12 +735,15 @@ func summarizeStatus(sim *v1alpha1.ChargerSimulation, obs *observation, now time
 			notReady = append(notReady, componentMessage(c, o))
 		}
 		if o.stalled != "" {
+			if len(stalled) == 0 && o.stalledReason != "" {
+				stalledReason = o.stalledReason
+			}
 			stalled = append(stalled, o.stalled)
 		}
 	}
 	deg := obs.degraded
 	if deg == nil && len(stalled) > 0 {
-		deg = &configError{reason: v1alpha1.ReasonRolloutStalled, message: strings.Join(stalled, "; ")}
+		deg = &configError{reason: stalledReason, message: strings.Join(stalled, "; ")}
 	}
 
 	// A copy: FindStatusCondition points into the slice that SetStatusCondition rewrites.
@@ -712,6 +811,9 @@ func summarizeStatus(sim *v1alpha1.ChargerSimulation, obs *observation, now time
 			since = c.LastTransitionTime.Time
 		}
 		return ctrl.Result{RequeueAfter: degradedBackoff(now.Sub(since))}, evs
+	}
+	if obs.recheck > 0 {
+		return ctrl.Result{RequeueAfter: obs.recheck}, evs
 	}
 	return ctrl.Result{}, evs
 }

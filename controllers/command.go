@@ -187,6 +187,8 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, er
 			&appsv1.StatefulSet{}: {Label: managed},
 			&corev1.Service{}:     {Label: managed},
 			&corev1.ConfigMap{}:   {Label: managed},
+			// Pods carry the labels of their template: only the simulations' pods are cached.
+			&corev1.Pod{}: {Label: managed},
 		},
 	}
 	if cfg.WatchNamespace != "" {

@@ -367,3 +367,52 @@ func TestOnlyTheLeaderReportsSimulations(t *testing.T) {
 		}
 	}
 }
+
+// Issue 9: a rollout that cannot progress is Stalled with the pod's reason — a listener whose
+// image cannot be pulled, a publisher that cannot be scheduled (past the deadline) — instead of
+// WaitingForListener or RollingOut for ever.
+func TestStuckPodsStallTheSimulation(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "stuck"))
+	waitCondition(t, ns, "stuck", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonWaitingForListener)
+
+	// The StatefulSet controller's pod, with the kubelet's verdict (envtest runs neither).
+	sts := getObj(t, ns, "stuck-listener", &appsv1.StatefulSet{})
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "stuck-listener-0", Labels: sts.Spec.Template.Labels},
+		Spec:       sts.Spec.Template.Spec,
+	}
+	if err := k8s.Create(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "listener", Image: testImage, State: corev1.ContainerState{
+		Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: `Back-off pulling image "` + testImage + `"`}}}}
+	if err := k8s.Status().Update(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	sim := waitCondition(t, ns, "stuck", v1alpha1.ConditionStalled, metav1.ConditionTrue, "ImagePullBackOff")
+	c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionReady)
+	if c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "pod stuck-listener-0: container listener: ImagePullBackOff") {
+		t.Errorf("Ready %+v", c)
+	}
+
+	// Fixed: no longer stalled.
+	pod.Status.ContainerStatuses[0].State = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}
+	if err := k8s.Status().Update(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, ns, "stuck", v1alpha1.ConditionStalled, metav1.ConditionFalse, v1alpha1.ReasonAsExpected)
+
+	// Unschedulable for longer than the deadline.
+	pod.Status.ContainerStatuses = nil
+	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable,
+		Message: "0/3 nodes are available: 3 Insufficient cpu.", LastTransitionTime: metav1.NewTime(time.Now().Add(-10 * time.Minute))}}
+	if err := k8s.Status().Update(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	sim = waitCondition(t, ns, "stuck", v1alpha1.ConditionStalled, metav1.ConditionTrue, corev1.PodReasonUnschedulable)
+	if c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionStalled); !strings.Contains(c.Message, "Insufficient cpu") {
+		t.Errorf("Stalled %+v", c)
+	}
+}

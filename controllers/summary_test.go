@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -107,5 +108,39 @@ func TestSummarizeStatus(t *testing.T) {
 				t.Errorf("requeue after %s, want %s", res.RequeueAfter, tc.want.requeue)
 			}
 		})
+	}
+}
+
+func TestPodStuck(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	ago := func(d time.Duration) metav1.Time { return metav1.NewTime(now.Add(-d)) }
+	waiting := func(reason string) corev1.ContainerState {
+		return corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: "m"}}
+	}
+	for _, tc := range []struct {
+		name    string
+		status  corev1.PodStatus
+		reason  string
+		recheck time.Duration
+	}{
+		{"image pull", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "c", State: waiting("ImagePullBackOff")}}}, "ImagePullBackOff", 0},
+		{"crash loop", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "c", State: waiting("CrashLoopBackOff")}}}, "CrashLoopBackOff", 0},
+		{"creating", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "c", State: waiting("ContainerCreating")}}}, "", 0},
+		{"unschedulable, recently", corev1.PodStatus{Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse,
+			Reason: corev1.PodReasonUnschedulable, LastTransitionTime: ago(30 * time.Second)}}}, "", 90 * time.Second},
+		{"unschedulable, long", corev1.PodStatus{Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse,
+			Reason: corev1.PodReasonUnschedulable, LastTransitionTime: ago(3 * time.Minute)}}}, corev1.PodReasonUnschedulable, 0},
+		{"probe failing, recently", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "c",
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: ago(time.Minute)}}}}}, "", 4 * time.Minute},
+		{"probe failing, long", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "c",
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: ago(6 * time.Minute)}}}}}, "ProbeFailing", 0},
+		{"ready", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "c", Ready: true,
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: ago(6 * time.Minute)}}}}}, "", 0},
+	} {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Status: tc.status}
+		reason, _, recheck := podStuck(p, now)
+		if reason != tc.reason || recheck != tc.recheck {
+			t.Errorf("%s: reason %q recheck %s, want %q %s", tc.name, reason, recheck, tc.reason, tc.recheck)
+		}
 	}
 }
