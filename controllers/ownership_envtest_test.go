@@ -19,10 +19,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -415,4 +417,45 @@ func TestStuckPodsStallTheSimulation(t *testing.T) {
 	if c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionStalled); !strings.Contains(c.Message, "Insufficient cpu") {
 		t.Errorf("Stalled %+v", c)
 	}
+}
+
+// kstatusOf is what kstatus tools (Flux, kpt, Config Sync) make of a simulation.
+func kstatusOf(ns, name string) (kstatus.Status, string, error) {
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(v1alpha1.GroupVersion.WithKind("ChargerSimulation"))
+	if err := k8s.Get(ctx, key(ns, name), u); err != nil {
+		return "", "", err
+	}
+	res, err := kstatus.Compute(u)
+	if err != nil {
+		return "", "", err
+	}
+	return res.Status, res.Message, nil
+}
+
+// Issue 9: with neither Reconciling nor Stalled, kstatus called a simulation with a missing
+// Secret Current. cli-utils' own status.Compute now says Failed, then InProgress while it
+// rolls out, then Current.
+func TestKstatus(t *testing.T) {
+	ns := newNamespace(t)
+	createSim(t, simulation(ns, "ks"))
+	want := func(s kstatus.Status) {
+		t.Helper()
+		eventually(t, "kstatus "+string(s), func() error {
+			got, msg, err := kstatusOf(ns, "ks")
+			if err != nil {
+				return err
+			}
+			if got != s {
+				return fmt.Errorf("kstatus %s (%s)", got, msg)
+			}
+			return nil
+		})
+	}
+	want(kstatus.FailedStatus)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	want(kstatus.InProgressStatus)
+	startPublisher(t, ns, "ks")
+	markReady(t, ns, "ks")
+	want(kstatus.CurrentStatus)
 }
