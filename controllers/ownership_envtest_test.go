@@ -163,7 +163,7 @@ func TestConfigChangesWithTemplate(t *testing.T) {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return fmt.Errorf("still there (%v)", err)
+		return fmt.Errorf("still there (%w)", err)
 	})
 	// The listener's and API's ConfigMaps did not change and stay.
 	configMapOf(t, ns, "cfg-listener", &appsv1.StatefulSet{})
