@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -438,7 +439,7 @@ func applyChild[T client.Object](ctx context.Context, r *Reconciler, sim *v1alph
 		return live, fmt.Errorf("get %s %s: %w", kind, key, err)
 	}
 	err = r.Client.Apply(ctx, ac, client.FieldOwner(FieldOwner), client.ForceOwnership)
-	if err != nil && exists && apierrors.IsInvalid(err) {
+	if err != nil && exists && apierrors.IsInvalid(err) && r.validAsNew(ctx, ac) {
 		r.Metrics.observeApply(kind, applyFailed)
 		uid := live.GetUID()
 		derr := r.Client.Delete(ctx, live, client.Preconditions{UID: &uid}, client.PropagationPolicy(metav1.DeletePropagationBackground))
@@ -470,6 +471,25 @@ func applyChild[T client.Object](ctx context.Context, r *Reconciler, sim *v1alph
 		return live, fmt.Errorf("decode applied %s %s: %w", kind, key, err)
 	}
 	return live, nil
+}
+
+// validAsNew reports whether the API server accepts ac as a new object (a dry-run create
+// under a generated name). When it does, an update refused as invalid is the live object's
+// fault (drift), and recreating it repairs it; when it does not, the spec asks for something
+// invalid (a bad pod option), and the running object must be left alone.
+func (r *Reconciler) validAsNew(ctx context.Context, ac applyConfig) bool {
+	b, err := json.Marshal(ac)
+	if err != nil {
+		return false
+	}
+	u := &unstructured.Unstructured{}
+	if err := u.UnmarshalJSON(b); err != nil {
+		return false
+	}
+	u.SetGenerateName(u.GetName() + "-")
+	u.SetName("")
+	err = r.Client.Create(ctx, u, client.DryRunAll, client.FieldOwner(FieldOwner))
+	return err == nil
 }
 
 // nameConflict: an object the operator would create exists and belongs to someone else.

@@ -459,3 +459,29 @@ func TestKstatus(t *testing.T) {
 	markReady(t, ns, "ks")
 	want(kstatus.CurrentStatus)
 }
+
+// Issue 9: a pod option the server rejects reports Stalled with the server's message, and the
+// running workload is left as it was (not deleted to be recreated).
+func TestRejectedPodOptionStalls(t *testing.T) {
+	ns := newNamespace(t)
+	createSecret(t, ns, "mongo", map[string]string{"uri": "mongodb://mongo:27017"})
+	createSim(t, simulation(ns, "opts"))
+	before := getObj(t, ns, "opts-listener", &appsv1.StatefulSet{})
+	updateSim(t, ns, "opts", func(s *v1alpha1.ChargerSimulation) {
+		s.Spec.Listener.Pod = &v1alpha1.PodOptions{Affinity: &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+			RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{}}}}
+	})
+	sim := waitCondition(t, ns, "opts", v1alpha1.ConditionStalled, metav1.ConditionTrue, v1alpha1.ReasonApplyFailed)
+	c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionStalled)
+	if !strings.Contains(c.Message, "StatefulSet opts-listener refused by the API server") || !strings.Contains(c.Message, "nodeSelectorTerms") {
+		t.Errorf("Stalled message %q", c.Message)
+	}
+	if after := getObj(t, ns, "opts-listener", &appsv1.StatefulSet{}); after.UID != before.UID {
+		t.Error("the running listener was deleted and recreated for an option the server refuses")
+	}
+	// The other components are reconciled: the API Deployment exists.
+	getObj(t, ns, "opts-api", &appsv1.Deployment{})
+	// Fixed: recovers.
+	updateSim(t, ns, "opts", func(s *v1alpha1.ChargerSimulation) { s.Spec.Listener.Pod = nil })
+	waitCondition(t, ns, "opts", v1alpha1.ConditionStalled, metav1.ConditionFalse, v1alpha1.ReasonAsExpected)
+}

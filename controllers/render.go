@@ -443,10 +443,79 @@ func (d *desired) pod(c Component, port int32, res *corev1.ResourceRequirements,
 			WithDefaultMode(0o440)))
 	}
 	spec.WithContainers(container)
+	for _, s := range sim.Spec.ImagePullSecrets {
+		spec.WithImagePullSecrets(corev1ac.LocalObjectReference().WithName(s.Name))
+	}
+	podLabels, podAnnotations := objectLabels(sim.Name, c), map[string]string{AnnotationConfigHash: d.configHash[c]}
+	if o := podOptions(sim, c); o != nil {
+		applyPodOptions(spec, o)
+		// The operator's labels and annotations win: selectors and the config hash must hold.
+		for k, v := range o.Labels {
+			if _, ours := podLabels[k]; !ours {
+				podLabels[k] = v
+			}
+		}
+		for k, v := range o.Annotations {
+			if _, ours := podAnnotations[k]; !ours {
+				podAnnotations[k] = v
+			}
+		}
+	}
 	return corev1ac.PodTemplateSpec().
-		WithLabels(objectLabels(sim.Name, c)).
-		WithAnnotations(map[string]string{AnnotationConfigHash: d.configHash[c]}).
+		WithLabels(podLabels).
+		WithAnnotations(podAnnotations).
 		WithSpec(spec)
+}
+
+// podOptions are component c's spec.<component>.pod.
+func podOptions(sim *v1alpha1.ChargerSimulation, c Component) *v1alpha1.PodOptions {
+	switch c {
+	case Broker:
+		if m := sim.Spec.Broker.Managed; m != nil {
+			return m.Pod
+		}
+	case Publisher:
+		return sim.Spec.Publisher.Pod
+	case Listener:
+		return sim.Spec.Listener.Pod
+	case API:
+		return sim.Spec.API.Pod
+	}
+	return nil
+}
+
+// applyPodOptions sets the scheduling options of o on spec. Tolerations, affinity and spread
+// constraints are Kubernetes types the CRD's schema has already validated: they reach the apply
+// configuration through their JSON form, which is the same.
+func applyPodOptions(spec *corev1ac.PodSpecApplyConfiguration, o *v1alpha1.PodOptions) {
+	if len(o.NodeSelector) > 0 {
+		spec.WithNodeSelector(o.NodeSelector)
+	}
+	if o.PriorityClassName != "" {
+		spec.WithPriorityClassName(o.PriorityClassName)
+	}
+	for i := range o.Tolerations {
+		spec.WithTolerations(viaJSON(&o.Tolerations[i], &corev1ac.TolerationApplyConfiguration{}))
+	}
+	if o.Affinity != nil {
+		spec.WithAffinity(viaJSON(o.Affinity, &corev1ac.AffinityApplyConfiguration{}))
+	}
+	for i := range o.TopologySpreadConstraints {
+		spec.WithTopologySpreadConstraints(viaJSON(&o.TopologySpreadConstraints[i], &corev1ac.TopologySpreadConstraintApplyConfiguration{}))
+	}
+}
+
+// viaJSON converts a typed Kubernetes object into its apply configuration. Both have the same
+// JSON form, so this cannot fail for values that came from a validated object.
+func viaJSON[T any](from any, to *T) *T {
+	b, err := json.Marshal(from)
+	if err != nil {
+		panic(fmt.Sprintf("marshal %T: %v", from, err))
+	}
+	if err := json.Unmarshal(b, to); err != nil {
+		panic(fmt.Sprintf("unmarshal into %T: %v", to, err))
+	}
+	return to
 }
 
 // mqttClient is the env and files publisher and listener need to reach the broker.

@@ -156,6 +156,14 @@ type ChargerSimulationSpec struct {
 	// +optional
 	Image string `json:"image,omitempty"`
 
+	// imagePullSecrets of every component's pods, to pull a private spec.image: Secrets of type
+	// kubernetes.io/dockerconfigjson in the simulation's namespace.
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=map
+	// +listMapKey=name
+	// +optional
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+
 	// imagePullPolicy of every component; empty means Kubernetes' default for the image tag.
 	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
 	// +optional
@@ -270,11 +278,52 @@ type CASecretRef struct {
 	Key string `json:"key,omitempty"`
 }
 
+// PodOptions are the pod settings platform teams need on every component: where the pods may
+// run, how they are spread, their priority, and extra labels and annotations (for a service
+// mesh, a cost allocation tool, a backup policy). The operator's own labels and annotations win
+// over these; selector labels cannot be changed.
+type PodOptions struct {
+	// nodeSelector of the pods.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// tolerations of the pods.
+	// +optional
+	// +listType=atomic
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+	// affinity of the pods (corev1.Affinity). Its schema is left to the API server's pod
+	// validation (it would make the CRD too large for client-side kubectl apply): an invalid
+	// affinity makes the simulation Stalled with the server's message.
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +kubebuilder:validation:Type=object
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// topologySpreadConstraints of the pods; their labelSelector usually selects the
+	// component: app.kubernetes.io/instance=<simulation>, app.kubernetes.io/component=<component>.
+	// +optional
+	// +listType=atomic
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+	// priorityClassName of the pods.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+	// labels added to the pods.
+	// +optional
+	Labels map[string]string `json:"labels,omitempty"`
+	// annotations added to the pods.
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
 // ManagedBrokerSpec tunes the in-namespace broker.
 type ManagedBrokerSpec struct {
 	// resources of the broker container; empty means small requests and a memory limit.
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// pod sets scheduling and metadata options of this component's pods.
+	// +optional
+	Pod *PodOptions `json:"pod,omitempty"`
 }
 
 // MongoSpec is the store.
@@ -325,6 +374,10 @@ type PublisherSpec struct {
 	// resources of the publisher container; empty means small requests and a memory limit.
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// pod sets scheduling and metadata options of this component's pods.
+	// +optional
+	Pod *PodOptions `json:"pod,omitempty"`
 }
 
 // ListenerSpec runs the subscribers that store sessions.
@@ -341,6 +394,10 @@ type ListenerSpec struct {
 	// resources of the listener container; empty means small requests and a memory limit.
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// pod sets scheduling and metadata options of this component's pods.
+	// +optional
+	Pod *PodOptions `json:"pod,omitempty"`
 
 	// batchSize is the maximum number of sessions per bulk write.
 	// +kubebuilder:validation:Minimum=1
@@ -370,6 +427,10 @@ type APISpec struct {
 	// resources of the API container; empty means small requests and a memory limit.
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// pod sets scheduling and metadata options of this component's pods.
+	// +optional
+	Pod *PodOptions `json:"pod,omitempty"`
 
 	// serviceType of the API Service.
 	// +kubebuilder:validation:Enum=ClusterIP;NodePort;LoadBalancer
