@@ -8,8 +8,10 @@ import (
 	"math"
 	"net"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -33,6 +35,8 @@ const (
 	LabelName       = "app.kubernetes.io/name"
 	LabelInstance   = "app.kubernetes.io/instance"
 	LabelComponent  = "app.kubernetes.io/component"
+	LabelPartOf     = "app.kubernetes.io/part-of"
+	LabelVersion    = "app.kubernetes.io/version"
 	// LabelConfig marks a component's ConfigMap (its other labels are the component's).
 	LabelConfig = "chargesim.io/config"
 	// LabelPodIndex is set by the StatefulSet controller on each pod (Kubernetes ≥ 1.28).
@@ -108,6 +112,7 @@ func objectLabels(sim string, c Component) map[string]string {
 	l := selectorLabels(sim, c)
 	l[LabelManagedBy] = ManagedByValue
 	l[LabelSimulation] = sim
+	l[LabelPartOf] = "chargesim"
 	return l
 }
 
@@ -447,6 +452,9 @@ func (d *desired) pod(c Component, port int32, res *corev1.ResourceRequirements,
 		spec.WithImagePullSecrets(corev1ac.LocalObjectReference().WithName(s.Name))
 	}
 	podLabels, podAnnotations := objectLabels(sim.Name, c), map[string]string{AnnotationConfigHash: d.configHash[c]}
+	if v := imageVersion(d.image); v != "" {
+		podLabels[LabelVersion] = v
+	}
 	if o := podOptions(sim, c); o != nil {
 		applyPodOptions(spec, o)
 		// The operator's labels and annotations win: selectors and the config hash must hold.
@@ -466,6 +474,25 @@ func (d *desired) pod(c Component, port int32, res *corev1.ResourceRequirements,
 		WithAnnotations(podAnnotations).
 		WithSpec(spec)
 }
+
+// imageVersion is the tag of image as a label value (app.kubernetes.io/version), or "" when
+// it has none that fits one (a digest, an over-long tag).
+func imageVersion(image string) string {
+	if strings.Contains(image, "@") {
+		return ""
+	}
+	i := strings.LastIndex(image, ":")
+	if i < 0 || strings.Contains(image[i:], "/") {
+		return ""
+	}
+	tag := image[i+1:]
+	if len(tag) > 63 || !labelValue.MatchString(tag) {
+		return ""
+	}
+	return tag
+}
+
+var labelValue = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
 
 // podOptions are component c's spec.<component>.pod.
 func podOptions(sim *v1alpha1.ChargerSimulation, c Component) *v1alpha1.PodOptions {

@@ -531,3 +531,22 @@ func TestPodOptions(t *testing.T) {
 		}
 	}
 }
+
+func TestRecommendedLabels(t *testing.T) {
+	for image, want := range map[string]string{
+		"ghcr.io/chargesim/chargesim:v1.2.3": "v1.2.3", "localhost:5000/chargesim": "", "chargesim@sha256:abc": "", "chargesim:latest": "latest",
+	} {
+		if got := imageVersion(image); got != want {
+			t.Errorf("imageVersion(%q) = %q, want %q", image, got, want)
+		}
+	}
+	tmpls, err := PodTemplates(testSim(), "ghcr.io/chargesim/chargesim:v1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for c, tmpl := range tmpls {
+		if tmpl.Labels[LabelPartOf] != "chargesim" || tmpl.Labels[LabelVersion] != "v1.2.3" {
+			t.Errorf("%s: labels %v", c, tmpl.Labels)
+		}
+	}
+}
