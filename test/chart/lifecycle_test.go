@@ -322,6 +322,21 @@ func TestLifecycle(t *testing.T) {
 		}
 		kubectl(t, kc, nil, "-n", ns, "delete", "chargersimulation", "kept", "--wait")
 		helmIn(t, kc, "uninstall", release, "-n", ns, "--wait")
+		// The garbage collector resolves a dependent's owner through the CRD: deleting the CRD
+		// before it has collected the simulation's children would orphan them for good (a
+		// simulation has a dozen children). Users are told the same (docs/operator.md).
+		testenv.Eventually(t, 2*time.Minute, "children of the deleted simulation collected", func() error {
+			var left []string
+			for _, o := range leftovers(t, kc, ns) {
+				if o != "customresourcedefinition.apiextensions.k8s.io/chargersimulations.chargesim.io" {
+					left = append(left, o)
+				}
+			}
+			if len(left) > 0 {
+				return fmt.Errorf("left: %v", left)
+			}
+			return nil
+		})
 		kubectl(t, kc, nil, "delete", "crd", "chargersimulations.chargesim.io", "--wait")
 		testenv.Eventually(t, 2*time.Minute, "namespace empty", func() error {
 			if l := leftovers(t, kc, ns); len(l) > 0 {
