@@ -153,7 +153,7 @@ func TestComponentMetrics(t *testing.T) {
 	startProc(t, "api", "http://"+apiHTTP+"/readyz", append(env, "CHARGESIM_MONGO_URI="+ferret.URI), "api", "--http-addr="+apiHTTP)
 
 	// Some traffic, so histograms and labelled counters have series.
-	eventually(t, time.Minute, "sessions stored", func() error {
+	testenv.Eventually(t, time.Minute, "sessions stored", func() error {
 		if !regexp.MustCompile(`(?m)^chargesim_listener_sessions_stored_total [1-9]`).MatchString(scrape(t, "http://"+lisHTTP+"/metrics")) {
 			return fmt.Errorf("none yet")
 		}
