@@ -9,7 +9,7 @@ BIN := $(CURDIR)/bin
 
 .PHONY: all build run test test-unit test-integration test-envtest test-e2e bench bench-operator \
 	deps tools envtest-assets fmt vet lint generate manifests check-generated image clean \
-	test-chart test-dashboards test-e2e-kind test-fuzz
+	test-chart test-dashboards test-e2e-kind test-fuzz test-e2e-cluster cluster-up cluster-down check-test-deps
 
 all: build
 
@@ -29,9 +29,9 @@ envtest-assets:
 	hack/kube-tools.sh envtest
 
 ## ---- tests: `make test` is what CI runs (.ci/run) ----
-TAGS := integration,envtest,e2e,chart
+TAGS := integration,envtest,e2e,chart,cluster
 
-test: vet lint check-generated test-unit test-fuzz test-integration test-envtest test-e2e test-chart test-dashboards ## everything CI runs
+test: check-test-deps vet lint check-generated test-unit test-fuzz test-integration test-envtest test-e2e test-e2e-cluster test-chart test-dashboards ## everything CI runs
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -65,6 +65,19 @@ test-chart: ## helm lint/template, schema, dry-run=server, install/upgrade/unins
 
 test-dashboards: ## promtool rules and metrics, every dashboard query against a real Prometheus
 	hack/test-dashboards.sh
+
+test-e2e-cluster: deps ## chart, operator and simulations as real containers on a local node (hack/cluster.sh; root)
+	hack/kube-tools.sh cluster node helm
+	go test $(GO_TEST_FLAGS) -tags cluster -timeout 25m ./test/cluster/...
+
+cluster-up: deps ## a real single-node cluster on this machine; prints KUBECONFIG=<path> last
+	hack/cluster.sh up
+
+cluster-down: ## stop it and restore the host
+	hack/cluster.sh down
+
+check-test-deps: ## fresh-machine check: run make test's install steps, fail if a test dependency is not installed by them
+	hack/check-test-deps.sh
 
 test-e2e-kind: ## chart + image on kind (needs Docker; runs in GitHub Actions)
 	hack/test-e2e-kind.sh

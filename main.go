@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/chargesim/chargesim/components/audit"
 	"github.com/chargesim/chargesim/components/broker"
 	"github.com/chargesim/chargesim/components/listener"
 	"github.com/chargesim/chargesim/components/publisher"
@@ -34,6 +35,7 @@ var commands = []command{
 	{"listener", "MQTT → MongoDB ingest: validate, store once, ack after store", listener.Command},
 	{"api", "REST API over the stored sessions", restapi.Command},
 	{"broker", "embedded MQTT broker (mochi-mqtt)", broker.Command},
+	{"audit", "prove the store holds exactly the simulated sessions of a window", audit.Command},
 	{"run", "broker + publisher + listener + API in one process (laptop)", stack.Command},
 	{"operator", "Kubernetes operator reconciling ChargerSimulation resources", controllers.Command},
 	{"version", "print the version", func(context.Context, []string) error { fmt.Println(version); return nil }},

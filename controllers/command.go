@@ -84,7 +84,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "listen address of /metrics (\"0\" disables it)")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "listen address of /healthz and /readyz")
 	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "", "listen address of /debug/pprof (empty disables it; keep it on localhost)")
-	fs.BoolVar(&c.LeaderElect, "leader-elect", false, "elect a leader among operator replicas (a Lease); only the leader reconciles")
+	fs.BoolVar(&c.LeaderElect, "leader-elect", runningInCluster(), "elect a leader among operator replicas (a Lease); only the leader reconciles (default: on in a cluster, off outside)")
 	fs.StringVar(&c.LeaderElectionID, "leader-election-id", "chargesim-operator.chargesim.io", "name of the leader-election Lease")
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the Lease (default: the operator's own namespace when in a cluster)")
 	fs.StringVar(&c.DefaultImage, "default-image", defaultImage(), "chargesim image for simulations that do not set spec.image")
@@ -95,6 +95,15 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", 50, "sustained requests per second to the API server")
 	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 100, "burst of requests to the API server")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "grace period for running reconciles on shutdown")
+}
+
+// runningInCluster reports whether the process runs in a pod (the in-cluster configuration is
+// there). Leader election is on by default then: two operators reconciling the same
+// simulations with different settings (say --default-image) would rewrite each other's
+// objects for ever, and a second replica or a leftover Deployment is all it takes.
+var runningInCluster = func() bool {
+	_, err := rest.InClusterConfig()
+	return err == nil
 }
 
 // Validate checks the settings; errors name the flag.
@@ -178,6 +187,8 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, er
 			&appsv1.StatefulSet{}: {Label: managed},
 			&corev1.Service{}:     {Label: managed},
 			&corev1.ConfigMap{}:   {Label: managed},
+			// Pods carry the labels of their template: only the simulations' pods are cached.
+			&corev1.Pod{}: {Label: managed},
 		},
 	}
 	if cfg.WatchNamespace != "" {
@@ -205,7 +216,16 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, er
 	if err != nil {
 		return nil, fmt.Errorf("create manager: %w", err)
 	}
-	metrics, err := NewMetrics(reg, mgr.GetCache())
+	elected := mgr.Elected()
+	leader := func() bool {
+		select {
+		case <-elected:
+			return true
+		default:
+			return false
+		}
+	}
+	metrics, err := NewMetrics(reg, mgr.GetCache(), leader)
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,9 +24,15 @@ type Metrics struct {
 	applies *prometheus.CounterVec
 }
 
-// NewMetrics registers the operator metrics with reg. The simulations gauge is computed at
-// scrape time from the informer cache (reader), so it can never drift from the cluster.
-func NewMetrics(reg prometheus.Registerer, reader client.Reader) (*Metrics, error) {
+// NewMetrics registers the operator metrics with reg. The simulation gauges are computed at
+// scrape time from the informer cache (reader), so they can never drift from the cluster, and
+// only while leader() says this replica is the leader: a hot standby's cache holds the same
+// simulations, and `sum by (status)` over all replicas would count each of them twice.
+// chargesim_operator_leader tells the replicas apart. leader nil: always the leader.
+func NewMetrics(reg prometheus.Registerer, reader client.Reader, leader func() bool) (*Metrics, error) {
+	if leader == nil {
+		leader = func() bool { return true }
+	}
 	m := &Metrics{
 		applies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chargesim_operator_applies_total",
@@ -42,7 +49,7 @@ func NewMetrics(reg prometheus.Registerer, reader client.Reader) (*Metrics, erro
 			return nil, err
 		}
 		if reader != nil {
-			if err := reg.Register(&simulationsCollector{reader: reader}); err != nil {
+			if err := reg.Register(&simulationsCollector{reader: reader, leader: leader}); err != nil {
 				return nil, err
 			}
 		}
@@ -62,14 +69,43 @@ var simulationsDesc = prometheus.NewDesc(
 	"ChargerSimulations by condition type and status (True, False, Unknown: no condition yet).",
 	[]string{"condition", "status"}, nil)
 
-// simulationsCollector counts simulations per condition at scrape time.
+// Per-simulation series from status, labelled with the simulation's namespace and name, so a
+// dashboard can put "configured" next to what the simulation's own components report
+// (their series carry the same simulation label).
+var (
+	leaderDesc = prometheus.NewDesc("chargesim_operator_leader",
+		"1 on the replica that holds the leader-election Lease (the only one that reconciles and reports the simulation series), 0 on standbys.",
+		nil, nil)
+	simReadyDesc = prometheus.NewDesc("chargesim_simulation_ready",
+		"1 when the simulation's Ready condition is True, else 0.",
+		[]string{"namespace", "simulation"}, nil)
+	simRateDesc = prometheus.NewDesc("chargesim_simulation_configured_sessions_per_second",
+		"Session rate the simulation's spec asks of its fleet (0 while suspended): status.sessionsPerSecond.",
+		[]string{"namespace", "simulation"}, nil)
+	simReplicasDesc = prometheus.NewDesc("chargesim_simulation_replicas",
+		"Replicas of a simulation's component from its status: desired, or ready.",
+		[]string{"namespace", "simulation", "component", "state"}, nil)
+)
+
+// simulationsCollector reports simulations at scrape time: counts per condition and one set
+// of series per simulation.
 type simulationsCollector struct {
 	reader client.Reader
+	leader func() bool
 }
 
-func (c *simulationsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- simulationsDesc }
+func (c *simulationsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{simulationsDesc, leaderDesc, simReadyDesc, simRateDesc, simReplicasDesc} {
+		ch <- d
+	}
+}
 
 func (c *simulationsCollector) Collect(ch chan<- prometheus.Metric) {
+	if !c.leader() {
+		ch <- prometheus.MustNewConstMetric(leaderDesc, prometheus.GaugeValue, 0)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(leaderDesc, prometheus.GaugeValue, 1)
 	// The cache blocks until it has synced; a scrape must not hang on that.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -78,7 +114,8 @@ func (c *simulationsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(simulationsDesc, err)
 		return
 	}
-	types := []string{v1alpha1.ConditionReady, v1alpha1.ConditionProgressing, v1alpha1.ConditionDegraded}
+	types := []string{v1alpha1.ConditionReady, v1alpha1.ConditionProgressing, v1alpha1.ConditionDegraded,
+		v1alpha1.ConditionReconciling, v1alpha1.ConditionStalled}
 	counts := map[string]map[metav1.ConditionStatus]int{}
 	for _, t := range types {
 		counts[t] = map[metav1.ConditionStatus]int{}
@@ -95,6 +132,26 @@ func (c *simulationsCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, t := range types {
 		for _, s := range []metav1.ConditionStatus{metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionUnknown} {
 			ch <- prometheus.MustNewConstMetric(simulationsDesc, prometheus.GaugeValue, float64(counts[t][s]), t, string(s))
+		}
+	}
+	for i := range list.Items {
+		sim := &list.Items[i]
+		ns, name := sim.Namespace, sim.Name
+		ready := 0.0
+		if meta.IsStatusConditionTrue(sim.Status.Conditions, v1alpha1.ConditionReady) {
+			ready = 1
+		}
+		ch <- prometheus.MustNewConstMetric(simReadyDesc, prometheus.GaugeValue, ready, ns, name)
+		if rate, err := strconv.ParseFloat(sim.Status.SessionsPerSecond, 64); err == nil {
+			ch <- prometheus.MustNewConstMetric(simRateDesc, prometheus.GaugeValue, rate, ns, name)
+		}
+		comps := map[Component]v1alpha1.ComponentStatus{Publisher: sim.Status.Publisher, Listener: sim.Status.Listener, API: sim.Status.API}
+		if sim.Status.Broker != nil {
+			comps[Broker] = *sim.Status.Broker
+		}
+		for comp, st := range comps {
+			ch <- prometheus.MustNewConstMetric(simReplicasDesc, prometheus.GaugeValue, float64(st.DesiredReplicas), ns, name, string(comp), "desired")
+			ch <- prometheus.MustNewConstMetric(simReplicasDesc, prometheus.GaugeValue, float64(st.ReadyReplicas), ns, name, string(comp), "ready")
 		}
 	}
 }

@@ -105,6 +105,25 @@ func getObj[T client.Object](t *testing.T, ns, name string, obj T) T {
 	return obj
 }
 
+// configMapOf is the ConfigMap the pods of workload name read (envFrom).
+func configMapOf(t *testing.T, ns, name string, obj client.Object) *corev1.ConfigMap {
+	t.Helper()
+	var spec corev1.PodSpec
+	switch o := getObj(t, ns, name, obj).(type) {
+	case *appsv1.Deployment:
+		spec = o.Spec.Template.Spec
+	case *appsv1.StatefulSet:
+		spec = o.Spec.Template.Spec
+	default:
+		t.Fatalf("%s: %T has no pod template", name, obj)
+	}
+	from := spec.Containers[0].EnvFrom
+	if len(from) != 1 || from[0].ConfigMapRef == nil {
+		t.Fatalf("%s: envFrom %+v", name, from)
+	}
+	return getObj(t, ns, from[0].ConfigMapRef.Name, &corev1.ConfigMap{})
+}
+
 func envOf(c corev1.Container) map[string]corev1.EnvVar {
 	m := map[string]corev1.EnvVar{}
 	for _, e := range c.Env {
@@ -202,15 +221,23 @@ func TestCreateRendersChildren(t *testing.T) {
 	startPublisher(t, ns, "fleet")
 	sim = waitCondition(t, ns, "fleet", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady)
 
-	cm := getObj(t, ns, "fleet-config", &corev1.ConfigMap{})
-	assertOwned(t, cm, sim)
-	for k, v := range map[string]string{
-		"CHARGESIM_MQTT_URL": "tcp://fleet-broker." + ns + ".svc:1883", "CHARGESIM_CHARGERS": "100",
-		"CHARGESIM_TIME_SCALE": "60", "CHARGESIM_BATCH_SIZE": "250", "CHARGESIM_MONGO_DATABASE": "chargesim",
-		"CHARGESIM_SESSION_INTERVAL": "1m0s", "CHARGESIM_SESSION_JITTER": "0.2",
+	pcm := configMapOf(t, ns, "fleet-publisher", &appsv1.StatefulSet{})
+	lcm := configMapOf(t, ns, "fleet-listener", &appsv1.StatefulSet{})
+	for _, cm := range []*corev1.ConfigMap{pcm, lcm} {
+		assertOwned(t, cm, sim)
+		if cm.Immutable == nil || !*cm.Immutable {
+			t.Errorf("ConfigMap %s is not immutable", cm.Name)
+		}
+	}
+	for cm, want := range map[*corev1.ConfigMap]map[string]string{
+		pcm: {"CHARGESIM_MQTT_URL": "tcp://fleet-broker." + ns + ".svc:1883", "CHARGESIM_CHARGERS": "100",
+			"CHARGESIM_TIME_SCALE": "60", "CHARGESIM_SESSION_INTERVAL": "1m0s", "CHARGESIM_SESSION_JITTER": "0.2"},
+		lcm: {"CHARGESIM_BATCH_SIZE": "250", "CHARGESIM_MONGO_DATABASE": "chargesim"},
 	} {
-		if cm.Data[k] != v {
-			t.Errorf("ConfigMap %s = %q, want %q", k, cm.Data[k], v)
+		for k, v := range want {
+			if cm.Data[k] != v {
+				t.Errorf("ConfigMap %s: %s = %q, want %q", cm.Name, k, cm.Data[k], v)
+			}
 		}
 	}
 
@@ -267,7 +294,7 @@ func TestCreateRendersChildren(t *testing.T) {
 			t.Errorf("%s: container security %+v", c, sc)
 		}
 		if ctr.LivenessProbe.HTTPGet.Path != "/healthz" || ctr.ReadinessProbe.HTTPGet.Path != "/readyz" ||
-			ctr.LivenessProbe.HTTPGet.Port.StrVal != "http" {
+			ctr.LivenessProbe.HTTPGet.Port.StrVal != ctr.Ports[0].Name || ctr.Ports[0].Name != wantPortName(c) {
 			t.Errorf("%s: probes", c)
 		}
 		if ctr.Resources.Requests.Cpu().IsZero() {
@@ -338,7 +365,7 @@ func TestUpdateRollsPods(t *testing.T) {
 		}
 		return nil
 	})
-	cm := getObj(t, ns, "roll-config", &corev1.ConfigMap{})
+	cm := configMapOf(t, ns, "roll-publisher", &appsv1.StatefulSet{})
 	if cm.Data["CHARGESIM_TIME_SCALE"] != "30" {
 		t.Errorf("ConfigMap time scale %q", cm.Data["CHARGESIM_TIME_SCALE"])
 	}
@@ -417,6 +444,8 @@ func TestInvalidRejected(t *testing.T) {
 		{"long name", func(s *v1alpha1.ChargerSimulation) { s.Name = strings.Repeat("a", 43) }, "metadata.name must be at most 42 characters"},
 		{"name starting with a digit", func(s *v1alpha1.ChargerSimulation) { s.Name = "1fleet" }, "metadata.name must be at most 42 characters"},
 		{"too many chargers", func(s *v1alpha1.ChargerSimulation) { s.Spec.Chargers = 2_000_000 }, "spec.chargers: Invalid value"},
+		// The minimum speaks, not the replicas rule (the defaulted publisher.replicas is 1).
+		{"negative chargers", func(s *v1alpha1.ChargerSimulation) { s.Spec.Chargers = -5 }, "spec.chargers in body should be greater than or equal to 1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sim := simulation(ns, "invalid")
@@ -428,6 +457,12 @@ func TestInvalidRejected(t *testing.T) {
 			}
 			if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("refused with %v; want Invalid with %q", err, tc.want)
+			}
+			// Every message names the field and says only what is wrong.
+			for _, bad := range []string{"<nil>", "must be at least spec.publisher.replicas"} {
+				if bad != tc.want && !strings.Contains(tc.want, "publisher.replicas") && strings.Contains(err.Error(), bad) {
+					t.Errorf("message %q contains %q", err.Error(), bad)
+				}
 			}
 		})
 	}
@@ -677,10 +712,11 @@ func TestDriftCorrected(t *testing.T) {
 	})
 
 	// Someone deletes children.
+	cmName := configMapOf(t, ns, "drift-api", &appsv1.Deployment{}).Name
 	for _, obj := range []client.Object{
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "drift-api"}},
 		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "drift-publisher"}},
-		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "drift-config"}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: cmName}},
 	} {
 		old := getObj(t, ns, obj.GetName(), obj.DeepCopyObject().(client.Object))
 		if err := k8s.Delete(ctx, obj); err != nil {
@@ -698,19 +734,28 @@ func TestDriftCorrected(t *testing.T) {
 		})
 	}
 
-	// Someone strips the label the operator's cache selects on, and a ConfigMap value.
+	// Someone strips the label the operator's cache selects on (the data of the immutable
+	// ConfigMap cannot be edited).
+	pubCM := configMapOf(t, ns, "drift-publisher", &appsv1.StatefulSet{}).Name
 	eventually(t, "unlabel configmap", func() error {
 		cm := &corev1.ConfigMap{}
-		if err := k8s.Get(ctx, key(ns, "drift-config"), cm); err != nil {
+		if err := k8s.Get(ctx, key(ns, pubCM), cm); err != nil {
 			return err
 		}
 		delete(cm.Labels, controllers.LabelManagedBy)
-		cm.Data["CHARGESIM_CHARGERS"] = "1"
 		return k8s.Update(ctx, cm)
 	})
+	cm := &corev1.ConfigMap{}
+	if err := k8s.Get(ctx, key(ns, pubCM), cm); err != nil {
+		t.Fatal(err)
+	}
+	cm.Data["CHARGESIM_CHARGERS"] = "1"
+	if err := k8s.Update(ctx, cm); !apierrors.IsInvalid(err) {
+		t.Errorf("editing the data of an immutable ConfigMap: %v", err)
+	}
 	eventually(t, "configmap restored", func() error {
 		cm := &corev1.ConfigMap{}
-		if err := k8s.Get(ctx, key(ns, "drift-config"), cm); err != nil {
+		if err := k8s.Get(ctx, key(ns, pubCM), cm); err != nil {
 			return err
 		}
 		if cm.Labels[controllers.LabelManagedBy] != controllers.ManagedByValue || cm.Data["CHARGESIM_CHARGERS"] != "10" {
@@ -818,11 +863,28 @@ func (s *statusCounter) Apply(ctx context.Context, o runtime.ApplyConfiguration,
 	return s.SubResourceWriter.Apply(ctx, o, opts...)
 }
 
+// wantPortName is the name of the port that serves /metrics, the one the chart's PodMonitor
+// scrapes: "http" on the API (routes and ops endpoints), "metrics" elsewhere.
+func wantPortName(component string) string {
+	if component == "api" {
+		return "http"
+	}
+	return "metrics"
+}
+
 func resourceVersions(t *testing.T, ns, name string) map[string]string {
 	t.Helper()
 	rv := map[string]string{}
+	for _, c := range []string{"broker", "api"} {
+		cm := configMapOf(t, ns, name+"-"+c, &appsv1.Deployment{})
+		rv["config-"+c] = cm.ResourceVersion
+	}
+	for _, c := range []string{"publisher", "listener"} {
+		cm := configMapOf(t, ns, name+"-"+c, &appsv1.StatefulSet{})
+		rv["config-"+c] = cm.ResourceVersion
+	}
 	objs := map[string]client.Object{
-		"sim": &v1alpha1.ChargerSimulation{}, "config": &corev1.ConfigMap{},
+		"sim":    &v1alpha1.ChargerSimulation{},
 		"broker": &appsv1.Deployment{}, "broker-svc": &corev1.Service{},
 		"publisher": &appsv1.StatefulSet{}, "publisher-svc": &corev1.Service{},
 		"listener": &appsv1.StatefulSet{}, "listener-svc": &corev1.Service{},
@@ -1084,7 +1146,7 @@ func TestExternalBroker(t *testing.T) {
 		return nil
 	})
 	// The running pipeline keeps its last good configuration.
-	cm := getObj(t, ns, "ext-config", &corev1.ConfigMap{})
+	cm := configMapOf(t, ns, "ext-listener", &appsv1.StatefulSet{})
 	if cm.Data["CHARGESIM_MQTT_URL"] != "ssl://mosquitto.example:8883" {
 		t.Errorf("ConfigMap rewritten with a bad URL: %q", cm.Data["CHARGESIM_MQTT_URL"])
 	}
@@ -1099,7 +1161,9 @@ func TestDeleteLeavesChildrenToGarbageCollector(t *testing.T) {
 	// envtest runs no garbage collector (test/e2e checks the real one): what makes the children
 	// go is a controller owner reference to this simulation's UID on every one of them.
 	for _, o := range []client.Object{
-		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "gone-config"}},
+		configMapOf(t, ns, "gone-broker", &appsv1.Deployment{}),
+		configMapOf(t, ns, "gone-listener", &appsv1.StatefulSet{}),
+		configMapOf(t, ns, "gone-api", &appsv1.Deployment{}),
 		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "gone-broker"}},
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "gone-broker"}},
 		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "gone-publisher"}},

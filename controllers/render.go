@@ -3,12 +3,15 @@ package controllers
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"math"
 	"net"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -32,6 +35,10 @@ const (
 	LabelName       = "app.kubernetes.io/name"
 	LabelInstance   = "app.kubernetes.io/instance"
 	LabelComponent  = "app.kubernetes.io/component"
+	LabelPartOf     = "app.kubernetes.io/part-of"
+	LabelVersion    = "app.kubernetes.io/version"
+	// LabelConfig marks a component's ConfigMap (its other labels are the component's).
+	LabelConfig = "chargesim.io/config"
 	// LabelPodIndex is set by the StatefulSet controller on each pod (Kubernetes ≥ 1.28).
 	LabelPodIndex = "apps.kubernetes.io/pod-index"
 
@@ -56,8 +63,14 @@ const (
 	API       Component = "api"
 )
 
-// Ports the components listen on (docs/configuration.md).
+// Ports the components listen on (docs/configuration.md), and their names. The ops port of
+// publisher, listener and broker is named "metrics", the API's port "http": these are the
+// names the chart's PodMonitor scrapes (test/chart matches it against rendered pods).
 const (
+	MetricsPortName = "metrics"
+	HTTPPortName    = "http"
+	MQTTPortName    = "mqtt"
+
 	opsPort  = 9090 // publisher, listener, broker: /healthz, /readyz, /metrics
 	apiPort  = 8080 // api: routes and ops endpoints
 	mqttPort = 1883 // managed broker
@@ -65,8 +78,24 @@ const (
 
 // Object names, all derived from the simulation's name (at most 42 characters, enforced by the
 // CRD, so "<name>-publisher-<revision hash>" stays a valid label value).
-func configMapName(sim string) string             { return sim + "-config" }
 func workloadName(sim string, c Component) string { return sim + "-" + string(c) }
+
+// configMapName is the name of component c's ConfigMap: content-named and immutable, so that
+// a pod always starts with the configuration its template was rendered with. A changed
+// configuration is a new ConfigMap and a new template, applied together; the old ConfigMap
+// stays for the old pods until the rollout is complete (collectConfigMaps).
+func configMapName(sim string, c Component, data map[string]string) string {
+	keys := make([]string, 0, len(data))
+	for k := range data {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	h := sha256.New()
+	for _, k := range keys {
+		fmt.Fprintf(h, "%s=%q\n", k, data[k])
+	}
+	return workloadName(sim, c) + "-config-" + hex.EncodeToString(h.Sum(nil))[:10]
+}
 
 // selectorLabels select one component's pods. They must never change: a workload's selector is
 // immutable.
@@ -83,6 +112,7 @@ func objectLabels(sim string, c Component) map[string]string {
 	l := selectorLabels(sim, c)
 	l[LabelManagedBy] = ManagedByValue
 	l[LabelSimulation] = sim
+	l[LabelPartOf] = "chargesim"
 	return l
 }
 
@@ -146,9 +176,8 @@ const (
 	envShareGroup      = "CHARGESIM_SHARE_GROUP"
 )
 
-// componentKeys are the ConfigMap keys each component reads. All components get the whole
-// ConfigMap (the flag parser ignores variables of flags it does not have), but only these keys
-// go into a component's config hash, so a listener setting does not restart the publisher.
+// componentKeys are the ConfigMap keys each component reads. Each component has its own
+// ConfigMap with only these keys, so a listener setting does not restart the publisher.
 var componentKeys = map[Component][]string{
 	Broker: {envLogLevel, envLogFormat},
 	Publisher: {envLogLevel, envLogFormat, envMQTTURL, envTopicPrefix, envChargers, envConnectors,
@@ -289,13 +318,31 @@ func newDesired(sim *v1alpha1.ChargerSimulation, defaultImage, broker string, se
 	return d
 }
 
-func (d *desired) configMap() *corev1ac.ConfigMapApplyConfiguration {
+// componentConfig is the part of the configuration component c reads.
+func (d *desired) componentConfig(c Component) map[string]string {
+	out := map[string]string{}
+	for _, k := range componentKeys[c] {
+		if v, ok := d.config[k]; ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func (d *desired) configMapName(c Component) string {
+	return configMapName(d.sim.Name, c, d.componentConfig(c))
+}
+
+// configMap is component c's immutable, content-named ConfigMap.
+func (d *desired) configMap(c Component) *corev1ac.ConfigMapApplyConfiguration {
 	sim := d.sim
-	l := objectLabels(sim.Name, "config")
-	return corev1ac.ConfigMap(configMapName(sim.Name), sim.Namespace).
+	l := objectLabels(sim.Name, c)
+	l[LabelConfig] = "true"
+	return corev1ac.ConfigMap(d.configMapName(c), sim.Namespace).
 		WithLabels(l).
 		WithOwnerReferences(ownerRef(sim)).
-		WithData(d.config)
+		WithImmutable(true).
+		WithData(d.componentConfig(c))
 }
 
 // defaultResources keep a simulation schedulable on a small cluster while giving the scheduler
@@ -338,14 +385,23 @@ type secretVolume struct {
 
 func (v secretVolume) path() string { return v.dir + "/" + v.file }
 
+// opsPortName names the port that serves /healthz, /readyz and /metrics.
+func opsPortName(c Component) string {
+	if c == API {
+		return HTTPPortName
+	}
+	return MetricsPortName
+}
+
 // pod builds the pod template shared by every component.
 func (d *desired) pod(c Component, port int32, res *corev1.ResourceRequirements, env []*corev1ac.EnvVarApplyConfiguration, vols []secretVolume) *corev1ac.PodTemplateSpecApplyConfiguration {
 	sim := d.sim
+	portName := opsPortName(c)
 	ports := []*corev1ac.ContainerPortApplyConfiguration{
-		corev1ac.ContainerPort().WithName("http").WithContainerPort(port).WithProtocol(corev1.ProtocolTCP),
+		corev1ac.ContainerPort().WithName(portName).WithContainerPort(port).WithProtocol(corev1.ProtocolTCP),
 	}
 	if c == Broker {
-		ports = append(ports, corev1ac.ContainerPort().WithName("mqtt").WithContainerPort(mqttPort).WithProtocol(corev1.ProtocolTCP))
+		ports = append(ports, corev1ac.ContainerPort().WithName(MQTTPortName).WithContainerPort(mqttPort).WithProtocol(corev1.ProtocolTCP))
 	}
 	env = append([]*corev1ac.EnvVarApplyConfiguration{
 		corev1ac.EnvVar().WithName(envHTTPAddr).WithValue(fmt.Sprintf(":%d", port)),
@@ -355,14 +411,14 @@ func (d *desired) pod(c Component, port int32, res *corev1.ResourceRequirements,
 		WithImage(d.image).
 		WithArgs(string(c)).
 		WithPorts(ports...).
-		WithEnvFrom(corev1ac.EnvFromSource().WithConfigMapRef(corev1ac.ConfigMapEnvSource().WithName(configMapName(sim.Name)))).
+		WithEnvFrom(corev1ac.EnvFromSource().WithConfigMapRef(corev1ac.ConfigMapEnvSource().WithName(d.configMapName(c)))).
 		WithEnv(env...).
 		WithResources(resourcesAC(res)).
 		WithLivenessProbe(corev1ac.Probe().
-			WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromString("http"))).
+			WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromString(portName))).
 			WithPeriodSeconds(10).WithTimeoutSeconds(2).WithFailureThreshold(3)).
 		WithReadinessProbe(corev1ac.Probe().
-			WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString("http"))).
+			WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString(portName))).
 			WithPeriodSeconds(5).WithTimeoutSeconds(3).WithFailureThreshold(3)).
 		WithSecurityContext(corev1ac.SecurityContext().
 			WithRunAsNonRoot(true).
@@ -392,10 +448,101 @@ func (d *desired) pod(c Component, port int32, res *corev1.ResourceRequirements,
 			WithDefaultMode(0o440)))
 	}
 	spec.WithContainers(container)
+	for _, s := range sim.Spec.ImagePullSecrets {
+		spec.WithImagePullSecrets(corev1ac.LocalObjectReference().WithName(s.Name))
+	}
+	podLabels, podAnnotations := objectLabels(sim.Name, c), map[string]string{AnnotationConfigHash: d.configHash[c]}
+	if v := imageVersion(d.image); v != "" {
+		podLabels[LabelVersion] = v
+	}
+	if o := podOptions(sim, c); o != nil {
+		applyPodOptions(spec, o)
+		// The operator's labels and annotations win: selectors and the config hash must hold.
+		for k, v := range o.Labels {
+			if _, ours := podLabels[k]; !ours {
+				podLabels[k] = v
+			}
+		}
+		for k, v := range o.Annotations {
+			if _, ours := podAnnotations[k]; !ours {
+				podAnnotations[k] = v
+			}
+		}
+	}
 	return corev1ac.PodTemplateSpec().
-		WithLabels(objectLabels(sim.Name, c)).
-		WithAnnotations(map[string]string{AnnotationConfigHash: d.configHash[c]}).
+		WithLabels(podLabels).
+		WithAnnotations(podAnnotations).
 		WithSpec(spec)
+}
+
+// imageVersion is the tag of image as a label value (app.kubernetes.io/version), or "" when
+// it has none that fits one (a digest, an over-long tag).
+func imageVersion(image string) string {
+	if strings.Contains(image, "@") {
+		return ""
+	}
+	i := strings.LastIndex(image, ":")
+	if i < 0 || strings.Contains(image[i:], "/") {
+		return ""
+	}
+	tag := image[i+1:]
+	if len(tag) > 63 || !labelValue.MatchString(tag) {
+		return ""
+	}
+	return tag
+}
+
+var labelValue = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
+
+// podOptions are component c's spec.<component>.pod.
+func podOptions(sim *v1alpha1.ChargerSimulation, c Component) *v1alpha1.PodOptions {
+	switch c {
+	case Broker:
+		if m := sim.Spec.Broker.Managed; m != nil {
+			return m.Pod
+		}
+	case Publisher:
+		return sim.Spec.Publisher.Pod
+	case Listener:
+		return sim.Spec.Listener.Pod
+	case API:
+		return sim.Spec.API.Pod
+	}
+	return nil
+}
+
+// applyPodOptions sets the scheduling options of o on spec. Tolerations, affinity and spread
+// constraints are Kubernetes types the CRD's schema has already validated: they reach the apply
+// configuration through their JSON form, which is the same.
+func applyPodOptions(spec *corev1ac.PodSpecApplyConfiguration, o *v1alpha1.PodOptions) {
+	if len(o.NodeSelector) > 0 {
+		spec.WithNodeSelector(o.NodeSelector)
+	}
+	if o.PriorityClassName != "" {
+		spec.WithPriorityClassName(o.PriorityClassName)
+	}
+	for i := range o.Tolerations {
+		spec.WithTolerations(viaJSON(&o.Tolerations[i], &corev1ac.TolerationApplyConfiguration{}))
+	}
+	if o.Affinity != nil {
+		spec.WithAffinity(viaJSON(o.Affinity, &corev1ac.AffinityApplyConfiguration{}))
+	}
+	for i := range o.TopologySpreadConstraints {
+		spec.WithTopologySpreadConstraints(viaJSON(&o.TopologySpreadConstraints[i], &corev1ac.TopologySpreadConstraintApplyConfiguration{}))
+	}
+}
+
+// viaJSON converts a typed Kubernetes object into its apply configuration. Both have the same
+// JSON form, so this cannot fail for values that came from a validated object.
+func viaJSON[T any](from any, to *T) *T {
+	b, err := json.Marshal(from)
+	if err != nil {
+		panic(fmt.Sprintf("marshal %T: %v", from, err))
+	}
+	if err := json.Unmarshal(b, to); err != nil {
+		panic(fmt.Sprintf("unmarshal into %T: %v", to, err))
+	}
+	return to
 }
 
 // mqttClient is the env and files publisher and listener need to reach the broker.
@@ -491,7 +638,7 @@ func (d *desired) brokerObjects() (*appsv1ac.DeploymentApplyConfiguration, *core
 	}
 	dep := d.deployment(Broker, 1, d.pod(Broker, opsPort, res, env, nil))
 	svc := d.service(Broker, corev1.ServiceTypeClusterIP, false,
-		servicePort("mqtt", mqttPort, "mqtt"), servicePort("http", opsPort, "http"))
+		servicePort(MQTTPortName, mqttPort, MQTTPortName), servicePort(MetricsPortName, opsPort, MetricsPortName))
 	return dep, svc
 }
 
@@ -569,7 +716,7 @@ func (d *desired) statefulSet(c Component, replicas int32, tmpl *corev1ac.PodTem
 }
 
 func (d *desired) headlessService(c Component) *corev1ac.ServiceApplyConfiguration {
-	return d.service(c, corev1.ServiceTypeClusterIP, true, servicePort("http", opsPort, "http"))
+	return d.service(c, corev1.ServiceTypeClusterIP, true, servicePort(MetricsPortName, opsPort, MetricsPortName))
 }
 
 func (d *desired) apiObjects() (*appsv1ac.DeploymentApplyConfiguration, *corev1ac.ServiceApplyConfiguration) {
@@ -580,7 +727,7 @@ func (d *desired) apiObjects() (*appsv1ac.DeploymentApplyConfiguration, *corev1a
 	if typ == "" {
 		typ = corev1.ServiceTypeClusterIP
 	}
-	svc := d.service(API, typ, false, servicePort("http", sim.Spec.API.ServicePort(), "http"))
+	svc := d.service(API, typ, false, servicePort(HTTPPortName, sim.Spec.API.ServicePort(), HTTPPortName))
 	return dep, svc
 }
 
@@ -609,4 +756,32 @@ func formatRate(r float64) string {
 	exp := math.Floor(math.Log10(r))
 	scale := math.Pow(10, 3-exp)
 	return strconv.FormatFloat(math.Round(r*scale)/scale, 'f', -1, 64)
+}
+
+// PodTemplates renders the pod template of every component of sim as the operator would
+// (Secret contents read as empty), for tests that check what selects these pods: the chart's
+// monitors, NetworkPolicies.
+func PodTemplates(sim *v1alpha1.ChargerSimulation, image string) (map[Component]corev1.PodTemplateSpec, error) {
+	broker, err := brokerURL(sim)
+	if err != nil {
+		return nil, err
+	}
+	d := newDesired(sim, image, broker, secretUses(sim))
+	bdep, _ := d.brokerObjects()
+	pub, _ := d.publisherObjects()
+	lis, _ := d.listenerObjects()
+	api, _ := d.apiObjects()
+	out := map[Component]corev1.PodTemplateSpec{}
+	for c, ac := range map[Component]any{Broker: bdep.Spec.Template, Publisher: pub.Spec.Template, Listener: lis.Spec.Template, API: api.Spec.Template} {
+		b, err := json.Marshal(ac)
+		if err != nil {
+			return nil, fmt.Errorf("marshal %s template: %w", c, err)
+		}
+		var t corev1.PodTemplateSpec
+		if err := json.Unmarshal(b, &t); err != nil {
+			return nil, fmt.Errorf("decode %s template: %w", c, err)
+		}
+		out[c] = t
+	}
+	return out, nil
 }

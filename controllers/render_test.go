@@ -247,7 +247,7 @@ func TestPodHardening(t *testing.T) {
 		if comp == API {
 			wantPort = apiPort
 		}
-		if c.Ports[0].Name != "http" || c.Ports[0].ContainerPort != wantPort || envMap(c)[envHTTPAddr].Value != ":"+strconv.Itoa(int(wantPort)) {
+		if c.Ports[0].Name != opsPortName(comp) || c.Ports[0].ContainerPort != wantPort || envMap(c)[envHTTPAddr].Value != ":"+strconv.Itoa(int(wantPort)) {
 			t.Errorf("%s: port %+v http addr %q", comp, c.Ports[0], envMap(c)[envHTTPAddr].Value)
 		}
 		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
@@ -256,7 +256,7 @@ func TestPodHardening(t *testing.T) {
 		if tmpl.Annotations[AnnotationConfigHash] == "" {
 			t.Errorf("%s: no config hash", comp)
 		}
-		if len(c.EnvFrom) != 1 || c.EnvFrom[0].ConfigMapRef.Name != "fleet-config" {
+		if len(c.EnvFrom) != 1 || !strings.HasPrefix(c.EnvFrom[0].ConfigMapRef.Name, "fleet-"+string(comp)+"-config-") {
 			t.Errorf("%s: envFrom %+v", comp, c.EnvFrom)
 		}
 		if len(c.Args) != 1 || c.Args[0] != string(comp) {
@@ -489,5 +489,64 @@ func TestStatusChangedPredicate(t *testing.T) {
 	fin.Finalizers = []string{"example.com/hold"}
 	if p.Update(event.UpdateEvent{ObjectOld: old, ObjectNew: fin}) {
 		t.Error("a metadata-only change passes the status predicate")
+	}
+}
+
+// Pod options reach exactly their component's pods; the operator's labels and annotations
+// (selectors, config hash) cannot be overridden; image pull Secrets reach every pod.
+func TestPodOptions(t *testing.T) {
+	sim := testSim()
+	sim.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "registry"}}
+	sim.Spec.Listener.Pod = &v1alpha1.PodOptions{
+		NodeSelector:      map[string]string{"pool": "ingest"},
+		Tolerations:       []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "ingest", Effect: corev1.TaintEffectNoSchedule}},
+		PriorityClassName: "high",
+		Affinity: &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+			NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "zone", Operator: corev1.NodeSelectorOpIn, Values: []string{"a"}}}}}}}},
+		TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{MaxSkew: 1, TopologyKey: "zone", WhenUnsatisfiable: corev1.DoNotSchedule,
+			LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{LabelComponent: "listener"}}}},
+		Labels:      map[string]string{"team": "ingest", LabelComponent: "evil"},
+		Annotations: map[string]string{"mesh/inject": "false", AnnotationConfigHash: "evil"},
+	}
+	tmpls, err := PodTemplates(sim, "img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := tmpls[Listener]
+	ps := l.Spec
+	if ps.NodeSelector["pool"] != "ingest" || ps.PriorityClassName != "high" || len(ps.Tolerations) != 1 || ps.Tolerations[0].Value != "ingest" ||
+		ps.Affinity == nil || ps.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms[0].MatchExpressions[0].Values[0] != "a" ||
+		len(ps.TopologySpreadConstraints) != 1 || ps.TopologySpreadConstraints[0].LabelSelector.MatchLabels[LabelComponent] != "listener" {
+		t.Errorf("listener pod spec lacks its options: %+v", ps)
+	}
+	if l.Labels["team"] != "ingest" || l.Labels[LabelComponent] != "listener" || l.Annotations["mesh/inject"] != "false" || l.Annotations[AnnotationConfigHash] == "evil" {
+		t.Errorf("listener labels %v annotations %v", l.Labels, l.Annotations)
+	}
+	for c, tmpl := range tmpls {
+		if len(tmpl.Spec.ImagePullSecrets) != 1 || tmpl.Spec.ImagePullSecrets[0].Name != "registry" {
+			t.Errorf("%s: imagePullSecrets %v", c, tmpl.Spec.ImagePullSecrets)
+		}
+		if c != Listener && (len(tmpl.Spec.NodeSelector) > 0 || tmpl.Labels["team"] != "") {
+			t.Errorf("%s got the listener's options", c)
+		}
+	}
+}
+
+func TestRecommendedLabels(t *testing.T) {
+	for image, want := range map[string]string{
+		"ghcr.io/chargesim/chargesim:v1.2.3": "v1.2.3", "localhost:5000/chargesim": "", "chargesim@sha256:abc": "", "chargesim:latest": "latest",
+	} {
+		if got := imageVersion(image); got != want {
+			t.Errorf("imageVersion(%q) = %q, want %q", image, got, want)
+		}
+	}
+	tmpls, err := PodTemplates(testSim(), "ghcr.io/chargesim/chargesim:v1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for c, tmpl := range tmpls {
+		if tmpl.Labels[LabelPartOf] != "chargesim" || tmpl.Labels[LabelVersion] != "v1.2.3" {
+			t.Errorf("%s: labels %v", c, tmpl.Labels)
+		}
 	}
 }

@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/chargesim/chargesim/controllers"
+	"github.com/chargesim/chargesim/test/testenv"
 )
 
 const (
@@ -42,6 +43,8 @@ var (
 	k8s      client.Client // cluster admin: plays the user and the missing controllers
 	operator *controllers.Operator
 	opReg    *prometheus.Registry
+	// operatorRestConfig is the operator's identity (its ServiceAccount, impersonated).
+	operatorRestConfig *rest.Config
 	// forbidden counts operator log records that mention an RBAC denial.
 	forbidden  atomic.Int64
 	lastDenied atomic.Value
@@ -90,6 +93,7 @@ func runSuite(m *testing.M) int {
 		UserName: "system:serviceaccount:" + operatorNamespace + ":" + operatorSA,
 		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + operatorNamespace, "system:authenticated"},
 	}
+	operatorRestConfig = opCfg
 	level := slog.LevelWarn
 	if os.Getenv("OPERATOR_DEBUG") != "" {
 		level = slog.LevelDebug
@@ -236,18 +240,11 @@ func loadYAML(path string) ([]client.Object, error) {
 	return out, nil
 }
 
-// eventually retries check until it succeeds; the deadline only bounds a hung test.
+// eventually waits for the operator (or the API server) to get there; one minute bounds a
+// hung test.
 func eventually(t *testing.T, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = check(); err == nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: %v", what, err)
+	testenv.Eventually(t, time.Minute, what, check)
 }
 
 // newNamespace gives each test its own namespace.

@@ -2,8 +2,13 @@
 # `make bench`: every benchmark that has a raw limit runs next to that limit, in the same run,
 # on the same broker and store, and the ratio is printed:
 #   publisher msgs/s        ÷ bare paho async publish loop (same window, same payload size)
-#   listener stored docs/s  ÷ bare InsertMany loop (same batch size, same FerretDB)
+#   listener stored docs/s  ÷ bare InsertMany loop (same documents, batch size, indexes and store;
+#                             the faster of 1 and 4 writers)
+#   `chargesim run` at 5,000 sessions/s for BENCH_RUN_SECONDS (300): stored rate, p99 lag, and
+#                             whether it ever reported falling behind (0 skips it)
 #   publisher heap for 1,000,000 simulated chargers
+# The store is a fresh FerretDB per benchmark, or the MongoDB at CHARGESIM_BENCH_MONGO_URI
+# (each benchmark in a database of its own, dropped after).
 # Raw output goes to bin/bench.txt (benchstat-friendly); `hack/bench.sh --summary` reprints the table.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,18 +21,81 @@ out=bin/bench.txt
 summary_only=false
 [[ ${1:-} == --summary ]] && summary_only=true # print the table of the last run again
 $summary_only || : >"$out"
+# BENCH_ONLY=listener,run (publisher, broker, listener, fleet, run) runs only those parts.
+only() { [[ -z ${BENCH_ONLY:-} || ,$BENCH_ONLY, == *,$1,* ]] && ! $summary_only; }
 
 bench() { # package regexp
 	go test -tags integration -run '^$' -bench "$2" -benchtime "$BENCHTIME" -count "$COUNT" "$1" | tee -a "$out"
 }
-$summary_only || bench ./components/publisher/ '^Benchmark(Publisher|RawPaho|FleetMemory|Build|AppendJSON)$'
-$summary_only || bench ./components/listener/ '^Benchmark(ListenerIngest|RawInsertMany)$'
-$summary_only || BENCHTIME=20000x bench ./components/broker/ '^BenchmarkBrokerDelivery$'
-$summary_only || BENCHTIME=5000x COUNT=1 bench ./components/broker/ '^BenchmarkPipelineDelivery$'
+only publisher && bench ./components/publisher/ '^Benchmark(Publisher|RawPaho|FleetMemory|Build|AppendJSON)$'
+only broker && BENCHTIME=20000x bench ./components/broker/ '^BenchmarkBrokerDelivery$'
+only broker && BENCHTIME=5000x COUNT=1 bench ./components/broker/ '^BenchmarkPipelineDelivery$'
 # The embedded broker's fault tests at 100,000 sessions (listener kill -9 x3, broker restarts).
-$summary_only || go test -tags integration -count=1 -run '^Test(ListenerKilledThriceMidStream|BrokerRestartedMidStream)$' \
-	-timeout 30m -v ./components/broker/ -args -faults-100k | grep -E '^(\s*--- |ok|FAIL)|acknowledged' | tee -a "$out" ||
-	echo "FAIL: embedded broker fault tests at 100,000 sessions" | tee -a "$out"
+if only broker; then
+	go test -tags integration -count=1 -run '^Test(ListenerKilledThriceMidStream|BrokerRestartedMidStream)$' \
+		-timeout 30m -v ./components/broker/ -args -faults-100k | grep -E '^(\s*--- |ok|FAIL)|acknowledged' | tee -a "$out" ||
+		echo "FAIL: embedded broker fault tests at 100,000 sessions" | tee -a "$out"
+fi
+only listener && bench ./components/listener/ '^Benchmark(ListenerIngest|RawInsertMany)$'
+
+# `chargesim run` (broker, publisher, listener, API in one process) at RUN_RATE sessions/s for
+# BENCH_RUN_SECONDS against a store like `make run`'s: a fresh FerretDB, or the MongoDB at
+# CHARGESIM_BENCH_MONGO_URI (fresh database). Every 10 s the listener closes a lag window
+# (chargesim_listener_lag_window_p99_seconds); after a 20 s warm-up we keep the worst window,
+# the p99 over the whole run (from the lag histogram) and the windows reported behind.
+RUN_RATE=${RUN_RATE:-5000}
+run_at_rate() {
+	local secs=$1 dir port api fpid="" uri db pid t0 t1 s0 s1 worst=0 behind=0 p99
+	dir=$(mktemp -d)
+	port=$((20000 + RANDOM % 20000)); api=$((port + 1))
+	db=runbench$(date +%s)
+	if [[ -n ${CHARGESIM_BENCH_MONGO_URI:-} ]]; then
+		uri=$CHARGESIM_BENCH_MONGO_URI
+	else
+		"$CHARGESIM_FERRETDB_BIN" --handler=sqlite --sqlite-url="file:$dir/" --state-dir="$dir" \
+			--listen-addr=127.0.0.1:$((port + 2)) --debug-addr=- --telemetry=disable --log-level=warn >"$dir/ferretdb.log" 2>&1 &
+		fpid=$!
+		uri=mongodb://127.0.0.1:$((port + 2))/
+		sleep 1
+	fi
+	# 60 s between a charger's sessions: RUN_RATE × 60 chargers.
+	bin/chargesim run --chargers $((RUN_RATE * 60)) --mongo-uri "$uri" --mongo-database "$db" \
+		--mqtt-addr 127.0.0.1:$port --api-addr 127.0.0.1:$api --log-level warn 2>"$dir/run.log" &
+	pid=$!
+	scrape() { curl -s 127.0.0.1:$api/metrics; }
+	metric_of() { awk -v n="$1" '$1 == n { print $2 }'; }
+	sleep 20
+	s0=$(scrape | metric_of chargesim_listener_sessions_stored_total); t0=$(date +%s.%N)
+	scrape | grep '^chargesim_listener_lag_seconds_bucket' >"$dir/h0"
+	for ((i = 0; i < secs / 10; i++)); do
+		sleep 10
+		local m w b
+		m=$(scrape)
+		w=$(metric_of chargesim_listener_lag_window_p99_seconds <<<"$m")
+		b=$(metric_of chargesim_listener_falling_behind <<<"$m")
+		worst=$(awk -v a="$worst" -v b="${w:-0}" 'BEGIN { printf "%.2f", (b + 0 > a + 0 ? b : a) }')
+		[[ ${b:-0} == 1 ]] && behind=$((behind + 1))
+	done
+	s1=$(scrape | metric_of chargesim_listener_sessions_stored_total); t1=$(date +%s.%N)
+	scrape | grep '^chargesim_listener_lag_seconds_bucket' >"$dir/h1"
+	# p99 of the run: bucket counts of the window, linear inside the bucket (histogram_quantile).
+	p99=$(paste "$dir/h0" "$dir/h1" | awk '{
+		match($1, /le="[^"]*"/); le = substr($1, RSTART + 4, RLENGTH - 5)
+		n++; bound[n] = (le == "+Inf" ? 1e9 : le); cnt[n] = $4 - $2 }
+		END { total = cnt[n]; rank = 0.99 * total; prev = 0; pc = 0
+			for (i = 1; i <= n; i++) if (cnt[i] >= rank) { printf "%.3f", prev + (bound[i] - prev) * (rank - pc) / (cnt[i] - pc + 1e-9); exit }
+			else { prev = bound[i]; pc = cnt[i] } }')
+	grep -m3 'falling behind' "$dir/run.log" >&2 || true
+	kill -TERM $pid; wait $pid || true
+	[[ -n $fpid ]] && { kill -TERM $fpid; wait $fpid || true; }
+	echo "BenchmarkRunAtRate 1 $(awk -v a="$s0" -v b="$s1" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.0f", (b - a) / (t1 - t0) }') stored/s $RUN_RATE offered/s ${p99:-nan} p99-lag-s $worst worst-window-p99-s $behind behind-windows" | tee -a "$out"
+	rm -rf "$dir"
+}
+BENCH_RUN_SECONDS=${BENCH_RUN_SECONDS:-300}
+if only run && ((BENCH_RUN_SECONDS > 0)); then
+	go build -o bin/chargesim .
+	run_at_rate "$BENCH_RUN_SECONDS"
+fi
 
 # One real publisher process with a million chargers at one session a minute (16,667/s) against
 # the embedded broker: its resident memory and achieved rate after a warm-up.
@@ -51,7 +119,16 @@ fleet_process() {
 	kill -TERM $bpid; wait $bpid || true
 	echo "BenchmarkFleetProcess 1 $((rss / 1024)) peak-RSS-MB $(awk -v a="$p0" -v b="$p1" 'BEGIN { printf "%.0f", (b - a) / 10 }') sessions/s" | tee -a "$out"
 }
-$summary_only || fleet_process
+if only fleet; then fleet_process; fi
+
+# Read side (issue 11): BenchmarkReadSide on FerretDB holding BENCH_READ_SESSIONS sessions (default
+# 1,000,000 over 10,000 chargers; loaded once, cached under ~/.cache/chargesim) while sessions are
+# stored at BENCH_INGEST_RATE/s. BENCH_READ=0 skips it; at 1,000,000 it is long on 2 cores (loading once,
+# then every snapshot scan takes minutes): BENCH_READ_SESSIONS=100000 for a quick look.
+if [[ ${BENCH_READ:-1} != 0 ]] && ! $summary_only; then
+	go test -tags integration -run '^$' -bench '^BenchmarkReadSide$' -benchtime 1x -count 1 -timeout 90m \
+		./components/restapi/ | tee -a "$out"
+fi
 
 # median of a benchmark's metric (name without the -N suffix, unit) over the -count runs
 metric() {
@@ -67,7 +144,9 @@ pub=$(metric BenchmarkPublisher msgs/s)
 raw=$(metric BenchmarkRawPaho msgs/s)
 ing=$(metric BenchmarkListenerIngest/live docs/s)
 back=$(metric BenchmarkListenerIngest/backlog docs/s)
-ins=$(metric BenchmarkRawInsertMany docs/s)
+ins1=$(metric BenchmarkRawInsertMany/writers=1 docs/s)
+ins4=$(metric BenchmarkRawInsertMany/writers=4 docs/s)
+ins=$(awk -v a="$ins1" -v b="$ins4" 'BEGIN { print (b + 0 > a + 0 ? b : a) }')
 mem=$(metric BenchmarkFleetMemory heap-MB)
 per=$(metric BenchmarkFleetMemory B/charger)
 echo
@@ -77,17 +156,48 @@ printf '%-44s %12s msgs/s\n' "bare paho publish loop (raw limit)" "$raw"
 printf '%-44s %12s\n' "publisher / raw" "$(ratio "$pub" "$raw")"
 printf '%-44s %12s docs/s\n' "listener: publish -> mosquitto -> FerretDB" "$ing"
 printf '%-44s %12s docs/s\n' "listener draining a backlog" "$back"
-printf '%-44s %12s docs/s\n' "bare InsertMany loop (raw limit)" "$ins"
+printf '%-44s %12s docs/s (1 writer %s, 4 writers %s)\n' "bare InsertMany loop (raw limit)" "$ins" "$ins1" "$ins4"
 printf '%-44s %12s\n' "listener / raw (live)" "$(ratio "$ing" "$ins")"
 printf '%-44s %12s\n' "listener / raw (backlog)" "$(ratio "$back" "$ins")"
+if [[ -n ${CHARGESIM_BENCH_MONGO_URI:-} ]]; then
+	echo "  store: the MongoDB at \$CHARGESIM_BENCH_MONGO_URI (URI not printed: it may hold credentials)"
+else
+	echo "  store: a fresh FerretDB 1.24/SQLite per benchmark"
+fi
+if grep -q '^BenchmarkRunAtRate' "$out"; then
+	printf '%-44s %12s stored/s of %s offered, p99 lag %s s, worst 10 s window %s s, %s windows behind\n' \
+		"chargesim run, ${BENCH_RUN_SECONDS}s" "$(metric BenchmarkRunAtRate stored/s)" "$(metric BenchmarkRunAtRate offered/s)" \
+		"$(metric BenchmarkRunAtRate p99-lag-s)" "$(metric BenchmarkRunAtRate worst-window-p99-s)" "$(metric BenchmarkRunAtRate behind-windows)"
+fi
 bmem=$(metric BenchmarkBrokerDelivery/memory msgs/s)
-printf '%-44s %12s msgs/s\n' "embedded broker, memory" "$bmem"
-printf '%-44s %12s msgs/s (%s of memory)\n' "embedded broker, --data-dir" "$(metric BenchmarkBrokerDelivery/data-dir msgs/s)" \
-	"$(ratio "$(metric BenchmarkBrokerDelivery/data-dir msgs/s)" "$bmem")"
-printf '%-44s %12s msgs/s (%s of memory)\n' "embedded broker, --data-dir --data-fsync" "$(metric BenchmarkBrokerDelivery/data-dir-fsync msgs/s)" \
-	"$(ratio "$(metric BenchmarkBrokerDelivery/data-dir-fsync msgs/s)" "$bmem")"
-printf '%-44s %12s docs/s (memory), %s docs/s (--data-dir)\n' "publisher -> embedded broker -> listener" \
-	"$(metric BenchmarkPipelineDelivery/memory docs/s)" "$(metric BenchmarkPipelineDelivery/data-dir docs/s)"
+if [[ $bmem != nan ]]; then
+	printf '%-44s %12s msgs/s\n' "embedded broker, memory" "$bmem"
+	printf '%-44s %12s msgs/s (%s of memory)\n' "embedded broker, --data-dir" "$(metric BenchmarkBrokerDelivery/data-dir msgs/s)" \
+		"$(ratio "$(metric BenchmarkBrokerDelivery/data-dir msgs/s)" "$bmem")"
+	printf '%-44s %12s msgs/s (%s of memory)\n' "embedded broker, --data-dir --data-fsync" "$(metric BenchmarkBrokerDelivery/data-dir-fsync msgs/s)" \
+		"$(ratio "$(metric BenchmarkBrokerDelivery/data-dir-fsync msgs/s)" "$bmem")"
+	printf '%-44s %12s docs/s (memory), %s docs/s (--data-dir)\n' "publisher -> embedded broker -> listener" \
+		"$(metric BenchmarkPipelineDelivery/memory docs/s)" "$(metric BenchmarkPipelineDelivery/data-dir docs/s)"
+fi
 printf '%-44s %12s MB (%s B/charger)\n' "publisher fleet heap, 1,000,000 chargers" "$mem" "$per"
 printf '%-44s %12s MB peak RSS at %s sessions/s (configured 16667)\n' "publisher process, 1,000,000 chargers" \
 	"$(metric BenchmarkFleetProcess peak-RSS-MB)" "$(metric BenchmarkFleetProcess sessions/s)"
+
+# one metric of the single BenchmarkReadSide run
+rs() { metric BenchmarkReadSide "$1"; }
+ratio_g() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.3g", a / b }'; }
+if [[ $(rs stored-sessions) != nan ]]; then
+	echo
+	echo "== read side: $(rs stored-sessions) stored sessions, ingest ${BENCH_INGEST_RATE:-1000}/s (goal: p99 <= 100 ms with 4 clients) =="
+	printf '%-44s %10s %10s %6s\n' "endpoint (4 clients)" "p50 ms" "p99 ms" "5xx"
+	for ep in stats charger chargers-first chargers-deep sessions-first sessions-deep health readings seed-readings bare-find-limit-1000; do
+		printf '%-44s %10s %10s %6s\n' "$ep" "$(rs "$ep-p50-ms")" "$(rs "$ep-p99-ms")" "$(rs "$ep-5xx")"
+	done
+	printf '%-44s %10s\n' "/readings/ p50 / seed-style API p50 (goal < 1)" "$(ratio_g "$(rs readings-p50-ms)" "$(rs seed-readings-p50-ms)")"
+	printf '%-44s %10s\n' "/readings/ p50 / bare driver p50 (goal <= 1.2)" "$(ratio_g "$(rs readings-p50-ms)" "$(rs bare-find-limit-1000-p50-ms)")"
+	printf '%-44s %10s ms p99, %s 5xx, %s shed (503 + Retry-After)\n' "64 clients, every endpoint" "$(rs hammer64-p99-ms)" "$(rs hammer64-5xx)" "$(rs hammer64-shed)"
+	printf '%-44s %10s docs/s (before: %s; goal: drop <= 10%%)\n' "ingest while hammered" "$(rs ingest-hammer-docs/s)" "$(rs ingest-baseline-docs/s)"
+	printf '%-44s %10s MB (goal <= 1024)\n' "FerretDB peak RSS" "$(rs ferretdb-peak-RSS-MB)"
+	printf '%-44s %10s MB\n' "API heap in use (same process as the bench)" "$(rs api-heap-MB)"
+	printf '%-44s %10s s\n' "first snapshot after start (one full scan)" "$(rs first-snapshot-s)"
+fi

@@ -2,8 +2,10 @@
 # Installs the pinned real dependencies that integration tests, benchmarks and `make run` start
 # (DEVELOPERS.md: tests are real, a missing dependency is a failure telling you to run this).
 #
-#   hack/deps.sh            mosquitto, prometheus + promtool, chromium (Debian), FerretDB (built
-#                           from source): everything the integration, chart and dashboard tests start
+#   hack/deps.sh ferretdb   only the FerretDB build (no apt; hack/test-e2e-kind.sh)
+#   hack/deps.sh            mosquitto, prometheus + promtool, chromium, containerd + runc + CNI
+#                           plugins + iptables + conntrack (Debian), FerretDB (built from source):
+#                           everything the integration, chart, dashboard and cluster tests start
 #
 # Idempotent and fast when everything is present (no apt-get update, no build). Works with CI=true
 # and no stdin. Builds are cached in ${CHARGESIM_CACHE:-$HOME/.cache/chargesim}/<tool>-<version>/
@@ -22,15 +24,17 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${CHARGESIM_CACHE:-${HOME:-/root}/.cache/chargesim}
 BIN_DIR=$REPO_ROOT/bin
 
+only_ferretdb=false
 for arg in "$@"; do
 	case $arg in
 	chromium) ;; # accepted for old callers: chromium is always installed (the docs-page tests need it)
+	ferretdb) only_ferretdb=true ;; # only the FerretDB build (hack/test-e2e-kind.sh's store image; no apt)
 	-h | --help)
-		sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+		sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
-		echo "hack/deps.sh: unknown argument ${arg@Q} (known: chromium)" >&2
+		echo "hack/deps.sh: unknown argument ${arg@Q} (known: chromium, ferretdb)" >&2
 		exit 2
 		;;
 	esac
@@ -138,10 +142,13 @@ if ! flock -n 8; then
 fi
 
 # --- Debian packages ----------------------------------------------------------------------
+if ! $only_ferretdb; then
 # chromium: TestDocsPageInChromium/TestDocsTryItInChromium load the API's docs page headless.
-pkgs=(mosquitto prometheus chromium)
+# containerd, runc, CNI plugins, iptables, conntrack (+ ip, sysctl, modprobe): the real node of
+# hack/cluster.sh (make test-e2e-cluster); its containerd runs privately, never the system one.
+pkgs=(mosquitto prometheus chromium containerd runc containernetworking-plugins iptables conntrack iproute2 procps kmod)
 apt_install "${pkgs[@]}"
-for svc in mosquitto prometheus; do
+for svc in mosquitto prometheus containerd; do
 	if [[ " ${installed_now[*]} " == *" $svc "* ]]; then stop_services "$svc"; fi
 done
 
@@ -170,6 +177,17 @@ CHROMIUM_BIN=/usr/bin/chromium
 [[ -x $CHROMIUM_BIN ]] || die "$CHROMIUM_BIN missing after install"
 link "$CHROMIUM_BIN" chromium
 summary+=("chromium    $(deb_version chromium)  bin/chromium -> $CHROMIUM_BIN")
+
+CONTAINERD_BIN=/usr/bin/containerd
+CTR_BIN=/usr/bin/ctr
+RUNC_BIN=/usr/sbin/runc
+CNI_BIN_DIR=/usr/lib/cni
+for f in "$CONTAINERD_BIN" "$CTR_BIN" "$RUNC_BIN" "$CNI_BIN_DIR/bridge" "$CNI_BIN_DIR/host-local" "$CNI_BIN_DIR/loopback" /usr/sbin/iptables /usr/sbin/conntrack; do
+	[[ -x $f ]] || die "$f missing after install"
+done
+summary+=("containerd  $(deb_version containerd)  runc $(deb_version runc)  cni $(deb_version containernetworking-plugins)  ($CNI_BIN_DIR)")
+
+fi
 
 # --- FerretDB (built from the module proxy) ---------------------------------------------------
 FERRETDB_DIR=$CACHE/ferretdb-$FERRETDB_VERSION
@@ -215,6 +233,11 @@ fi
 link "$FERRETDB_BIN" ferretdb
 summary+=("ferretdb    $FERRETDB_VERSION  bin/ferretdb -> $FERRETDB_BIN")
 
+if $only_ferretdb; then
+	printf '%s\n' "${summary[@]}"
+	exit 0
+fi
+
 # --- bin/deps.env -----------------------------------------------------------------------------
 tmp_env=$(mktemp "$BIN_DIR/.deps.env.XXXXXX")
 {
@@ -225,6 +248,10 @@ tmp_env=$(mktemp "$BIN_DIR/.deps.env.XXXXXX")
 	echo "export CHARGESIM_PROMETHEUS_BIN=$PROMETHEUS_BIN"
 	echo "export CHARGESIM_PROMTOOL_BIN=$PROMTOOL_BIN"
 	echo "export CHARGESIM_CHROMIUM_BIN=$CHROMIUM_BIN"
+	echo "export CHARGESIM_CONTAINERD_BIN=$CONTAINERD_BIN"
+	echo "export CHARGESIM_CTR_BIN=$CTR_BIN"
+	echo "export CHARGESIM_RUNC_BIN=$RUNC_BIN"
+	echo "export CHARGESIM_CNI_BIN_DIR=$CNI_BIN_DIR"
 } >"$tmp_env"
 chmod 644 "$tmp_env"
 mv -f "$tmp_env" "$BIN_DIR/deps.env"

@@ -5,9 +5,11 @@
 #   hack/kube-tools.sh            everything
 #   hack/kube-tools.sh envtest    etcd, kube-apiserver, kubectl (KUBEBUILDER_ASSETS = bin/k8s)
 #   hack/kube-tools.sh cluster    what hack/kwok-cluster.sh needs (envtest + controller-manager, scheduler, kwok, kwokctl)
+#   hack/kube-tools.sh node       what a real node of hack/cluster.sh adds (kubelet, kube-proxy, coredns)
 #   hack/kube-tools.sh helm kubectl ...   single tools
 #
-# Tools already built are skipped, so re-running is cheap. Prints one line per tool.
+# Tools already built are skipped, so re-running is cheap. Prints one line per tool. Missing
+# Kubernetes components are compiled by one `go build` so they share their compiled packages.
 # Afterwards `source bin/kube.env` sets KUBEBUILDER_ASSETS and PATH.
 #
 # Release binaries are not downloaded: only the Go module proxy is reachable here, so everything
@@ -28,10 +30,14 @@ CONTROLLER_GEN_VERSION=v0.23.0
 HELM_VERSION=v3.22.0
 KUBECONFORM_VERSION=v0.8.0
 GOLANGCI_LINT_VERSION=v2.15.0
+COREDNS_VERSION=v1.15.0
 
-ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl controller-gen helm kubeconform golangci-lint)
+ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok kwokctl coredns controller-gen helm kubeconform golangci-lint)
 ENVTEST_TOOLS=(etcd kube-apiserver kubectl)
 KWOK_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl)
+NODE_TOOLS=(kubelet kube-proxy coredns)
+# Built from k8s.io/kubernetes/cmd/<name> in the throwaway module below.
+K8S_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
 # Never let the go command fetch another toolchain: only module downloads are allowed here.
 export GOTOOLCHAIN=local
@@ -45,24 +51,28 @@ die() { log "kube-tools: $*"; exit 1; }
 
 version_of() {
   case $1 in
-    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl) echo "$K8S_VERSION" ;;
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl | kubelet | kube-proxy) echo "$K8S_VERSION" ;;
     etcd) echo "$ETCD_VERSION" ;;
     kwok | kwokctl) echo "$KWOK_VERSION" ;;
     controller-gen) echo "$CONTROLLER_GEN_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     kubeconform) echo "$KUBECONFORM_VERSION" ;;
     golangci-lint) echo "$GOLANGCI_LINT_VERSION" ;;
+    coredns) echo "$COREDNS_VERSION" ;;
     *) return 1 ;;
   esac
 }
 
 tool_dir() { echo "$CACHE/$1-$(version_of "$1")"; }
 
+is_k8s_tool() { [[ " ${K8S_TOOLS[*]} " == *" $1 "* ]]; }
+
 # A throwaway module that requires k8s.io/kubernetes and pins every staging module it requires
 # (the `replace` block of its go.mod) to the matching published v0.<minor>.<patch>.
 k8s_module() {
   local dir=$CACHE/src/kubernetes-$K8S_VERSION
-  if [[ -f $dir/go.sum && -f $dir/.ready ]]; then
+  # A module made before kubelet/kube-proxy were tools lacks their go.sum entries: remake it.
+  if [[ -f $dir/go.sum && -f $dir/.ready ]] && grep -q 'cmd/kube-proxy$' "$dir/go.mod"; then
     echo "$dir"
     return
   fi
@@ -90,7 +100,7 @@ k8s_module() {
     echo ")"
     echo
     echo "tool ("
-    for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do echo "	k8s.io/kubernetes/cmd/$c"; done
+    for c in "${K8S_TOOLS[@]}"; do echo "	k8s.io/kubernetes/cmd/$c"; done
     echo ")"
   } >"$dir/go.mod"
   (cd "$dir" && go mod tidy >&2) || die "go mod tidy in $dir failed"
@@ -153,11 +163,6 @@ build_tool() {
   local tool=$1 out=$2 ver
   ver=$(version_of "$tool")
   case $tool in
-    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl)
-      local kdir
-      kdir=$(k8s_module) || return 1
-      build_in "$kdir" "$out" "k8s.io/kubernetes/cmd/$tool" "$(k8s_ldflags)"
-      ;;
     etcd)
       local edir
       edir=$(etcd_module) || return 1
@@ -180,6 +185,9 @@ build_tool() {
     kubeconform)
       go_install "$out" "github.com/yannh/kubeconform/cmd/kubeconform@$ver" "-s -w -X main.version=$ver"
       ;;
+    coredns)
+      go_install "$out" "github.com/coredns/coredns@$ver" "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$ver"
+      ;;
     golangci-lint)
       go_install "$out" "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$ver" \
         "-s -w -X main.version=${ver#v} -X main.commit=none -X main.date=1970-01-01T00:00:00Z"
@@ -188,12 +196,35 @@ build_tool() {
   esac
 }
 
+# build_k8s <tool>...: the missing Kubernetes components in one `go build -o <dir>/ pkg...`, so
+# the packages they share (most of k8s.io/*) are compiled once; moved into their tool dirs after.
+declare -A BUILT=()
+build_k8s() {
+  local kdir tmp t start=$SECONDS
+  local -a pkgs=()
+  kdir=$(k8s_module) || die "preparing the k8s.io/kubernetes module failed"
+  tmp=$(mktemp -d "$CACHE/.k8sbuild.XXXXXX")
+  for t in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$t"); done
+  if ! (cd "$kdir" && go build -p "$GO_BUILD_P" -trimpath -ldflags="$(k8s_ldflags)" -o "$tmp/" "${pkgs[@]}"); then
+    rm -rf "$tmp"
+    die "building $* $K8S_VERSION failed"
+  fi
+  for t in "$@"; do
+    mkdir -p "$(tool_dir "$t")"
+    mv -f "$tmp/$t" "$(tool_dir "$t")/$t"
+    BUILT[$t]="built in $((SECONDS - start))s (with $*)"
+  done
+  rmdir "$tmp"
+}
+
 ensure_tool() {
   local tool=$1 ver dir out start
   ver=$(version_of "$tool")
   dir=$(tool_dir "$tool")
   out=$dir/$tool
-  if [[ -x $out ]]; then
+  if [[ -n ${BUILT[$tool]:-} ]]; then
+    echo "$tool $ver ${BUILT[$tool]} $out"
+  elif [[ -x $out ]]; then
     echo "$tool $ver cached $out"
   else
     mkdir -p "$dir"
@@ -236,15 +267,16 @@ main() {
       all) tools+=("${ALL_TOOLS[@]}") ;;
       envtest) tools+=("${ENVTEST_TOOLS[@]}") ;;
       kwok-cluster | cluster) tools+=("${KWOK_TOOLS[@]}") ;;
+      node) tools+=("${NODE_TOOLS[@]}") ;;
       -h | --help)
-        sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
       *) tools+=("$a") ;;
     esac
   done
   for t in "${tools[@]}"; do
-    version_of "$t" >/dev/null || die "unknown tool '$t' (known: ${ALL_TOOLS[*]} envtest cluster all)"
+    version_of "$t" >/dev/null || die "unknown tool '$t' (known: ${ALL_TOOLS[*]} envtest cluster node all)"
   done
   mkdir -p "$CACHE" "$BIN"
   # Several worktrees/CI jobs may share the cache: serialise builds.
@@ -254,9 +286,15 @@ main() {
     flock 9
   fi
   local -A seen=()
+  local -a uniq=() k8s_missing=()
   for t in "${tools[@]}"; do
     [[ -n ${seen[$t]:-} ]] && continue
     seen[$t]=1
+    uniq+=("$t")
+    if is_k8s_tool "$t" && [[ ! -x $(tool_dir "$t")/$t ]]; then k8s_missing+=("$t"); fi
+  done
+  ((${#k8s_missing[@]} == 0)) || build_k8s "${k8s_missing[@]}"
+  for t in "${uniq[@]}"; do
     ensure_tool "$t"
   done
   write_env

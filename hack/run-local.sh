@@ -26,9 +26,11 @@ if [[ -z ${CHARGESIM_MONGO_URI:-} ]]; then
 	mkdir -p "$DATA/ferretdb" "$DATA/ferretdb-state"
 	# setsid: Ctrl-C in the terminal reaches chargesim, not FerretDB, so the listener can still
 	# flush into the store while it shuts down.
+	# --debug-addr=-: FerretDB's debug HTTP listener (default 127.0.0.1:8088) is off, so a port
+	# taken by anything else cannot stop `make run`.
 	setsid "$CHARGESIM_FERRETDB_BIN" --handler=sqlite --sqlite-url="file:$DATA/ferretdb/" \
 		--state-dir="$DATA/ferretdb-state" --listen-addr="$FERRET_ADDR" --telemetry=disable \
-		--log-level=warn >"$DATA/ferretdb.log" 2>&1 &
+		--debug-addr=- --log-level=warn >"$DATA/ferretdb.log" 2>&1 &
 	ferret_pid=$!
 	for _ in $(seq 100); do
 		(exec 3<>"/dev/tcp/${FERRET_ADDR%:*}/${FERRET_ADDR#*:}") 2>/dev/null && break

@@ -5,13 +5,21 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// Condition types of a ChargerSimulation. They follow the kstatus conventions: Ready is the
-// summary, Progressing says a rollout is under way, Degraded says the operator cannot make the
-// cluster match the spec (and why).
+// Condition types of a ChargerSimulation. Reconciling and Stalled are the kstatus conditions
+// (sigs.k8s.io/cli-utils/pkg/kstatus, read by Flux, kpt, Config Sync); Ready is the summary
+// for people and tools that read Ready, Progressing says a rollout is under way, Degraded says
+// the operator cannot make the cluster match the spec (and why).
 const (
 	ConditionReady       = "Ready"
 	ConditionProgressing = "Progressing"
 	ConditionDegraded    = "Degraded"
+	// ConditionReconciling (kstatus): True while the operator works towards the spec — a
+	// rollout in progress, or a retry after a transient error.
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled (kstatus): True when the simulation cannot reach the spec without the
+	// user: a missing Secret, a name conflict, an object the API server refuses, a stuck
+	// rollout. Its reason is the Degraded reason.
+	ConditionStalled = "Stalled"
 )
 
 // Condition reasons. A Ready=False condition carries the Degraded reason when the simulation is
@@ -41,6 +49,15 @@ const (
 	ReasonInvalidBrokerURL = "InvalidBrokerURL"
 	// ReasonApplyFailed: the API server refused a child object.
 	ReasonApplyFailed = "ApplyFailed"
+	// ReasonNameConflict: an object the simulation needs (named after it) exists and belongs
+	// to someone else; the operator leaves it alone.
+	ReasonNameConflict = "NameConflict"
+	// ReasonRecreated (event): a child the API server refused to update (a hand edit made the
+	// operator's fields invalid, or an immutable field changed) was deleted and recreated.
+	ReasonRecreated = "Recreated"
+	// ReasonRetrying: the last reconcile met a transient error (timeout, conflict) and is
+	// retried; reason of Reconciling=True.
+	ReasonRetrying = "Retrying"
 	// ReasonRolloutStalled: a Deployment reports ProgressDeadlineExceeded.
 	ReasonRolloutStalled = "RolloutStalled"
 )
@@ -48,7 +65,9 @@ const (
 // ChargerSimulationSpec is the desired simulation: the fleet, how it charges, where its
 // sessions go, and how each component of the pipeline runs.
 //
-// +kubebuilder:validation:XValidation:rule="!has(self.publisher) || !has(self.publisher.replicas) || !has(self.chargers) || self.chargers >= self.publisher.replicas",message="spec.chargers must be at least spec.publisher.replicas: each publisher replica simulates its own share of the chargers"
+// A negative or zero chargers count is the minimum's to report (the rule passes on it, so that
+// the message says what is wrong).
+// +kubebuilder:validation:XValidation:rule="!has(self.publisher) || !has(self.publisher.replicas) || !has(self.chargers) || self.chargers < 1 || self.chargers >= self.publisher.replicas",message="spec.chargers must be at least spec.publisher.replicas: each publisher replica simulates its own share of the chargers",fieldPath=".chargers"
 type ChargerSimulationSpec struct {
 	// chargers is the size of the simulated fleet (charger IDs 1..chargers). The publisher
 	// replicas split it: replica i simulates the chargers c with (c-1) % replicas == i.
@@ -136,6 +155,14 @@ type ChargerSimulationSpec struct {
 	// +kubebuilder:validation:XValidation:rule="!self.contains(' ')",message="image must not contain spaces"
 	// +optional
 	Image string `json:"image,omitempty"`
+
+	// imagePullSecrets of every component's pods, to pull a private spec.image: Secrets of type
+	// kubernetes.io/dockerconfigjson in the simulation's namespace.
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=map
+	// +listMapKey=name
+	// +optional
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
 
 	// imagePullPolicy of every component; empty means Kubernetes' default for the image tag.
 	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
@@ -251,11 +278,52 @@ type CASecretRef struct {
 	Key string `json:"key,omitempty"`
 }
 
+// PodOptions are the pod settings platform teams need on every component: where the pods may
+// run, how they are spread, their priority, and extra labels and annotations (for a service
+// mesh, a cost allocation tool, a backup policy). The operator's own labels and annotations win
+// over these; selector labels cannot be changed.
+type PodOptions struct {
+	// nodeSelector of the pods.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// tolerations of the pods.
+	// +optional
+	// +listType=atomic
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+	// affinity of the pods (corev1.Affinity). Its schema is left to the API server's pod
+	// validation (it would make the CRD too large for client-side kubectl apply): an invalid
+	// affinity makes the simulation Stalled with the server's message.
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +kubebuilder:validation:Type=object
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// topologySpreadConstraints of the pods; their labelSelector usually selects the
+	// component: app.kubernetes.io/instance=<simulation>, app.kubernetes.io/component=<component>.
+	// +optional
+	// +listType=atomic
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+	// priorityClassName of the pods.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+	// labels added to the pods.
+	// +optional
+	Labels map[string]string `json:"labels,omitempty"`
+	// annotations added to the pods.
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
 // ManagedBrokerSpec tunes the in-namespace broker.
 type ManagedBrokerSpec struct {
 	// resources of the broker container; empty means small requests and a memory limit.
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// pod sets scheduling and metadata options of this component's pods.
+	// +optional
+	Pod *PodOptions `json:"pod,omitempty"`
 }
 
 // MongoSpec is the store.
@@ -306,6 +374,10 @@ type PublisherSpec struct {
 	// resources of the publisher container; empty means small requests and a memory limit.
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// pod sets scheduling and metadata options of this component's pods.
+	// +optional
+	Pod *PodOptions `json:"pod,omitempty"`
 }
 
 // ListenerSpec runs the subscribers that store sessions.
@@ -322,6 +394,10 @@ type ListenerSpec struct {
 	// resources of the listener container; empty means small requests and a memory limit.
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// pod sets scheduling and metadata options of this component's pods.
+	// +optional
+	Pod *PodOptions `json:"pod,omitempty"`
 
 	// batchSize is the maximum number of sessions per bulk write.
 	// +kubebuilder:validation:Minimum=1
@@ -351,6 +427,10 @@ type APISpec struct {
 	// resources of the API container; empty means small requests and a memory limit.
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// pod sets scheduling and metadata options of this component's pods.
+	// +optional
+	Pod *PodOptions `json:"pod,omitempty"`
 
 	// serviceType of the API Service.
 	// +kubebuilder:validation:Enum=ClusterIP;NodePort;LoadBalancer
@@ -423,7 +503,7 @@ type ChargerSimulationStatus struct {
 // publisher → MQTT broker → listener → MongoDB → REST API.
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 42 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name must be at most 42 characters of lower-case letters, digits and '-', starting with a letter: it prefixes the names of the Services and the StatefulSet the operator creates"
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 42 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name must be at most 42 characters of lower-case letters, digits and '-', starting with a letter: it prefixes the names of the Services and the StatefulSet the operator creates",fieldPath=".metadata"
 // +kubebuilder:resource:shortName=csim,categories=chargesim
 // +kubebuilder:subresource:status
 // +kubebuilder:subresource:scale:specpath=.spec.publisher.replicas,statuspath=.status.publisher.replicas,selectorpath=.status.publisher.selector

@@ -162,3 +162,18 @@ func TestSetup(t *testing.T) {
 		t.Fatalf("got %v, want the one-line error naming --chargers", err)
 	}
 }
+
+// A degraded component is ready (200) and /readyz says why.
+func TestOpsHandlerDegraded(t *testing.T) {
+	h := OpsHandler(prometheus.NewRegistry(), func(context.Context) error {
+		return errors.Join(errors.New("context"), &Degraded{Detail: "listener falling behind: p99 lag 2s"})
+	})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "degraded") || !strings.Contains(rec.Body.String(), "falling behind") {
+		t.Fatalf("/readyz = %d %q", rec.Code, rec.Body.String())
+	}
+	if IsReady(errors.New("down")) || !IsReady(nil) || !IsReady(&Degraded{}) {
+		t.Fatal("IsReady")
+	}
+}

@@ -16,6 +16,19 @@ import (
 // ReadyFunc reports whether a component can do its work (broker connected, store reachable).
 type ReadyFunc func(ctx context.Context) error
 
+// Degraded is what a ReadyFunc returns when the component works but not as it should (e.g. a
+// listener falling behind): /readyz still answers 200, with the detail, so that a consumer is
+// not taken out of service for being slow. Use IsReady to test a ReadyFunc's result.
+type Degraded struct{ Detail string }
+
+func (d *Degraded) Error() string { return d.Detail }
+
+// IsReady reports whether err, returned by a ReadyFunc, means ready (nil or *Degraded).
+func IsReady(err error) bool {
+	var d *Degraded
+	return err == nil || errors.As(err, &d)
+}
+
 // OpsHandler returns a mux with /healthz (process alive), /readyz (ready() succeeds) and
 // /metrics (gatherer). Extra routes can be added to the returned mux.
 func OpsHandler(gatherer prometheus.Gatherer, ready ReadyFunc) *http.ServeMux {
@@ -29,9 +42,12 @@ func OpsHandler(gatherer prometheus.Gatherer, ready ReadyFunc) *http.ServeMux {
 		defer cancel()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if ready != nil {
-			if err := ready(ctx); err != nil {
+			if err := ready(ctx); !IsReady(err) {
 				w.WriteHeader(http.StatusServiceUnavailable)
 				_, _ = fmt.Fprintf(w, "not ready: %v\n", err)
+				return
+			} else if err != nil {
+				_, _ = fmt.Fprintf(w, "ok, degraded: %v\n", err)
 				return
 			}
 		}

@@ -4,16 +4,23 @@ package listener
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/chargesim/chargesim/components/session"
 	"github.com/chargesim/chargesim/components/store"
+	"github.com/chargesim/chargesim/test/testenv"
 )
 
 // BenchmarkListenerIngest measures stored sessions per second through mosquitto → listener →
-// FerretDB with the default batching (500 per write, 4 writes in flight). b.N is the number of
-// sessions.
+// the store with the default settings (batches of up to 500, adaptive write concurrency up to
+// 4). b.N is the number of sessions. The store is a fresh FerretDB, or the MongoDB at
+// CHARGESIM_BENCH_MONGO_URI (a fresh database per benchmark, dropped after).
 //
 //   - live: a publisher streams while the listener stores (publishing is in the measurement);
 //   - backlog: the sessions wait in the broker for the listener's persistent session, and the
@@ -22,9 +29,8 @@ import (
 // Compare with BenchmarkRawInsertMany: the same documents, batch size and store, no broker.
 func BenchmarkListenerIngest(b *testing.B) {
 	b.Run("live", func(b *testing.B) {
-		d := startDeps(b)
-		cfg := d.config(pubID("bench"))
-		benchDefaults(&cfg)
+		d, uri := startBenchDeps(b)
+		cfg := benchConfig(d, uri)
 		r := startListener(b, cfg, "bench", nil)
 		p := newPub(b, d.mq.URL, pubID("pub"))
 		msgs := messagesOf(goods(0, b.N))
@@ -39,9 +45,8 @@ func BenchmarkListenerIngest(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "docs/s")
 	})
 	b.Run("backlog", func(b *testing.B) {
-		d := startDeps(b)
-		cfg := d.config(pubID("bench"))
-		benchDefaults(&cfg)
+		d, uri := startBenchDeps(b)
+		cfg := benchConfig(d, uri)
 		first := startListener(b, cfg, "subscribe", nil) // creates the persistent session
 		first.stop(b)
 		newPub(b, d.mq.URL, pubID("pub")).publish(b, messagesOf(goods(0, b.N)))
@@ -53,11 +58,42 @@ func BenchmarkListenerIngest(b *testing.B) {
 	})
 }
 
-func benchDefaults(c *Config) {
-	c.BatchSize = DefaultBatchSize
-	c.FlushInterval = DefaultFlushInterval
-	c.MaxPending = DefaultMaxPending
-	c.WriteConcurrency = DefaultWriteConcurrency
+// benchMongoEnv names a MongoDB to benchmark against instead of a FerretDB started per
+// benchmark (docs/performance.md).
+const benchMongoEnv = "CHARGESIM_BENCH_MONGO_URI"
+
+// startBenchDeps starts mosquitto and, unless benchMongoEnv is set, FerretDB; it returns the
+// store URI to use. With benchMongoEnv the benchmark gets a database of its own, dropped at
+// the end, so that each starts empty like a fresh FerretDB.
+func startBenchDeps(b *testing.B) (deps, string) {
+	b.Helper()
+	uri := os.Getenv(benchMongoEnv)
+	if uri == "" {
+		d := startDeps(b)
+		return d, d.fdb.URI
+	}
+	d := deps{mq: testenv.StartMosquitto(b)}
+	benchDB = fmt.Sprintf("bench%d", time.Now().UnixNano())
+	b.Cleanup(func() {
+		st, err := store.Connect(context.Background(), store.Config{URI: uri, Database: benchDB}, "bench")
+		if err == nil {
+			_ = st.DB.Drop(context.Background())
+			_ = st.Close(context.Background())
+		}
+	})
+	return d, uri
+}
+
+// benchDB is the database of the running benchmark (testDB on a fresh FerretDB).
+var benchDB = testDB
+
+// benchConfig is the listener at its documented defaults, on the benchmark's broker and store.
+func benchConfig(d deps, uri string) Config {
+	c := DefaultConfig()
+	c.MQTT.URL, c.MQTT.ClientID = d.mq.URL, pubID("bench")
+	c.Store.URI, c.Store.Database = uri, benchDB
+	c.ShutdownTimeout = 10 * time.Second
+	return c
 }
 
 func waitStored(b *testing.B, r *running, n int) {
@@ -72,11 +108,19 @@ func waitStored(b *testing.B, r *running, n int) {
 }
 
 // BenchmarkRawInsertMany is the ceiling: unordered InsertMany of the listener's documents in
-// batches of the listener's default size, one writer, straight into FerretDB.
+// batches of the listener's default size, straight into the same store with the same indexes,
+// by 1 writer and by DefaultWriteConcurrency writers (MongoDB runs writes in parallel, SQLite
+// one at a time): hack/bench.sh takes the faster as the raw limit.
 func BenchmarkRawInsertMany(b *testing.B) {
-	d := startDeps(b)
+	for _, writers := range []int{1, DefaultWriteConcurrency} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) { rawInsertMany(b, writers) })
+	}
+}
+
+func rawInsertMany(b *testing.B, writers int) {
+	_, uri := startBenchDeps(b)
 	ctx := context.Background()
-	st, err := store.Connect(ctx, store.Config{URI: d.fdb.URI, Database: testDB}, "bench")
+	st, err := store.Connect(ctx, store.Config{URI: uri, Database: benchDB}, "bench")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -92,11 +136,24 @@ func BenchmarkRawInsertMany(b *testing.B) {
 		}
 		docs = append(docs, store.NewSessionDoc(s, m.topic, now))
 	}
+	var next atomic.Int64 // index of the next batch
 	b.ResetTimer()
-	for i := 0; i < len(docs); i += DefaultBatchSize {
-		if _, err := st.InsertSessions(ctx, docs[i:min(i+DefaultBatchSize, len(docs))]); err != nil {
-			b.Fatal(err)
-		}
+	var g errgroup.Group
+	for range writers {
+		g.Go(func() error {
+			for {
+				i := int(next.Add(1)-1) * DefaultBatchSize
+				if i >= len(docs) {
+					return nil
+				}
+				if _, err := st.InsertSessions(ctx, docs[i:min(i+DefaultBatchSize, len(docs))]); err != nil {
+					return err
+				}
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "docs/s")

@@ -30,6 +30,7 @@ type Config struct {
 	MaxPendingBytes  int64
 	WriteConcurrency int
 	MaxPayloadBytes  int
+	LagObjective     time.Duration
 
 	// ShutdownTimeout bounds the final flush. It is the common --shutdown-timeout flag
 	// (cli.Common), so Register does not declare it: Command copies it in.
@@ -46,6 +47,7 @@ const (
 	DefaultWriteConcurrency = 4
 	DefaultMaxPayloadBytes  = 65536
 	DefaultShutdownTimeout  = 15 * time.Second
+	DefaultLagObjective     = time.Second
 )
 
 // Bounds that keep a typo from becoming an outage.
@@ -76,6 +78,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxPending, "max-pending", DefaultMaxPending, "max received-but-unstored messages before the listener stops reading (backpressure)")
 	fs.Int64Var(&c.MaxPendingBytes, "max-pending-bytes", DefaultMaxPendingBytes, "max payload bytes of received-but-unstored messages before the listener stops reading (backpressure)")
 	fs.IntVar(&c.WriteConcurrency, "write-concurrency", DefaultWriteConcurrency, "bulk writes in flight")
+	fs.DurationVar(&c.LagObjective, "lag-objective", DefaultLagObjective, "p99 end-to-end lag (session end → stored) above which the listener reports falling behind (metric, log, /readyz)")
 	fs.IntVar(&c.MaxPayloadBytes, "max-payload-bytes", DefaultMaxPayloadBytes, "larger payloads are rejected (oversized)")
 }
 
@@ -107,6 +110,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxPendingBytes < int64(c.MaxPayloadBytes) || c.MaxPendingBytes > 1<<40 {
 		return cli.Invalid("max-pending-bytes", c.MaxPendingBytes, "must be ≥ --max-payload-bytes and ≤ 1 TiB")
+	}
+	if c.LagObjective <= 0 {
+		return cli.Invalid("lag-objective", c.LagObjective, "must be > 0")
 	}
 	if c.ShutdownTimeout <= 0 {
 		return cli.Invalid("shutdown-timeout", c.ShutdownTimeout, "must be > 0")

@@ -14,6 +14,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/chargesim/chargesim/components/cli"
 	"github.com/chargesim/chargesim/components/mqttclient"
 	"github.com/chargesim/chargesim/components/session"
 	"github.com/chargesim/chargesim/components/store"
@@ -27,6 +28,7 @@ type Listener struct {
 	cfg    Config
 	log    *slog.Logger
 	m      *metrics
+	behind *behindDetector
 	lim    *logLimiter
 	filter string // the subscription, $share/<group>/... unless the group is empty
 
@@ -55,6 +57,10 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Listener, er
 	if err != nil {
 		return nil, fmt.Errorf("register listener metrics: %w", err)
 	}
+	bm, err := newBehindMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("register listener metrics: %w", err)
+	}
 	l := &Listener{
 		cfg:      cfg,
 		log:      log,
@@ -63,6 +69,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Listener, er
 		filter:   session.SharedSubscription(cfg.ShareGroup, session.SubscriptionFilter(cfg.MQTT.TopicPrefix)),
 		stopping: make(chan struct{}),
 		budget:   newByteBudget(cfg.MaxPendingBytes),
+		behind:   newBehindDetector(cfg.LagObjective, bm, log),
 	}
 	l.p = newPipeline(pipelineConfig{
 		batchSize:   cfg.BatchSize,
@@ -70,7 +77,9 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Listener, er
 		quiet:       min(quietFlush, cfg.FlushInterval),
 		maxPending:  cfg.MaxPending,
 		concurrency: cfg.WriteConcurrency,
+		onLimit:     func(n int) { bm.writeLimit.Set(float64(n)) },
 	}, l.write, m, log)
+	l.p.onBlocked = l.behind.observeBlocked
 	return l, nil
 }
 
@@ -108,6 +117,7 @@ func (l *Listener) Run(ctx context.Context) error {
 	defer cancelHard()
 	l.p.holdAck = l.holdAck
 	l.p.start(hard)
+	go l.behind.run(l.stopping, func() int { return len(l.p.slots) })
 
 	client := mqtt.NewClient(opts)
 	l.client.Store(client)
@@ -308,7 +318,9 @@ func (l *Listener) write(ctx context.Context, b *batch) error {
 		}
 		for i := range b.sessions {
 			if !slices.Contains(settled, i) {
-				l.m.lag.Observe(max(0, stored.Sub(b.sessions[i].EndedAt).Seconds()))
+				lag := max(0, stored.Sub(b.sessions[i].EndedAt).Seconds())
+				l.m.lag.Observe(lag)
+				l.behind.observeLag(lag)
 			}
 		}
 		for _, f := range r.Refused {
@@ -387,7 +399,8 @@ func (l *Listener) refused(b *batch, f store.Refusal) store.RejectedDoc {
 }
 
 // Ready reports whether the listener can do its work: connected and subscribed to the broker,
-// and the store answering ping.
+// and the store answering ping. While it is falling behind it is still ready, and says so
+// with a *cli.Degraded error (/readyz: 200 with the detail).
 func (l *Listener) Ready(ctx context.Context) error {
 	c, _ := l.client.Load().(mqtt.Client)
 	if err := mqttclient.Ready(c); err != nil {
@@ -400,5 +413,11 @@ func (l *Listener) Ready(ctx context.Context) error {
 	if st == nil {
 		return errors.New("store not connected yet")
 	}
-	return st.Ping(ctx)
+	if err := st.Ping(ctx); err != nil {
+		return err
+	}
+	if s := l.behind.Status(); s != "" {
+		return &cli.Degraded{Detail: "listener falling behind: " + s}
+	}
+	return nil
 }

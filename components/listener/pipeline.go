@@ -68,7 +68,8 @@ type pipelineConfig struct {
 	interval    time.Duration
 	quiet       time.Duration // 0: no early flush on pause
 	maxPending  int
-	concurrency int
+	concurrency int       // ceiling of bulk writes in flight; the limit in force adapts (adaptive.go)
+	onLimit     func(int) // told each new limit in force (nil: nobody)
 }
 
 type pipeline struct {
@@ -78,6 +79,10 @@ type pipeline struct {
 	log  *slog.Logger
 	lim  *logLimiter
 
+	// onBlocked, when set, is told how long admission waited for a free slot (backpressure).
+	onBlocked func(time.Duration)
+
+	limit   *writeLimiter // how many of the concurrency writers may write at once (adaptive.go)
 	slots   chan struct{} // one token per admitted, not yet acknowledged message
 	in      chan *entry   // capacity maxPending: never blocks an admitted message
 	batches chan *batch   // unbuffered: writers pull, so a batch grows while they are busy
@@ -96,9 +101,20 @@ type pipeline struct {
 }
 
 func newPipeline(cfg pipelineConfig, sink sinkFunc, m *metrics, log *slog.Logger) *pipeline {
+	limit := newWriteLimiter(cfg.concurrency, cfg.batchSize, cfg.onLimit)
 	return &pipeline{
-		cfg:         cfg,
-		sink:        sink,
+		cfg:   cfg,
+		limit: limit,
+		// The controller learns from successful writes only: a failed attempt says nothing
+		// about how many writes the store takes at once.
+		sink: func(ctx context.Context, b *batch) error {
+			start := time.Now()
+			err := sink(ctx, b)
+			if err == nil {
+				limit.observe(time.Since(start), len(b.entries))
+			}
+			return err
+		},
 		m:           m,
 		log:         log,
 		lim:         newLogLimiter(logInterval, nil),
@@ -160,6 +176,10 @@ func (p *pipeline) admit(stop <-chan struct{}, connected func() bool) bool {
 	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
+	if p.onBlocked != nil {
+		start := time.Now()
+		defer func() { p.onBlocked(time.Since(start)) }()
+	}
 	for {
 		select {
 		case p.slots <- struct{}{}:
@@ -292,17 +312,26 @@ func (p *pipeline) batcher() {
 	}
 }
 
+// writer takes a batch only while it holds one of the limiter's permits, so at most the
+// adaptive limit of batches is being written; the one that sees the batcher finish wakes the
+// others for good.
 func (p *pipeline) writer(hard context.Context) {
-	for b := range p.batches {
-		if hard.Err() != nil {
-			continue // past the shutdown deadline: not stored, so not acknowledged
+	for p.limit.acquire() {
+		b, ok := <-p.batches
+		if !ok {
+			p.limit.release()
+			p.limit.close()
+			return
 		}
-		p.m.inflight.Inc()
-		p.m.batchSize.Observe(float64(len(b.entries)))
-		if p.writeWithRetry(hard, b) {
-			p.seq.markStored(b.entries)
+		if hard.Err() == nil { // past the shutdown deadline: not stored, so not acknowledged
+			p.m.inflight.Inc()
+			p.m.batchSize.Observe(float64(len(b.entries)))
+			if p.writeWithRetry(hard, b) {
+				p.seq.markStored(b.entries)
+			}
+			p.m.inflight.Dec()
 		}
-		p.m.inflight.Dec()
+		p.limit.release()
 	}
 }
 

@@ -111,6 +111,6 @@ func samplePayload() ([]byte, string) {
 	}
 	var sl slot
 	var s session.Session
-	p.build(&sl, &s, time.Now())
+	p.build(p.fleet, &sl, &s)
 	return sl.payload, sl.topic
 }

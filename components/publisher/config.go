@@ -10,6 +10,8 @@ import (
 
 	"github.com/chargesim/chargesim/components/cli"
 	"github.com/chargesim/chargesim/components/mqttclient"
+	"github.com/chargesim/chargesim/components/publisher/sim"
+	"github.com/chargesim/chargesim/components/store"
 )
 
 // Limits of the settings.
@@ -21,11 +23,6 @@ const (
 	MaxConnectors = 1 << 16
 	// MaxInflight is the number of MQTT packet IDs: paho cannot have more QoS 1 publishes open.
 	MaxInflight = 65535
-	// MinWallInterval is the shortest wall-clock time between two sessions of one charger.
-	// Session IDs are wall-clock microseconds forced to increase per charger; at most one
-	// session per microsecond per charger keeps them from running ahead of the clock, so a
-	// restarted publisher (starting again from the clock) never reuses one.
-	MinWallInterval = time.Microsecond
 	// MaxTariff and MaxSessionFee keep every cost below session.MaxCostCents.
 	MaxTariff     = 10_000 // cents per kWh
 	MaxSessionFee = 1_000_000
@@ -49,6 +46,19 @@ type Config struct {
 	DCTariff        float64       // --dc-tariff: cents per kWh
 	SessionFee      float64       // --session-fee: cents per session
 	MaxInflight     int           // --max-inflight: unacknowledged QoS 1 publishes
+	Epoch           time.Time     // --epoch: anchor of the slot grid (sim.Params.Epoch)
+
+	// Run records (components/audit): with RecordRuns the publisher records in the store which
+	// chargers it simulated when, and resumes where the previous runs of the simulation
+	// stopped (at most ResumeWindow back), so restarts and reshardings leave no slot out.
+	RecordRuns        bool          // --record-runs
+	Store             store.Config  // --mongo-*: where run records go
+	ResumeWindow      time.Duration // --resume-window
+	HeartbeatInterval time.Duration // --heartbeat-interval
+
+	// Replay after a reconnect (see Publisher.scheduleReplay).
+	ReplayAfter  time.Duration // --replay-after: 0 = no replay
+	ReplayBefore time.Duration // --replay-before
 
 	// ShutdownTimeout bounds the flush on shutdown. It is the common --shutdown-timeout, so
 	// Register does not add it: Command copies it from cli.Common (0 means 15s).
@@ -63,8 +73,15 @@ func DefaultConfig() Config {
 	return c
 }
 
-// Register adds the publisher and MQTT client flags.
+// Register adds the publisher, MQTT client and store (run records) flags.
 func (c *Config) Register(fs *flag.FlagSet) {
+	c.RegisterWithoutStore(fs)
+	c.Store.Register(fs)
+}
+
+// RegisterWithoutStore adds the publisher and MQTT client flags, for a command that registers
+// the store flags itself and sets Store (`chargesim run`).
+func (c *Config) RegisterWithoutStore(fs *flag.FlagSet) {
 	c.MQTT.Register(fs)
 	fs.IntVar(&c.Chargers, "chargers", 10, "size of the whole fleet (charger IDs 1..N)")
 	fs.IntVar(&c.Connectors, "connectors", 2, "connectors per charger")
@@ -79,6 +96,12 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.Float64Var(&c.DCTariff, "dc-tariff", 59, "DC tariff, cents per kWh")
 	fs.Float64Var(&c.SessionFee, "session-fee", 0, "fixed fee per session, cents")
 	fs.IntVar(&c.MaxInflight, "max-inflight", 1000, "bounded window of unacknowledged QoS 1 publishes")
+	fs.TextVar(&c.Epoch, "epoch", DefaultEpoch, "anchor of the slot grid (RFC 3339): with the seed it fixes every session's ID and time")
+	fs.BoolVar(&c.RecordRuns, "record-runs", false, "record this process's run in the store (runs collection) for `chargesim audit`, and resume where previous runs stopped")
+	fs.DurationVar(&c.ResumeWindow, "resume-window", 2*time.Minute, "with --record-runs: how far back a starting publisher re-publishes slots that earlier runs may have left out")
+	fs.DurationVar(&c.ReplayAfter, "replay-after", 30*time.Second, "after a reconnect to the broker, wait this long (longer than the listeners take to subscribe again), then publish again every session since --replay-before before the connection was lost; 0: never")
+	fs.DurationVar(&c.ReplayBefore, "replay-before", 10*time.Second, "how far before a lost connection the replay starts (what the broker may have acknowledged and lost)")
+	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 10*time.Second, "with --record-runs: how often the run record's end moves forward")
 }
 
 // Validate checks every setting; an error names the flag. It also resolves the MQTT password
@@ -100,8 +123,18 @@ func (c *Config) Validate() error {
 		return cli.Invalid("session-jitter", c.SessionJitter, "must be 0..1")
 	case !finite(c.TimeScale) || c.TimeScale <= 0:
 		return cli.Invalid("time-scale", c.TimeScale, "must be > 0")
-	case float64(c.SessionInterval)/c.TimeScale < float64(MinWallInterval):
-		return cli.Invalid("time-scale", c.TimeScale, fmt.Sprintf("session-interval/time-scale must be ≥ %s of wall-clock time per charger (session IDs are microseconds)", MinWallInterval))
+	case float64(c.SessionInterval)/c.TimeScale < 2*float64(sim.MinSlotGap):
+		return cli.Invalid("time-scale", c.TimeScale, fmt.Sprintf("session-interval/time-scale must be ≥ %s of wall-clock time per charger (session IDs are microseconds)", 2*sim.MinSlotGap))
+	case c.Epoch.IsZero() || c.Epoch.Year() < 1970 || c.Epoch.Year() > 2200:
+		return cli.Invalid("epoch", c.Epoch.Format(time.RFC3339), "must be a time between 1970 and 2200")
+	case c.ReplayAfter < 0:
+		return cli.Invalid("replay-after", c.ReplayAfter, "must be ≥ 0")
+	case c.ReplayBefore < 0:
+		return cli.Invalid("replay-before", c.ReplayBefore, "must be ≥ 0")
+	case c.ResumeWindow < 0:
+		return cli.Invalid("resume-window", c.ResumeWindow, "must be ≥ 0")
+	case c.RecordRuns && c.HeartbeatInterval < 100*time.Millisecond:
+		return cli.Invalid("heartbeat-interval", c.HeartbeatInterval, "must be ≥ 100ms")
 	case !finite(c.DCShare) || c.DCShare < 0 || c.DCShare > 1:
 		return cli.Invalid("dc-share", c.DCShare, "must be 0..1")
 	case !finite(c.ACTariff) || c.ACTariff < 0 || c.ACTariff > MaxTariff:
@@ -121,7 +154,26 @@ func (c *Config) Validate() error {
 	if err := c.MQTT.Validate(); err != nil {
 		return err
 	}
+	if c.RecordRuns {
+		return c.Store.Validate()
+	}
 	return nil
+}
+
+// DefaultEpoch anchors the slot grid unless --epoch says otherwise: a fixed time, so that the
+// same seed and settings give the same sessions in every process.
+var DefaultEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Jitter is the jitter the grid uses: SessionJitter, kept below 1 − sim.MinSlotGap/interval so
+// that two slots of a charger are always at least MinSlotGap apart (distinct session IDs).
+// Only a jitter within a few microseconds of a whole interval is affected.
+func (c *Config) Jitter() float64 {
+	return min(c.SessionJitter, 1-float64(sim.MinSlotGap)/float64(c.WallInterval()))
+}
+
+// WallInterval is the wall-clock time between two slots of a charger.
+func (c *Config) WallInterval() time.Duration {
+	return time.Duration(float64(c.SessionInterval) / c.TimeScale)
 }
 
 // OwnedChargers returns how many chargers of the fleet shard ShardIndex of ShardCount owns.

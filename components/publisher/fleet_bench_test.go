@@ -21,11 +21,10 @@ func BenchmarkFleetMemory(b *testing.B) {
 // BenchmarkFleetFire is the scheduler's own cost per session on a million-charger heap.
 func BenchmarkFleetFire(b *testing.B) {
 	cfg := DefaultConfig()
-	f := newFleet(paramsOf(cfg), 1_000_000, 0, 1, time.Minute)
-	now := time.Now()
+	f := newFleet(paramsOf(cfg), 1_000_000, 0, 1, time.Now().UnixNano())
 	b.ReportAllocs()
 	for b.Loop() {
-		f.fire(now)
+		f.fire()
 	}
 }
 
@@ -41,10 +40,9 @@ func BenchmarkBuild(b *testing.B) {
 	}
 	var sl slot
 	var s session.Session
-	now := time.Now()
 	b.ReportAllocs()
 	for b.Loop() {
-		p.build(&sl, &s, now)
+		p.build(p.fleet, &sl, &s)
 	}
 	b.SetBytes(int64(len(sl.payload)))
 }
@@ -58,7 +56,7 @@ func BenchmarkAppendJSON(b *testing.B) {
 	}
 	var sl slot
 	var s session.Session
-	p.build(&sl, &s, time.Now())
+	p.build(p.fleet, &sl, &s)
 	buf := make([]byte, 0, 1024)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -17,10 +17,12 @@ const (
 	MetricConnected     = "chargesim_publisher_connected"
 	MetricChargers      = "chargesim_publisher_chargers"
 	MetricSessionRate   = "chargesim_publisher_configured_session_rate"
+	MetricReplayed      = "chargesim_publisher_sessions_replayed_total"
 )
 
 type metrics struct {
 	scheduled, published, failed, retries prometheus.Counter
+	replayed                              prometheus.Counter
 	inflight, connected, chargers, rate   prometheus.Gauge
 	latency                               prometheus.Histogram
 }
@@ -35,6 +37,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Sessions given up on: still unacknowledged when the shutdown timeout ran out."}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricRetries,
 			Help: "Publishes sent again after the MQTT client reported an error."}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricReplayed,
+			Help: "Sessions published again after a reconnect (also counted in scheduled): same keys, stored once."}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricInflight,
 			Help: "Publishes sent and not yet acknowledged (bounded by --max-inflight)."}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricConnected,
@@ -47,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from publishing a session to its PUBACK (including time spent waiting for a reconnect).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18)}), // 0.5 ms … ~65 s
 	}
-	for _, c := range []prometheus.Collector{m.scheduled, m.published, m.failed, m.retries,
+	for _, c := range []prometheus.Collector{m.scheduled, m.published, m.failed, m.retries, m.replayed,
 		m.inflight, m.connected, m.chargers, m.rate, m.latency} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register publisher metrics: %w", err)

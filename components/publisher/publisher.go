@@ -17,13 +17,26 @@
 // wall-clock spacing of that connector's sessions, which a time scale above 1 makes the
 // rule (a 2-hour AC charge, recorded every few seconds).
 //
-// # Session IDs
+// # Slots and session IDs
 //
-// A session ID is the wall-clock time in microseconds when the session fires, forced above the
-// charger's previous ID (max(now, last+1)). IDs therefore never repeat for a charger, also
-// across restarts (a new process starts from the clock again) without any state on disk, and
-// stay below 2^53 (JavaScript reads them exactly) until the year 2255. Validate keeps a charger
-// to at most one session per microsecond so the IDs cannot run ahead of the clock.
+// Time is a fixed grid anchored at --epoch (sim.Params.SlotTime): slot n of charger c fires at
+// a time that depends only on (seed, epoch, interval/time scale, jitter, c, n), and its session
+// ID is that time in microseconds (below 2^53 until the year 2255). The scheduler fires a slot
+// when the wall clock reaches it. So a session is a pure function of (seed, charger, slot): a
+// restarted publisher, a clock step or two shards briefly owning one charger produce the same
+// keys, and the store's idempotence makes the repeats harmless. A clock step back only delays
+// the next slots (no slot fires twice in a process); a step forward fires the skipped slots
+// late (none is lost).
+//
+// # Run records and resuming
+//
+// With --record-runs the publisher writes a run record (store.RunDoc: grid, shard, from, to)
+// and moves its end forward every --heartbeat-interval to the slot time before which every
+// session was acknowledged by the broker. A starting publisher resumes from the earliest end
+// of the simulation's runs that stopped within --resume-window: what a killed or rolled-over
+// process (or the old shard layout of a resharding) may have left unpublished is published
+// again, under the same keys. The audit (components/audit) recomputes the expected sessions
+// from these records.
 //
 // # Delivery
 //
@@ -72,6 +85,19 @@ type Publisher struct {
 	pending chan *slot
 	inUse   atomic.Int64
 
+	// Progress, in slot times (Unix ns), for the run record: every slot before firedBefore was
+	// fired; every slot before settledBefore was acknowledged, unless a retry is outstanding.
+	firedBefore   atomic.Int64
+	settledBefore atomic.Int64
+	retrying      atomic.Int64
+	lost          atomic.Bool // sessions were given up at shutdown: only settledBefore counts
+
+	// Replays after a reconnect: lostAt is when the connection was lost (0: connected);
+	// replays carries windows to publish again to the scheduler.
+	lostAt  atomic.Int64
+	replays chan window
+	from    int64 // the slot time the fleet started at
+
 	ran atomic.Bool
 }
 
@@ -79,6 +105,7 @@ type Publisher struct {
 // a reference to the payload until the PUBACK, and a slot is only reused after that.
 type slot struct {
 	tok      mqtt.Token
+	at       int64 // slot time (Unix ns)
 	topic    string
 	topicBuf []byte
 	payload  []byte
@@ -115,9 +142,10 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Publisher, e
 		slots:   cfg.MaxInflight,
 		free:    make(chan *slot, cfg.MaxInflight),
 		pending: make(chan *slot, cfg.MaxInflight),
+		replays: make(chan window, 16),
 	}
-	wallInterval := time.Duration(float64(cfg.SessionInterval) / cfg.TimeScale)
-	p.fleet = newFleet(p.params, cfg.Chargers, cfg.ShardIndex, cfg.ShardCount, wallInterval)
+	p.from = time.Now().UnixNano()
+	p.fleet = newFleet(p.params, cfg.Chargers, cfg.ShardIndex, cfg.ShardCount, p.from)
 	for range p.slots {
 		p.free <- &slot{}
 	}
@@ -146,7 +174,9 @@ func paramsOf(cfg Config) sim.Params {
 		ACTariff:   cfg.ACTariff,
 		DCTariff:   cfg.DCTariff,
 		SessionFee: cfg.SessionFee,
-		Jitter:     cfg.SessionJitter,
+		Jitter:     cfg.Jitter(),
+		Epoch:      cfg.Epoch.UnixNano(),
+		Interval:   int64(cfg.WallInterval()),
 	}
 }
 
@@ -161,11 +191,34 @@ func (p *Publisher) onConnection(c mqtt.Client, n mqtt.ConnectionNotification) {
 	switch n := n.(type) {
 	case mqtt.ConnectionNotificationConnected:
 		p.log.Info("connected to MQTT broker", "url", p.cfg.MQTT.URL)
+		p.scheduleReplay()
 	case mqtt.ConnectionNotificationLost:
+		p.lostAt.CompareAndSwap(0, time.Now().UnixNano())
 		p.log.Warn("lost MQTT connection, reconnecting", "url", p.cfg.MQTT.URL, "err", n.Reason)
 	case mqtt.ConnectionNotificationFailed:
 		p.log.Warn("MQTT connection attempt failed", "url", p.cfg.MQTT.URL, "err", n.Reason)
 	}
+}
+
+// scheduleReplay arranges, after a reconnect, that the sessions from ReplayBefore before the
+// connection was lost up to ReplayAfter after the reconnect are published again once
+// ReplayAfter has passed. Why: a broker that restarted may have lost what it had acknowledged
+// but not delivered (kill -9), and mosquitto does not restore the `$share` subscriptions of
+// offline sessions, so until every listener has reconnected and subscribed again the sessions
+// published are acknowledged and dropped. Deterministic keys make the replay harmless.
+func (p *Publisher) scheduleReplay() {
+	lost := p.lostAt.Swap(0)
+	if lost == 0 || p.cfg.ReplayAfter <= 0 {
+		return
+	}
+	from := lost - int64(p.cfg.ReplayBefore)
+	time.AfterFunc(p.cfg.ReplayAfter, func() {
+		select {
+		case p.replays <- window{from: from, to: time.Now().UnixNano()}:
+		default:
+			p.log.Error("too many replays pending; this one is dropped", "from", time.Unix(0, from).UTC())
+		}
+	})
 }
 
 // Ready reports whether the publisher holds a connection to the broker.
@@ -197,21 +250,47 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.log.Info("publisher stopped before connecting")
 		return nil
 	}
+	var rec *runRecorder
+	if p.cfg.RecordRuns {
+		var err error
+		if rec, err = p.startRun(ctx); err != nil || rec == nil {
+			p.client.Disconnect(250)
+			return err
+		}
+	}
 	abandon := make(chan struct{})
 	collected := make(chan struct{})
 	go func() {
 		defer close(collected)
 		p.collect(abandon)
 	}()
+	beat := make(chan struct{})
+	hctx, stopBeat := context.WithCancel(ctx)
+	go func() {
+		defer close(beat)
+		if rec != nil {
+			rec.heartbeat(hctx)
+		}
+	}()
 	p.schedule(ctx)
 	p.shutdown(abandon, collected)
+	stopBeat()
+	<-beat
+	if rec != nil {
+		rec.finish()
+	}
 	return nil
 }
 
 // schedule fires the fleet's sessions as they fall due until ctx is done.
 func (p *Publisher) schedule(ctx context.Context) {
 	done := ctx.Done()
-	t0 := time.Now()
+	defer func() {
+		// Every slot before the fleet's next one has been fired: the run's exact end.
+		if next, ok := p.fleet.peek(); ok {
+			p.firedBefore.Store(next)
+		}
+	}()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -220,40 +299,103 @@ func (p *Publisher) schedule(ctx context.Context) {
 		select {
 		case <-done:
 			return
+		case r := <-p.replays:
+			if !p.replay(ctx, r, &s) {
+				return
+			}
+			continue
 		default:
 		}
 		next, ok := p.fleet.peek()
 		if !ok {
-			<-done
-			return
+			select {
+			case <-done:
+				return
+			case r := <-p.replays:
+				if !p.replay(ctx, r, &s) {
+					return
+				}
+				continue
+			}
 		}
-		if wait := time.Duration(next) - time.Since(t0); wait > 0 {
-			timer.Reset(wait)
+		p.firedBefore.Store(next) // every slot before next has been fired
+		// The wall clock, not the monotonic one: slots are fixed points in wall-clock time. The
+		// wait is capped so that a clock step forward is noticed soon.
+		if wait := time.Duration(next - time.Now().UnixNano()); wait > 0 {
+			timer.Reset(min(wait, maxWait))
 			select {
 			case <-done:
 				return
 			case <-timer.C:
+			case r := <-p.replays:
+				timer.Stop()
+				if !p.replay(ctx, r, &s) {
+					return
+				}
 			}
 			continue
 		}
-		var sl *slot
-		select {
-		case sl = <-p.free:
-		default:
-			// Window full: wait for PUBACKs. The session fires late rather than not at all.
-			select {
-			case sl = <-p.free:
-			case <-done:
-				return
-			}
+		sl := p.freeSlot(done)
+		if sl == nil {
+			return
 		}
-		p.fire(sl, &s)
+		p.fire(p.fleet, sl, &s)
 	}
 }
 
-// fire generates the fleet's next session into sl and publishes it without waiting.
-func (p *Publisher) fire(sl *slot, s *session.Session) {
-	p.build(sl, s, time.Now())
+// freeSlot returns a free slot of the window, waiting for PUBACKs when it is full (a session
+// fires late rather than not at all); nil when done.
+func (p *Publisher) freeSlot(done <-chan struct{}) *slot {
+	select {
+	case sl := <-p.free:
+		return sl
+	default:
+	}
+	select {
+	case sl := <-p.free:
+		return sl
+	case <-done:
+		return nil
+	}
+}
+
+// replay publishes again every slot of this process's chargers in [r.from, r.to), from a
+// transient fleet (24 bytes per charger while it runs). Same slots, same keys: sessions the
+// store already holds are dropped as duplicates; sessions a broker lost are stored now. It
+// returns false when ctx ended first.
+func (p *Publisher) replay(ctx context.Context, r window, s *session.Session) bool {
+	from := max(r.from, p.from)
+	if from >= r.to {
+		return true
+	}
+	f := newFleet(p.params, p.cfg.Chargers, p.cfg.ShardIndex, p.cfg.ShardCount, from)
+	n := 0
+	for {
+		if next, ok := f.peek(); !ok || next >= r.to {
+			break
+		}
+		sl := p.freeSlot(ctx.Done())
+		if sl == nil {
+			return false
+		}
+		p.fire(f, sl, s)
+		p.m.replayed.Inc()
+		n++
+	}
+	p.log.Info("replayed sessions after a reconnect", "sessions", n,
+		"from", time.Unix(0, from).UTC(), "to", time.Unix(0, r.to).UTC())
+	return true
+}
+
+// window is a stretch of slot times [from, to), Unix nanoseconds.
+type window struct{ from, to int64 }
+
+// maxWait bounds one wait of the scheduler, so it rereads the wall clock at least this often.
+const maxWait = time.Second
+
+// fire generates the next session of f into sl and publishes it without waiting.
+func (p *Publisher) fire(f *fleet, sl *slot, s *session.Session) {
+	p.build(f, sl, s)
 	p.inUse.Add(1)
 	p.m.inflight.Inc()
 	p.m.scheduled.Inc()
@@ -261,16 +403,19 @@ func (p *Publisher) fire(sl *slot, s *session.Session) {
 	p.pending <- sl
 }
 
-// build takes the fleet's next session, ending now, and encodes its topic and payload into sl.
-func (p *Publisher) build(sl *slot, s *session.Session, now time.Time) {
-	charger, n, id := p.fleet.fire(now)
+// build takes the next slot of f (the fleet, or a replay's) and encodes its session's topic and payload into sl. The
+// session ends at the slot's time, whenever it is built.
+func (p *Publisher) build(f *fleet, sl *slot, s *session.Session) {
+	charger, n, at := f.fire()
 	d := p.params.Session(charger, n)
 	cid := sim.ChargerID(charger)
-	d.Fill(s, cid, id, now)
+	id := at / 1000 // p.params.SessionID(charger, n), without computing the slot again
+	d.Fill(s, cid, id, time.Unix(0, at))
 	sl.payload = s.AppendJSON(sl.payload[:0])
 	sl.topicBuf = p.topics.Append(sl.topicBuf[:0], cid, s.ConnectorID, id)
 	sl.topic = string(sl.topicBuf)
-	sl.sentAt = now
+	sl.at = at
+	sl.sentAt = time.Now()
 	sl.attempts = 0
 }
 
@@ -313,6 +458,13 @@ func (p *Publisher) settle(sl *slot, abandon <-chan struct{}) bool {
 		}
 	}
 	p.m.latency.Observe(time.Since(sl.sentAt).Seconds())
+	if sl.attempts > 0 {
+		p.retrying.Add(-1)
+	}
+	if p.retrying.Load() == 0 && sl.at > p.settledBefore.Load() {
+		// Slots are settled in firing (time) order unless a retry moved one to the back.
+		p.settledBefore.Store(sl.at)
+	}
 	p.m.published.Inc()
 	p.m.inflight.Dec()
 	p.inUse.Add(-1)
@@ -330,6 +482,9 @@ const (
 
 func (p *Publisher) retry(sl *slot, err error, abandon <-chan struct{}) bool {
 	sl.attempts++
+	if sl.attempts == 1 {
+		p.retrying.Add(1)
+	}
 	p.m.retries.Inc()
 	if sl.attempts == 1 || sl.attempts%10 == 0 {
 		p.log.Warn("publish failed, retrying", "topic", sl.topic, "attempt", sl.attempts, "err", err)
@@ -368,6 +523,7 @@ func (p *Publisher) shutdown(abandon chan struct{}, collected <-chan struct{}) {
 	close(abandon)
 	<-collected
 	if n := p.inUse.Swap(0); n > 0 {
+		p.lost.Store(true)
 		p.m.failed.Add(float64(n))
 		p.m.inflight.Sub(float64(n))
 		p.log.Error("shutdown timeout: sessions left unacknowledged", "failed", n, "timeout", p.cfg.ShutdownTimeout)

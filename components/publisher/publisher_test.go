@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +24,10 @@ func TestDefaultsMatchConfigurationDocs(t *testing.T) {
 	c := DefaultConfig()
 	want := Config{Chargers: 10, Connectors: 2, ShardIndex: 0, ShardCount: 1, SessionInterval: time.Minute,
 		SessionJitter: 0.2, TimeScale: 1, Seed: 1, DCShare: 0.3, ACTariff: 35, DCTariff: 59, SessionFee: 0,
-		MaxInflight: 1000, ShutdownTimeout: 15 * time.Second, MQTT: c.MQTT}
+		MaxInflight: 1000, ShutdownTimeout: 15 * time.Second, MQTT: c.MQTT,
+		Epoch: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), ResumeWindow: 2 * time.Minute, HeartbeatInterval: 10 * time.Second,
+		ReplayAfter: 30 * time.Second, ReplayBefore: 10 * time.Second,
+		Store: c.Store}
 	if c != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", c, want)
 	}
@@ -121,7 +125,7 @@ func TestShardingPartitionsTheFleet(t *testing.T) {
 			seen := make([]int, chargers+1)
 			total := 0
 			for i := range shards {
-				f := newFleet(params, chargers, i, shards, time.Second)
+				f := newFleet(params, chargers, i, shards, 0)
 				if f.len() != OwnedChargers(chargers, i, shards) {
 					t.Fatalf("%d chargers, shard %d/%d: fleet of %d, OwnedChargers %d", chargers, i, shards, f.len(), OwnedChargers(chargers, i, shards))
 				}
@@ -150,58 +154,59 @@ func TestShardingPartitionsTheFleet(t *testing.T) {
 	}
 }
 
-// The scheduler hands out sessions in time order, each charger's in sequence, at the times
+var testEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+
+func gridParams(seed uint64, jitter float64, interval time.Duration) sim.Params {
+	return sim.Params{Seed: seed, Connectors: 2, Jitter: jitter, Epoch: testEpoch, Interval: int64(interval)}
+}
+
+// The scheduler hands out slots in time order, each charger's in sequence, at the times
 // package sim defines.
 func TestSchedulerOrder(t *testing.T) {
-	params := sim.Params{Seed: 5, Connectors: 2, Jitter: 0.4}
+	params := gridParams(5, 0.4, 10*time.Millisecond)
 	const chargers = 300
-	interval := 10 * time.Millisecond
-	f := newFleet(params, chargers, 0, 1, interval)
-	nextN := make([]uint32, chargers+1)
+	from := testEpoch + int64(90*24*time.Hour)
+	f := newFleet(params, chargers, 0, 1, from)
+	nextN := make([]uint64, chargers+1)
 	for c := range nextN {
-		nextN[c] = params.FirstSession(uint32(c))
+		nextN[c] = params.SlotAt(uint32(c), from)
 	}
 	var prev int64 = -1
-	now := time.Unix(1_750_000_000, 0)
 	for i := 0; i < 30*chargers; i++ {
 		at, _ := f.peek()
-		if at < prev {
-			t.Fatalf("event %d at %d before previous %d", i, at, prev)
+		if at < prev || at < from {
+			t.Fatalf("event %d at %d before previous %d or start %d", i, at, prev, from)
 		}
 		prev = at
-		c, n, _ := f.fire(now)
-		if n != nextN[c] {
-			t.Fatalf("charger %d fired session %d, want %d", c, n, nextN[c])
+		c, n, got := f.fire()
+		if n != nextN[c] || got != at || got != params.SlotTime(c, n) {
+			t.Fatalf("charger %d fired slot %d at %d, want slot %d at %d", c, n, got, nextN[c], params.SlotTime(c, nextN[c]))
 		}
 		nextN[c]++
-		want := params.Start(c, n) * float64(interval)
-		// Gaps are summed in whole nanoseconds: at most 1 ns off per session.
-		if diff := math.Abs(float64(at) - want); diff > float64(n)+1 {
-			t.Fatalf("charger %d session %d fired at %d ns, sim.Start says %.0f", c, n, at, want)
-		}
 	}
 	for c := 1; c <= chargers; c++ {
-		if nextN[c] < 25 || nextN[c] > 35 {
-			t.Fatalf("charger %d fired %d of ~30 sessions", c, nextN[c])
+		if k := nextN[c] - params.SlotAt(uint32(c), from); k < 25 || k > 35 {
+			t.Fatalf("charger %d fired %d of ~30 sessions", c, k)
 		}
 	}
 }
 
 // No lockstep: in every tenth of an interval the fleet fires about a tenth of its sessions.
 func TestFleetFiresEvenly(t *testing.T) {
-	params := sim.Params{Seed: 11, Connectors: 2, Jitter: 0.2}
 	const chargers, intervals, buckets = 5000, 5, 10
 	interval := time.Second
-	f := newFleet(params, chargers, 0, 1, interval)
+	params := gridParams(11, 0.2, interval)
+	from := testEpoch + int64(time.Hour) + 123456789
+	f := newFleet(params, chargers, 0, 1, from)
 	hist := make([]int, intervals*buckets)
 	for {
 		at, _ := f.peek()
-		b := int(at * buckets / int64(interval))
+		b := int((at - from) * buckets / int64(interval))
 		if b >= len(hist) {
 			break
 		}
 		hist[b]++
-		f.fire(time.Now())
+		f.fire()
 	}
 	mean := float64(chargers) / buckets
 	for i, h := range hist {
@@ -212,41 +217,126 @@ func TestFleetFiresEvenly(t *testing.T) {
 	}
 }
 
-func TestSessionIDsStrictlyIncreasePerCharger(t *testing.T) {
-	params := sim.Params{Seed: 1, Connectors: 2}
-	f := newFleet(params, 50, 0, 1, time.Millisecond)
-	last := map[uint32]int64{}
-	base := time.Unix(1_750_000_000, 0)
-	for i := range 5000 {
-		// A clock that stalls and steps back (NTP) must not repeat IDs.
-		now := base.Add(time.Duration(i%7-3) * time.Microsecond)
-		c, _, id := f.fire(now)
-		if id <= last[c] {
-			t.Fatalf("charger %d: session ID %d after %d", c, id, last[c])
+// firedKeys runs a fleet from from until before to and returns the keys it fired, counted.
+func firedKeys(params sim.Params, chargers, shard, shards int, from, to int64, into map[string]int) {
+	f := newFleet(params, chargers, shard, shards, from)
+	var sl slot
+	var s session.Session
+	p := &Publisher{params: params, fleet: f, topics: session.NewTopicBuilder("")}
+	for {
+		if at, _ := f.peek(); at >= to {
+			return
 		}
-		if id >= 1<<53 {
-			t.Fatalf("session ID %d beyond 2^53", id)
-		}
-		last[c] = id
+		p.build(p.fleet, &sl, &s)
+		into[s.Key()]++
 	}
 }
 
-// A restarted publisher (new process, same seed, no state on disk) never reuses a session ID
-// of a charger: IDs come from the clock, which moved on.
-func TestSessionIDsUniqueAcrossRestart(t *testing.T) {
-	params := sim.Params{Seed: 1, Connectors: 2, Jitter: 0.2}
-	const chargers = 2000
-	seen := make(map[[2]int64]int, 2*20*chargers)
-	for run := range 2 {
-		f := newFleet(params, chargers, 0, 1, time.Millisecond)
-		for range 20 * chargers {
-			c, _, id := f.fire(time.Now())
-			key := [2]int64{int64(c), id}
-			if prev, dup := seen[key]; dup {
-				t.Fatalf("run %d: charger %d reuses session ID %d of run %d", run, c, id, prev)
-			}
-			seen[key] = run
+// Same inputs, same sessions: two fleets (two processes) built alike fire the same sessions,
+// byte for byte, and every key is a pure function of the slot.
+func TestSameInputsSameSessions(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Chargers, cfg.TimeScale = 200, 60
+	a, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := time.Now().UnixNano()
+	a.fleet.reset(from)
+	b.fleet.reset(from)
+	var sa, sb slot
+	var xa, xb session.Session
+	for i := range 5000 {
+		a.build(a.fleet, &sa, &xa)
+		b.build(b.fleet, &sb, &xb)
+		if string(sa.payload) != string(sb.payload) || sa.topic != sb.topic {
+			t.Fatalf("session %d differs:\n%s %s\n%s %s", i, sa.topic, sa.payload, sb.topic, sb.payload)
 		}
+		c, _ := strconv.ParseUint(xa.ChargerID, 10, 32)
+		n, ok := a.params.SlotOfID(uint32(c), xa.SessionID)
+		if !ok || a.params.Connector(uint32(c), n) != xa.ConnectorID || xa.SessionID >= 1<<53 {
+			t.Fatalf("session %d: key %s is not slot %d of the grid", i, xa.Key(), n)
+		}
+		if !xa.EndedAt.Equal(time.Unix(0, a.params.SlotTime(uint32(c), n)).Truncate(time.Millisecond)) {
+			t.Fatalf("session %d ends at %s, its slot at %d", i, xa.EndedAt, a.params.SlotTime(uint32(c), n))
+		}
+	}
+}
+
+// A restarted publisher (new process, same settings, no state on disk) and a clock stepped
+// back produce no new key: whatever they fire again is a key the first run already had, and
+// slots are neither skipped nor invented.
+func TestRestartAndClockStepBackReuseKeys(t *testing.T) {
+	params := gridParams(1, 0.2, time.Millisecond)
+	const chargers = 500
+	t0 := testEpoch + int64(200*24*time.Hour)
+	first := map[string]int{}
+	firedKeys(params, chargers, 0, 1, t0, t0+int64(40*time.Millisecond), first)
+	// The clock steps 15 ms back; the restarted process runs until 60 ms.
+	again := map[string]int{}
+	firedKeys(params, chargers, 0, 1, t0+int64(25*time.Millisecond), t0+int64(60*time.Millisecond), again)
+	overlap := 0
+	for k := range again {
+		if first[k] > 0 {
+			overlap++
+		}
+	}
+	if overlap < 14*chargers || overlap > 16*chargers {
+		t.Fatalf("%d keys fired again in the 15 ms the clock stepped back, want ~%d", overlap, 15*chargers)
+	}
+	// Union = one uninterrupted run over [t0, 60 ms): nothing lost, nothing new.
+	whole := map[string]int{}
+	firedKeys(params, chargers, 0, 1, t0, t0+int64(60*time.Millisecond), whole)
+	for k := range first {
+		again[k]++
+	}
+	if len(again) != len(whole) {
+		t.Fatalf("restart fired %d distinct keys, an uninterrupted run %d", len(again), len(whole))
+	}
+	for k, n := range whole {
+		if n != 1 || again[k] == 0 {
+			t.Fatalf("key %s: %d times in the uninterrupted run, %d after the restart", k, n, again[k])
+		}
+	}
+}
+
+// Resharding: a rollout from 2 to 3 shards runs old and new layouts side by side. Where both
+// own a charger they fire the same keys (no inflation), and every charger is fired by the
+// layouts in every moment they overlap (none unsimulated).
+func TestReshardingOverlapSameKeys(t *testing.T) {
+	params := gridParams(9, 0.3, time.Millisecond)
+	const chargers = 601
+	t0 := testEpoch + int64(24*time.Hour)
+	t1 := t0 + int64(30*time.Millisecond)
+	old, neu, whole := map[string]int{}, map[string]int{}, map[string]int{}
+	for i := range 2 {
+		firedKeys(params, chargers, i, 2, t0, t1, old)
+	}
+	for i := range 3 {
+		firedKeys(params, chargers, i, 3, t0, t1, neu)
+	}
+	firedKeys(params, chargers, 0, 1, t0, t1, whole)
+	if len(old) != len(whole) || len(neu) != len(whole) {
+		t.Fatalf("2 shards fired %d keys, 3 shards %d, one process %d", len(old), len(neu), len(whole))
+	}
+	union := map[string]int{}
+	for k := range old {
+		union[k]++
+	}
+	for k := range neu {
+		union[k]++
+	}
+	for k := range whole {
+		if union[k] != 2 {
+			t.Fatalf("key %s fired by %d of the two layouts", k, union[k])
+		}
+	}
+	if len(union) != len(whole) {
+		t.Fatalf("the overlap has %d distinct keys, the fleet %d: totals would inflate", len(union), len(whole))
 	}
 }
 
@@ -259,9 +349,8 @@ func TestBuildEncodesDecodableSessions(t *testing.T) {
 	}
 	var sl slot
 	var s session.Session
-	now := time.Now()
-	for i := range 2000 {
-		p.build(&sl, &s, now.Add(time.Duration(i)*time.Millisecond))
+	for range 2000 {
+		p.build(p.fleet, &sl, &s)
 		got, err := session.Decode(sl.topic, sl.payload)
 		if err != nil {
 			t.Fatalf("Decode(%s, %s): %v", sl.topic, sl.payload, err)
@@ -272,7 +361,7 @@ func TestBuildEncodesDecodableSessions(t *testing.T) {
 		if got.ConnectorID < 1 || got.ConnectorID > cfg.Connectors {
 			t.Fatalf("connector %d of %d", got.ConnectorID, cfg.Connectors)
 		}
-		if !got.EndedAt.Equal(sl.sentAt.Truncate(time.Millisecond)) || got.EndedAt.Sub(got.StartedAt) != time.Duration(got.DurationSeconds)*time.Second {
+		if !got.EndedAt.Equal(time.Unix(0, sl.at).UTC().Truncate(time.Millisecond)) || got.EndedAt.Sub(got.StartedAt) != time.Duration(got.DurationSeconds)*time.Second {
 			t.Fatalf("times: %+v", got)
 		}
 		if got.SessionFeeCents != 25 || math.Abs(got.CostCents-(got.EnergyKWh*got.TariffCentsPerKWh+25)) > 0.5 {
@@ -390,7 +479,7 @@ func TestFailedPublishIsRetried(t *testing.T) {
 	// Never connected: paho fails every publish at once with ErrNotConnected.
 	sl := <-p.free
 	var s session.Session
-	p.build(sl, &s, time.Now())
+	p.build(p.fleet, sl, &s)
 	p.inUse.Add(1)
 	first := &sl.payload[0]
 	sl.tok = p.client.Publish(sl.topic, 1, false, sl.payload)

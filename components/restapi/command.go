@@ -4,14 +4,17 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"log/slog"
 	"time"
 
 	"github.com/chargesim/chargesim/components/cli"
 	"github.com/chargesim/chargesim/components/store"
 )
 
-// Command runs `chargesim api`: it connects to the store (retrying until it can, so that the
-// API may start before its database) and serves every route on --http-addr until ctx is done.
+// Command runs `chargesim api`: it serves every route on --http-addr at once and connects to
+// the store in the background (retrying until it can). Until then /health answers "down",
+// /readyz fails and data routes answer 503 with Retry-After, while /healthz (liveness) stays
+// ok: a store outage at start must not make Kubernetes restart the API in a loop.
 func Command(ctx context.Context, args []string) error {
 	var settings commandSettings
 	common, log, err := cli.Setup("api", "Serve the REST API (and /healthz, /readyz, /metrics, /openapi.json, /docs) over the stored sessions.", args, ":8080", &settings)
@@ -19,25 +22,45 @@ func Command(ctx context.Context, args []string) error {
 		return err
 	}
 	reg := cli.NewRegistry()
-	st, err := store.ConnectRetry(ctx, settings.store, "chargesim-api", log)
+	srv, err := New(settings.api, nil, log, reg, reg)
 	if err != nil {
 		return err
 	}
-	if st == nil {
-		return nil // cancelled while waiting for the database
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	connected := make(chan *store.Store, 1)
+	connErr := make(chan error, 1)
+	go func() {
+		st, err := store.ConnectRetry(ctx, settings.store, "chargesim-api", log)
+		if err != nil {
+			connErr <- err
+			cancel() // a settings error: stop serving
+			return
+		}
+		if st != nil {
+			srv.SetStore(st)
+		}
+		connected <- st
+		if st != nil {
+			RunRetention(ctx, srv.cfg, st, log)
+		}
+	}()
+	serveErr := cli.Serve(ctx, log, common.HTTPAddr, srv.Handler(), common.ShutdownTimeout)
+	cancel()
+	var st *store.Store
+	select {
+	case err := <-connErr:
+		return errors.Join(serveErr, err)
+	case st = <-connected:
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
+	if st != nil {
+		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer ccancel()
 		if err := st.Close(cctx); err != nil {
 			log.Warn("close store", "err", err)
 		}
-	}()
-	srv, err := New(settings.api, st, log, reg, reg)
-	if err != nil {
-		return err
 	}
-	return cli.Serve(ctx, log, common.HTTPAddr, srv.Handler(), common.ShutdownTimeout)
+	return serveErr
 }
 
 // commandSettings are the flags of `chargesim api` besides the common ones.
@@ -53,4 +76,36 @@ func (c *commandSettings) Register(fs *flag.FlagSet) {
 
 func (c *commandSettings) Validate() error {
 	return errors.Join(c.store.Validate(), c.api.Validate())
+}
+
+// retentionInterval is how often the retention deletes: a tenth of the retention, at most
+// every 10 minutes and at least every minute.
+func retentionInterval(retention time.Duration) time.Duration {
+	return min(10*time.Minute, max(time.Minute, retention/10))
+}
+
+// RunRetention deletes sessions older than cfg.Retention from st every retentionInterval
+// until ctx ends; it returns at once when retention is off.
+func RunRetention(ctx context.Context, cfg Config, st *store.Store, log *slog.Logger) {
+	if cfg.Retention <= 0 {
+		return
+	}
+	tick := time.NewTicker(retentionInterval(cfg.Retention))
+	defer tick.Stop()
+	for {
+		dctx, cancel := context.WithTimeout(ctx, cfg.ScanTimeout)
+		n, err := st.DeleteSessionsBefore(dctx, time.Now().Add(-cfg.Retention))
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Warn("retention: delete old sessions", "err", err)
+		case n > 0:
+			log.Info("retention: deleted old sessions", "sessions", n, "older_than", cfg.Retention)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }

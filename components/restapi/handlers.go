@@ -130,23 +130,24 @@ type HealthView struct {
 // database does not.
 const healthTimeout = 2 * time.Second
 
-func (s *Server) queryContext(r *http.Request) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
-}
-
 func (s *Server) readings(w http.ResponseWriter, r *http.Request) {
 	if errs := parseNoParams(r.URL.RawQuery); len(errs) > 0 {
 		writeInvalidParams(w, errs)
 		return
 	}
-	ctx, cancel := s.queryContext(r)
-	defer cancel()
-	docs, _, err := s.st.FindSessions(ctx, store.SessionQuery{Limit: ReadingsLimit})
-	if err != nil {
-		s.writeStoreError(w, r, err)
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+		body, ok := s.readingsBody(sn)
+		return body, "", ok
+	}) {
 		return
 	}
-	writeJSON(w, s.log, http.StatusOK, sessionViews(docs))
+	s.serveRead(w, r, routeReadings, "/", func(ctx context.Context, st *store.Store) (any, string, error) {
+		docs, _, err := st.FindSessions(ctx, store.SessionQuery{Limit: ReadingsLimit})
+		if err != nil {
+			return nil, "", err
+		}
+		return sessionViews(docs), "", nil
+	})
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
@@ -171,20 +172,29 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	ctx, cancel := s.queryContext(r)
-	defer cancel()
-	docs, more, err := s.st.FindSessions(ctx, p.query)
-	if err != nil {
-		s.writeStoreError(w, r, err)
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+		docs, more, ok := sn.Sessions(p.query)
+		return newSessionPage(docs, more), "", ok
+	}) {
 		return
 	}
+	s.serveRead(w, r, routeSessions, r.URL.RawQuery, func(ctx context.Context, st *store.Store) (any, string, error) {
+		docs, more, err := st.FindSessions(ctx, p.query)
+		if err != nil {
+			return nil, "", err
+		}
+		return newSessionPage(docs, more), "", nil
+	})
+}
+
+func newSessionPage(docs []store.SessionDoc, more bool) SessionPage {
 	page := SessionPage{Items: sessionViews(docs)}
 	if more && len(docs) > 0 {
 		last := docs[len(docs)-1]
 		c := encodeSessionCursor(store.SessionCursor{EndedAt: last.EndedAt, ID: last.ID})
 		page.NextCursor = &c
 	}
-	writeJSON(w, s.log, http.StatusOK, page)
+	return page
 }
 
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
@@ -203,18 +213,18 @@ func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
 		writeNotFound(w, "no session "+truncate(raw, 100)+": a session key is <charger>:<connector>:<session>, e.g. 17:1:42")
 		return
 	}
-	ctx, cancel := s.queryContext(r)
-	defer cancel()
-	doc, err := s.st.FindSession(ctx, key)
-	if errors.Is(err, store.ErrNotFound) {
-		writeNotFound(w, "no session "+truncate(raw, 100))
-		return
-	}
-	if err != nil {
-		s.writeStoreError(w, r, err)
-		return
-	}
-	writeJSON(w, s.log, http.StatusOK, newSessionView(&doc))
+	// Not cached: a lookup by _id is cheap on every store, and a session just stored must be
+	// visible at once.
+	s.serveRead(w, r, routeSession, "", func(ctx context.Context, st *store.Store) (any, string, error) {
+		doc, err := st.FindSession(ctx, key)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, "no session " + truncate(raw, 100), nil
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		return newSessionView(&doc), "", nil
+	})
 }
 
 func (s *Server) listChargers(w http.ResponseWriter, r *http.Request) {
@@ -223,13 +233,22 @@ func (s *Server) listChargers(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	ctx, cancel := s.queryContext(r)
-	defer cancel()
-	rows, more, err := s.st.ListChargerTotals(ctx, p.after, p.limit)
-	if err != nil {
-		s.writeStoreError(w, r, err)
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+		rows, more := sn.ListChargers(p.after, p.limit)
+		return newChargerPage(rows, more), "", true
+	}) {
 		return
 	}
+	s.serveRead(w, r, routeChargers, r.URL.RawQuery, func(ctx context.Context, st *store.Store) (any, string, error) {
+		rows, more, err := st.ListChargerTotals(ctx, p.after, p.limit)
+		if err != nil {
+			return nil, "", err
+		}
+		return newChargerPage(rows, more), "", nil
+	})
+}
+
+func newChargerPage(rows []store.ChargerTotals, more bool) ChargerPage {
 	page := ChargerPage{Items: make([]ChargerView, len(rows))}
 	for i := range rows {
 		page.Items[i] = newChargerView(&rows[i])
@@ -238,7 +257,7 @@ func (s *Server) listChargers(w http.ResponseWriter, r *http.Request) {
 		c := encodeChargerCursor(rows[len(rows)-1].ChargerID)
 		page.NextCursor = &c
 	}
-	writeJSON(w, s.log, http.StatusOK, page)
+	return page
 }
 
 func (s *Server) getCharger(w http.ResponseWriter, r *http.Request) {
@@ -254,18 +273,25 @@ func (s *Server) getCharger(w http.ResponseWriter, r *http.Request) {
 		writeNotFound(w, "no charger "+truncate(id, 100)+": a charger ID is 1 to 64 of A-Z a-z 0-9 _ . -")
 		return
 	}
-	ctx, cancel := s.queryContext(r)
-	defer cancel()
-	t, err := s.st.ChargerTotals(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		writeNotFound(w, "no charger "+id+": it has no stored session")
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+		t, err := sn.Charger(id)
+		if err != nil {
+			return nil, "no charger " + id + ": it has no stored session", true
+		}
+		return newChargerView(&t), "", true
+	}) {
 		return
 	}
-	if err != nil {
-		s.writeStoreError(w, r, err)
-		return
-	}
-	writeJSON(w, s.log, http.StatusOK, newChargerView(&t))
+	s.serveRead(w, r, routeCharger, id, func(ctx context.Context, st *store.Store) (any, string, error) {
+		t, err := st.ChargerTotals(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, "no charger " + id + ": it has no stored session", nil
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		return newChargerView(&t), "", nil
+	})
 }
 
 func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
@@ -273,16 +299,24 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	ctx, cancel := s.queryContext(r)
-	defer cancel()
-	st, err := s.st.FleetStats(ctx)
-	if err != nil {
-		s.writeStoreError(w, r, err)
+	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+		return newStatsView(&sn.Fleet), "", true
+	}) {
 		return
 	}
-	writeJSON(w, s.log, http.StatusOK, StatsView{
-		Sessions: st.Sessions, EnergyKWh: st.EnergyKWh, CostCents: st.CostCents,
-		Chargers: st.Chargers, Rejected: st.Rejected,
-		FirstSessionAt: optTime(st.FirstSessionAt), LastSessionAt: optTime(st.LastSessionAt),
+	s.serveRead(w, r, routeStats, "/", func(ctx context.Context, st *store.Store) (any, string, error) {
+		fs, err := st.FleetStats(ctx)
+		if err != nil {
+			return nil, "", err
+		}
+		return newStatsView(&fs), "", nil
 	})
+}
+
+func newStatsView(fs *store.FleetStats) StatsView {
+	return StatsView{
+		Sessions: fs.Sessions, EnergyKWh: fs.EnergyKWh, CostCents: fs.CostCents,
+		Chargers: fs.Chargers, Rejected: fs.Rejected,
+		FirstSessionAt: optTime(fs.FirstSessionAt), LastSessionAt: optTime(fs.LastSessionAt),
+	}
 }

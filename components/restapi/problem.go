@@ -79,6 +79,10 @@ func (s *Server) writeStoreError(w http.ResponseWriter, r *http.Request, err err
 		w.WriteHeader(statusClientClosedRequest)
 		return
 	}
+	if errors.Is(err, errAuditTooLarge) {
+		writeInvalidParams(w, []InvalidParam{{Name: "to", Reason: err.Error()}})
+		return
+	}
 	if unavailable(err) {
 		s.log.Warn("store unavailable", "path", r.URL.Path, "err", err)
 		w.Header().Set("Retry-After", "5")

@@ -646,6 +646,26 @@ func TestCommand(t *testing.T) {
 		t.Fatalf("Command returned while waiting for the database: %v", err)
 	default:
 	}
+	// It serves while the database is down: alive, not ready, /health says so, data routes
+	// ask to retry.
+	for target, want := range map[string]int{"/healthz": http.StatusOK, "/readyz": http.StatusServiceUnavailable,
+		"/health": http.StatusServiceUnavailable, "/api/v1/stats": http.StatusServiceUnavailable} {
+		res, err := http.Get("http://" + addr + target)
+		if err != nil {
+			t.Fatalf("%s with the database down: %v", target, err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != want {
+			t.Errorf("%s with the database down: %d %s, want %d", target, res.StatusCode, body, want)
+		}
+		if target == "/health" && !bytes.Contains(body, []byte(`"database":"down"`)) {
+			t.Errorf("/health with the database down: %s", body)
+		}
+		if want == http.StatusServiceUnavailable && target != "/readyz" && target != "/health" && res.Header.Get("Retry-After") == "" {
+			t.Errorf("%s: 503 without Retry-After", target)
+		}
+	}
 	db.Start()
 	deadline := time.Now().Add(90 * time.Second)
 	for {

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/chargesim/chargesim/components/audit"
 	"github.com/chargesim/chargesim/components/broker"
 	"github.com/chargesim/chargesim/components/cli"
 	"github.com/chargesim/chargesim/components/listener"
@@ -40,18 +41,29 @@ type Config struct {
 	// MQTTAddr is where the embedded broker listens; empty runs no broker (use --mqtt-url).
 	MQTTAddr string
 	APIAddr  string
+	// Audit is the periodic audit whose gauges /metrics exports (Every 0: none).
+	Audit audit.Config
+	// Retention deletes stored sessions older than this (0: keep everything); see
+	// restapi.RunRetention.
+	Retention time.Duration
 }
 
 // Register adds the flags, with laptop defaults for the broker URL and the store.
 func (c *Config) Register(fs *flag.FlagSet) {
-	c.Publisher.Register(fs)
+	c.Publisher.RegisterWithoutStore(fs)
 	c.Store.Register(fs)
 	fs.StringVar(&c.MQTTAddr, "mqtt-addr", DefaultMQTTAddr, "listen address of the embedded broker; empty: no broker, use --mqtt-url")
 	fs.StringVar(&c.APIAddr, "api-addr", DefaultAPIAddr, "listen address of the REST API (also /metrics of every part)")
+	fs.DurationVar(&c.Retention, "retention", 0, "delete sessions older than this (≥ 1m), so that a long run does not fill the disk; 0 keeps everything")
 	// Empty: derived from --mqtt-addr, so moving the embedded broker moves its clients too.
 	setDefault(fs, "mqtt-url", "")
 	fs.Lookup("mqtt-url").Usage = "broker URL of the publisher and listener (default: the embedded broker at --mqtt-addr)"
 	setDefault(fs, "mongo-uri", DefaultMongoURI)
+	setDefault(fs, "record-runs", "true") // the store is at hand: make every run auditable
+	c.Audit = audit.Config{Timeout: time.Minute}
+	fs.DurationVar(&c.Audit.Every, "audit-every", 15*time.Second, "audit the recent sessions this often and export the result as chargesim_audit_* metrics (0: never)")
+	fs.DurationVar(&c.Audit.Last, "audit-last", 5*time.Minute, "length of the audited window")
+	fs.DurationVar(&c.Audit.Settle, "audit-settle", 10*time.Second, "the audited window ends this long ago (sessions still on their way are left out)")
 }
 
 func setDefault(fs *flag.FlagSet, name, value string) {
@@ -68,14 +80,26 @@ func (c *Config) Validate() error {
 		}
 		c.Publisher.MQTT.URL = "tcp://" + dialable(c.MQTTAddr)
 	}
+	c.Publisher.Store = c.Store
 	errs := []error{c.Publisher.Validate(), c.Store.Validate()}
 	if c.MQTTAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MQTTAddr); err != nil {
 			errs = append(errs, cli.Invalid("mqtt-addr", c.MQTTAddr, "want host:port or empty"))
 		}
 	}
+	if c.Retention != 0 && c.Retention < time.Minute {
+		errs = append(errs, cli.Invalid("retention", c.Retention, "must be 0 (keep everything) or ≥ 1m"))
+	}
 	if _, _, err := net.SplitHostPort(c.APIAddr); err != nil {
 		errs = append(errs, cli.Invalid("api-addr", c.APIAddr, "want host:port"))
+	}
+	switch {
+	case c.Audit.Every < 0:
+		errs = append(errs, cli.Invalid("audit-every", c.Audit.Every, "must be ≥ 0"))
+	case c.Audit.Every > 0 && c.Audit.Last <= 0:
+		errs = append(errs, cli.Invalid("audit-last", c.Audit.Last, "must be > 0"))
+	case c.Audit.Settle < 0:
+		errs = append(errs, cli.Invalid("audit-settle", c.Audit.Settle, "must be ≥ 0"))
 	}
 	return errors.Join(errs...)
 }
@@ -165,21 +189,33 @@ func Run(ctx context.Context, log *slog.Logger, grace time.Duration, cfg Config,
 			return err
 		}
 		defer st.Close(context.Background()) //nolint:errcheck // best effort at exit
-		api, err := restapi.New(restapi.DefaultConfig(), st, log.With("part", "api"), reg, reg)
+		apiCfg := restapi.DefaultConfig()
+		apiCfg.Retention = cfg.Retention
+		api, err := restapi.New(apiCfg, st, log.With("part", "api"), reg, reg)
 		if err != nil {
 			_ = ln.Close()
 			return err
 		}
+		go restapi.RunRetention(apiCtx, apiCfg, st, log.With("part", "api"))
 		parts := []cli.Component{pub, lis}
 		if b != nil {
 			parts = append(parts, b)
+		}
+		if cfg.Audit.Every > 0 {
+			cfg.Audit.Timeout = max(cfg.Audit.Timeout, time.Minute)
+			aud, err := audit.NewPeriodicOn(st, cfg.Audit, log.With("part", "audit"), reg)
+			if err != nil {
+				_ = ln.Close()
+				return err
+			}
+			go func() { _ = aud.Run(apiCtx) }() // ends with apiCtx, before the store closes below
 		}
 		return cli.ServeListener(apiCtx, log, ln, withReady(api.Handler(), reg, parts), grace)
 	})
 	g.Go(func() error {
 		// A broker discards messages nobody has subscribed to yet: start publishing only once
 		// the listener is subscribed (and its store reachable).
-		for lis.Ready(gctx) != nil {
+		for !cli.IsReady(lis.Ready(gctx)) {
 			select {
 			case <-gctx.Done():
 				stopListener()
@@ -232,10 +268,16 @@ func withReady(api http.Handler, reg prometheus.Gatherer, parts []cli.Component)
 	mux := http.NewServeMux()
 	mux.Handle("/", api)
 	mux.Handle("GET /readyz", cli.OpsHandler(reg, func(ctx context.Context) error {
+		var degraded []error
 		for _, p := range parts {
-			if err := p.Ready(ctx); err != nil {
+			if err := p.Ready(ctx); !cli.IsReady(err) {
 				return err
+			} else if err != nil {
+				degraded = append(degraded, err)
 			}
+		}
+		if err := errors.Join(degraded...); err != nil {
+			return &cli.Degraded{Detail: err.Error()}
 		}
 		return nil
 	}))

@@ -40,7 +40,9 @@ func TestRunPipelineEndToEnd(t *testing.T) {
 	mqttAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	apiAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	if err := cli.Parse(fs, []string{
-		"--chargers", "100", "--time-scale", "600", "--mongo-uri", f.URI, "--mongo-database", "e2e",
+		// 100 sessions/s: /readings/ (the newest 1000) still holds the legacy client's sessions
+		// when the API's next snapshot includes them; at 1000/s they scroll out first.
+		"--chargers", "100", "--time-scale", "60", "--mongo-uri", f.URI, "--mongo-database", "e2e",
 		"--mqtt-addr", mqttAddr, "--api-addr", apiAddr, // clients follow --mqtt-addr
 	}); err != nil {
 		t.Fatal(err)
@@ -178,4 +180,37 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Starting the stack against a fresh store must not crash any store connection: the listener
+// and the API used to create the same indexes at once, and FerretDB answered the second
+// createIndexes with an internal panic (`slice bounds out of range`) that dropped the connection.
+// Several fresh databases, so that the race gets several chances.
+func TestRunStartDoesNotPanicTheStore(t *testing.T) {
+	f := testenv.StartFerretDB(t)
+	for i := range 3 {
+		var cfg Config
+		fs := cli.NewFlagSet("run", "")
+		cfg.Register(fs)
+		apiAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+		if err := cli.Parse(fs, []string{
+			"--chargers", "10", "--mongo-uri", f.URI, "--mongo-database", fmt.Sprintf("fresh%d", i),
+			"--mqtt-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), "--api-addr", apiAddr,
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		go func() { done <- Run(ctx, log, 15*time.Second, cfg, prometheus.NewRegistry()) }()
+		waitFor(t, "the stack to be ready", func() bool { return get(t, "http://"+apiAddr+"/readyz", nil) == http.StatusOK })
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	}
+	f.AssertNoPanic(t)
 }

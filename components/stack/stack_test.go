@@ -47,6 +47,7 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{[]string{"--mqtt-addr", ""}, "--mqtt-url"},
 		{[]string{"--mqtt-addr", "nope"}, "--mqtt-addr"},
 		{[]string{"--api-addr", "nope"}, "--api-addr"},
+		{[]string{"--retention", "30s"}, "--retention"},
 		{[]string{"--chargers", "0"}, "--chargers"},
 		{[]string{"--mongo-uri", "postgres://x"}, "--mongo-uri"},
 	} {

@@ -101,3 +101,54 @@ func TestConnectTLS(t *testing.T) {
 		t.Fatal("connected over TLS without trusting the server's CA")
 	}
 }
+
+// Several processes connecting to a fresh database at once (the listener and the API of
+// `chargesim run`, listener replicas) must not make FerretDB panic: only the holder of the
+// index lease creates the indexes, the others wait for them.
+func TestConcurrentConnectsCreateIndexesOnce(t *testing.T) {
+	f := testenv.StartFerretDB(t)
+	ctx := context.Background()
+	for round := range 3 {
+		cfg := Config{URI: f.URI, Database: "race" + string(rune('a'+round))}
+		errs := make(chan error, 4)
+		for range cap(errs) {
+			go func() {
+				st, err := Connect(ctx, cfg, "test")
+				if err == nil {
+					_ = st.Close(ctx)
+				}
+				errs <- err
+			}()
+		}
+		for range cap(errs) {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: connect: %v", round, err)
+			}
+		}
+	}
+	f.AssertNoPanic(t)
+}
+
+// A lease left by a process that died while creating indexes is taken over once it expires.
+func TestIndexLeaseOfDeadHolderExpires(t *testing.T) {
+	f := testenv.StartFerretDB(t)
+	ctx := context.Background()
+	locks := f.Client().Database("dead").Collection(LocksCollection)
+	if _, err := locks.InsertOne(ctx, map[string]any{"_id": indexLease, "expires_at": time.Now().Add(300 * time.Millisecond)}); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err := Connect(cctx, Config{URI: f.URI, Database: "dead"}, "test")
+	cancel()
+	if err == nil {
+		t.Fatal("connect created the indexes while another holder's lease was valid")
+	}
+	st, err := Connect(ctx, Config{URI: f.URI, Database: "dead"}, "test")
+	if err != nil {
+		t.Fatalf("connect after the lease expired: %v", err)
+	}
+	defer st.Close(ctx) //nolint:errcheck
+	if n, err := locks.CountDocuments(ctx, map[string]any{}); err != nil || n != 0 {
+		t.Fatalf("locks left: %d (%v)", n, err)
+	}
+}

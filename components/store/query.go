@@ -9,6 +9,7 @@ package store
 // listener writes, the count and the sums may describe slightly different sets of sessions.
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -100,14 +101,22 @@ func (s *Store) FindSessions(ctx context.Context, q SessionQuery) ([]SessionDoc,
 		f = bson.D{{Key: "$and", Value: bson.A{f, bson.D{{Key: "$or", Value: after}}}}}
 	}
 	// One more than asked tells whether another page exists.
-	opts := options.Find().SetSort(newestFirst).SetLimit(int64(q.Limit) + 1)
-	cur, err := s.Sessions.Find(ctx, f, opts)
-	if err != nil {
-		return nil, false, fmt.Errorf("find sessions: %w", err)
-	}
-	docs := make([]SessionDoc, 0, min(q.Limit+1, 128))
-	if err := cur.All(ctx, &docs); err != nil {
-		return nil, false, fmt.Errorf("read sessions: %w", err)
+	var docs []SessionDoc
+	if s.noIndexes {
+		var err error
+		if docs, err = s.scanNewest(ctx, f, q.Limit+1); err != nil {
+			return nil, false, err
+		}
+	} else {
+		opts := options.Find().SetSort(newestFirst).SetLimit(int64(q.Limit) + 1)
+		cur, err := s.Sessions.Find(ctx, f, opts)
+		if err != nil {
+			return nil, false, fmt.Errorf("find sessions: %w", err)
+		}
+		docs = make([]SessionDoc, 0, min(q.Limit+1, 128))
+		if err := cur.All(ctx, &docs); err != nil {
+			return nil, false, fmt.Errorf("read sessions: %w", err)
+		}
 	}
 	if len(docs) > q.Limit {
 		return docs[:q.Limit], true, nil
@@ -513,4 +522,36 @@ func number(v bson.RawValue) (float64, error) {
 	default:
 		return 0, fmt.Errorf("want a number, got BSON %s", v.Type)
 	}
+}
+
+// scanNewest returns the newest k sessions matching f, newest first, by streaming the matching
+// documents and keeping the k newest in a heap: FerretDB v1 would sort every matching
+// document in its own memory (gigabytes at 100k sessions), with no index to help either way.
+func (s *Store) scanNewest(ctx context.Context, f bson.D, k int) ([]SessionDoc, error) {
+	cur, err := s.Sessions.Find(ctx, f, options.Find().SetBatchSize(1000))
+	if err != nil {
+		return nil, fmt.Errorf("find sessions: %w", err)
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	top := &sessionHeap{}
+	for cur.Next(ctx) {
+		var d SessionDoc
+		if err := cur.Decode(&d); err != nil {
+			return nil, fmt.Errorf("read sessions: %w", err)
+		}
+		if top.Len() < k {
+			heap.Push(top, d)
+		} else if newer(&d, &(*top)[0]) {
+			(*top)[0] = d
+			heap.Fix(top, 0)
+		}
+	}
+	if err := cur.Err(); err != nil {
+		return nil, fmt.Errorf("read sessions: %w", err)
+	}
+	out := make([]SessionDoc, top.Len())
+	for i := top.Len() - 1; i >= 0; i-- {
+		out[i] = heap.Pop(top).(SessionDoc)
+	}
+	return out, nil
 }

@@ -7,3 +7,7 @@ func SetLastScanPerCharger(n int) (restore func()) {
 	lastScanPerCharger = n
 	return func() { lastScanPerCharger = old }
 }
+
+// SetNoIndexes switches the store between its indexed and index-free read paths, so that
+// both are tested on FerretDB.
+func (s *Store) SetNoIndexes(v bool) { s.noIndexes = v }

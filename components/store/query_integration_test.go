@@ -114,25 +114,41 @@ func TestQueryFindSessionsFiltersAndOrder(t *testing.T) {
 		{"after tie", store.SessionQuery{After: &store.SessionCursor{EndedAt: at(10), ID: "A/2/3"}, Limit: 100}, queryWantOrder[5:]},
 		{"after tie with filter", store.SessionQuery{ChargerID: "A", After: &store.SessionCursor{EndedAt: at(10), ID: "B/1/1"}, Limit: 100}, []string{"A/2/3", "A/1/2", "A/1/1"}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			docs, more, err := st.FindSessions(ctx, tc.q)
-			if err != nil {
-				t.Fatalf("FindSessions: %v", err)
-			}
-			if got := queryIDs(docs); !slices.Equal(got, tc.want) {
-				t.Errorf("got %v, want %v", got, tc.want)
-			}
-			wantMore := tc.name == "limit"
-			if more != wantMore {
-				t.Errorf("more = %v, want %v", more, wantMore)
-			}
-		})
+		// Both read paths: sorted by the database (MongoDB, indexed) and sorted in the client
+		// with a bounded heap (FerretDB, no index).
+		for _, noIndexes := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/noIndexes=%v", tc.name, noIndexes), func(t *testing.T) {
+				st.SetNoIndexes(noIndexes)
+				docs, more, err := st.FindSessions(ctx, tc.q)
+				if err != nil {
+					t.Fatalf("FindSessions: %v", err)
+				}
+				if got := queryIDs(docs); !slices.Equal(got, tc.want) {
+					t.Errorf("got %v, want %v", got, tc.want)
+				}
+				wantMore := tc.name == "limit"
+				if more != wantMore {
+					t.Errorf("more = %v, want %v", more, wantMore)
+				}
+			})
+		}
 	}
 }
 
 func TestQueryFindSessionsPages(t *testing.T) {
 	st := queryStore(t)
 	querySeed(t, st)
+	if !st.NoIndexes() {
+		t.Fatalf("FerretDB not detected as a store without indexes")
+	}
+	for _, noIndexes := range []bool{false, true} {
+		st.SetNoIndexes(noIndexes)
+		walkPages(t, st)
+	}
+}
+
+func walkPages(t *testing.T, st *store.Store) {
+	t.Helper()
 	for limit := 1; limit <= len(queryFixture)+1; limit++ {
 		var got []string
 		var after *store.SessionCursor

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -103,6 +104,9 @@ type Store struct {
 	DB       *mongo.Database
 	Sessions *mongo.Collection
 	Rejected *mongo.Collection
+	// noIndexes is set for FerretDB v1, which uses no index but _id equality and sorts in
+	// its memory: reads then sort in the client (bounded) and the API reads snapshots.
+	noIndexes bool
 }
 
 // writeConcern is the write concern the components write with: the URI's when it sets one
@@ -127,10 +131,31 @@ func writeConcern(uri *options.ClientOptions) *writeconcern.WriteConcern {
 	return wc
 }
 
+// NoIndexes reports whether the server uses no secondary index (FerretDB v1).
+func (s *Store) NoIndexes() bool { return s.noIndexes }
+
 // Connect opens a client (the driver connects lazily and reconnects by itself) and ensures the
 // indexes exist. It fails only for settings errors or when the indexes cannot be created
 // within ctx.
 func Connect(ctx context.Context, cfg Config, appName string) (*Store, error) {
+	s, err := Open(cfg, appName)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.EnsureIndexes(ctx); err != nil {
+		_ = s.Client.Disconnect(context.Background())
+		return nil, err
+	}
+	if s.noIndexes, err = s.IsFerretDB(ctx); err != nil {
+		_ = s.Client.Disconnect(context.Background())
+		return nil, err
+	}
+	return s, nil
+}
+
+// Open is Connect without creating indexes, for a process that only reads or keeps its own
+// small collections (the publisher's run records): index creation is the listener's job.
+func Open(cfg Config, appName string) (*Store, error) {
 	opts := options.Client().ApplyURI(cfg.URI).
 		SetAppName(appName).
 		SetServerSelectionTimeout(5 * time.Second).
@@ -151,12 +176,7 @@ func Connect(ctx context.Context, cfg Config, appName string) (*Store, error) {
 		return nil, fmt.Errorf("connect to mongodb %s: %w", redact(cfg.URI), err)
 	}
 	db := client.Database(cfg.Database)
-	s := &Store{Client: client, DB: db, Sessions: db.Collection(SessionsCollection), Rejected: db.Collection(RejectedCollection)}
-	if err := s.EnsureIndexes(ctx); err != nil {
-		_ = client.Disconnect(context.Background())
-		return nil, err
-	}
-	return s, nil
+	return &Store{Client: client, DB: db, Sessions: db.Collection(SessionsCollection), Rejected: db.Collection(RejectedCollection)}, nil
 }
 
 // Close disconnects.
@@ -170,45 +190,131 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// EnsureIndexes creates the indexes the listener and API rely on; it is idempotent. Only
-// missing indexes are created: FerretDB v1 drops the connection (an internal panic) when
-// createIndexes names an index that already exists, which MongoDB would accept as a no-op.
+// EnsureIndexes creates the indexes the listener and API rely on; it is idempotent and safe to
+// call from several processes at once. Only missing indexes are created: FerretDB v1 drops the
+// connection (an internal panic) when createIndexes names an index that already exists, which
+// MongoDB would accept as a no-op, and it panics the same way when two clients create the same
+// index at the same time (the listener and the API of `chargesim run` starting together, or
+// several listener replicas). So one caller at a time creates them: the one that holds a
+// short lease in the locks collection; the others wait until the indexes exist (or the lease
+// of a holder that died expires, and take it over).
 func (s *Store) EnsureIndexes(ctx context.Context) error {
 	sessions := []mongo.IndexModel{
 		{Keys: bson.D{{Key: "charger_id", Value: 1}, {Key: "ended_at", Value: -1}}, Options: options.Index().SetName("charger_ended")},
 		{Keys: bson.D{{Key: "ended_at", Value: -1}}, Options: options.Index().SetName("ended")},
 	}
 	rejected := []mongo.IndexModel{{Keys: bson.D{{Key: "received_at", Value: -1}}, Options: options.Index().SetName("received")}}
-	if err := ensureIndexes(ctx, s.Sessions, sessions); err != nil {
-		return err
+	want := []indexSet{{s.Sessions, sessions}, {s.Rejected, rejected}}
+	locks := s.DB.Collection(LocksCollection)
+	for {
+		missing, err := missingIndexes(ctx, want)
+		if err != nil || len(missing) == 0 {
+			return err
+		}
+		release, err := takeLease(ctx, locks, indexLease, indexLeaseTTL)
+		if err != nil {
+			return err
+		}
+		if release != nil {
+			// Listed again under the lease: the previous holder may have just finished.
+			if missing, err = missingIndexes(ctx, want); err == nil {
+				err = createIndexes(ctx, missing)
+			}
+			release()
+			return err
+		}
+		select { // another process is creating them
+		case <-ctx.Done():
+			return fmt.Errorf("wait for another process to create the indexes: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	return ensureIndexes(ctx, s.Rejected, rejected)
 }
 
-func ensureIndexes(ctx context.Context, coll *mongo.Collection, models []mongo.IndexModel) error {
-	specs, err := coll.Indexes().ListSpecifications(ctx)
-	if err != nil {
-		return fmt.Errorf("list indexes on %s: %w", coll.Name(), err)
+// LocksCollection holds the leases that serialise schema changes between processes.
+const LocksCollection = "locks"
+
+const (
+	indexLease = "ensure-indexes"
+	// indexLeaseTTL bounds how long a holder that died blocks the others; creating the
+	// indexes of an empty or small collection takes milliseconds.
+	indexLeaseTTL = 30 * time.Second
+)
+
+type indexSet struct {
+	coll   *mongo.Collection
+	models []mongo.IndexModel
+}
+
+// takeLease inserts the lease document name (an _id insert is atomic on every server). It
+// returns a release function when this caller holds the lease, nil when someone else does;
+// an expired lease is removed (only if unchanged since read) so the next attempt can take it.
+func takeLease(ctx context.Context, locks *mongo.Collection, name string, ttl time.Duration) (func(), error) {
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	_, err := locks.InsertOne(ctx, bson.D{{Key: "_id", Value: name}, {Key: "expires_at", Value: now.Add(ttl)}})
+	if err == nil {
+		return func() {
+			// A lease left behind expires after ttl, so a failed release only delays others.
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_, _ = locks.DeleteOne(dctx, bson.D{{Key: "_id", Value: name}})
+		}, nil
 	}
-	have := make(map[string]bool, len(specs))
-	for _, spec := range specs {
-		have[spec.Name] = true
+	if !mongo.IsDuplicateKeyError(err) {
+		return nil, fmt.Errorf("take lease %s: %w", name, err)
 	}
-	var missing []mongo.IndexModel
-	for _, m := range models {
-		var o options.IndexOptions
-		for _, set := range m.Options.List() {
-			_ = set(&o)
+	var held struct {
+		ExpiresAt time.Time `bson:"expires_at"`
+	}
+	switch err := locks.FindOne(ctx, bson.D{{Key: "_id", Value: name}}).Decode(&held); {
+	case errors.Is(err, mongo.ErrNoDocuments):
+		return nil, nil // released meanwhile: the next attempt takes it
+	case err != nil:
+		return nil, fmt.Errorf("read lease %s: %w", name, err)
+	}
+	if now.After(held.ExpiresAt) {
+		_, err := locks.DeleteOne(ctx, bson.D{{Key: "_id", Value: name}, {Key: "expires_at", Value: held.ExpiresAt}})
+		if err != nil {
+			return nil, fmt.Errorf("remove expired lease %s: %w", name, err)
 		}
-		if o.Name == nil || !have[*o.Name] {
-			missing = append(missing, m)
+	}
+	return nil, nil
+}
+
+// missingIndexes returns, per collection, the models whose index does not exist yet.
+func missingIndexes(ctx context.Context, want []indexSet) ([]indexSet, error) {
+	var missing []indexSet
+	for _, w := range want {
+		specs, err := w.coll.Indexes().ListSpecifications(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list indexes on %s: %w", w.coll.Name(), err)
+		}
+		have := make(map[string]bool, len(specs))
+		for _, spec := range specs {
+			have[spec.Name] = true
+		}
+		var models []mongo.IndexModel
+		for _, m := range w.models {
+			var o options.IndexOptions
+			for _, set := range m.Options.List() {
+				_ = set(&o)
+			}
+			if o.Name == nil || !have[*o.Name] {
+				models = append(models, m)
+			}
+		}
+		if len(models) > 0 {
+			missing = append(missing, indexSet{w.coll, models})
 		}
 	}
-	if len(missing) == 0 {
-		return nil
-	}
-	if _, err := coll.Indexes().CreateMany(ctx, missing); err != nil {
-		return fmt.Errorf("create indexes on %s: %w", coll.Name(), err)
+	return missing, nil
+}
+
+func createIndexes(ctx context.Context, sets []indexSet) error {
+	for _, s := range sets {
+		if _, err := s.coll.Indexes().CreateMany(ctx, s.models); err != nil {
+			return fmt.Errorf("create indexes on %s: %w", s.coll.Name(), err)
+		}
 	}
 	return nil
 }

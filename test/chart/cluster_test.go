@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/chargesim/chargesim/test/testenv"
 )
 
 var (
@@ -123,7 +125,7 @@ func writeKubeconformSchemas(t testing.TB, kc, dir string) map[string]bool {
 		Definitions map[string]map[string]any `json:"definitions"`
 	}
 	// CRD schemas reach the OpenAPI document a moment after the CRD is Established.
-	eventually(t, 60*time.Second, "CRDs in /openapi/v2", func() error {
+	testenv.Eventually(t, 60*time.Second, "CRDs in /openapi/v2", func() error {
 		raw := kubectl(t, kc, nil, "get", "--raw", "/openapi/v2")
 		doc.Definitions = nil
 		if err := json.Unmarshal([]byte(raw), &doc); err != nil {

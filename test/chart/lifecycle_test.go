@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/chargesim/chargesim/test/testenv"
 )
 
 const (
@@ -107,7 +109,7 @@ func jsonpath(t testing.TB, kc string, args ...string) string {
 func waitReady(t testing.TB, kc, ns, sim string) {
 	t.Helper()
 	start := time.Now()
-	eventually(t, 2*time.Minute, "ChargerSimulation "+sim+" Ready", func() error {
+	testenv.Eventually(t, 2*time.Minute, "ChargerSimulation "+sim+" Ready", func() error {
 		r := kubectlResult(t, kc, nil, "-n", ns, "get", "chargersimulation", sim, "-o",
 			`jsonpath={.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].reason}`)
 		if r.err != nil {
@@ -232,7 +234,7 @@ func TestLifecycle(t *testing.T) {
 			t.Fatalf("operator ReplicaSets before upgrade: %v", before)
 		}
 		helmIn(t, kc, "upgrade", release, chartDir, "-n", ns, "--reuse-values", "--set", "operator.logLevel=debug", "--wait", "--timeout", "3m")
-		eventually(t, time.Minute, "operator rolled to a new ReplicaSet", func() error {
+		testenv.Eventually(t, time.Minute, "operator rolled to a new ReplicaSet", func() error {
 			rs := strings.Fields(jsonpath(t, kc, "-n", ns, "get", "replicasets", "-l", sel, "-o",
 				`jsonpath={range .items[*]}{.metadata.name}={.status.replicas}/{.status.readyReplicas} {end}`))
 			if len(rs) != 2 {
@@ -265,7 +267,7 @@ func TestLifecycle(t *testing.T) {
 		op.stop(t)
 		waitGCWatchesSimulations(t, kc, ns)
 		helmIn(t, kc, "uninstall", release, "-n", ns, "--wait", "--timeout", "3m")
-		eventually(t, 2*time.Minute, "nothing left after uninstall", func() error {
+		testenv.Eventually(t, 2*time.Minute, "nothing left after uninstall", func() error {
 			if l := leftovers(t, kc, ns); len(l) > 0 {
 				return fmt.Errorf("left behind: %v", l)
 			}
@@ -291,7 +293,7 @@ func TestLifecycle(t *testing.T) {
 		}
 		// What remains is the CRD, the user's simulation and what it owns.
 		uid := jsonpath(t, kc, "-n", ns, "get", "chargersimulation", "kept", "-o", "jsonpath={.metadata.uid}")
-		eventually(t, 2*time.Minute, "only the kept CRD and simulation left", func() error {
+		testenv.Eventually(t, 2*time.Minute, "only the kept CRD and simulation left", func() error {
 			var unexpected []string
 			for _, o := range leftovers(t, kc, ns) {
 				if o == "customresourcedefinition.apiextensions.k8s.io/chargersimulations.chargesim.io" ||
@@ -320,8 +322,23 @@ func TestLifecycle(t *testing.T) {
 		}
 		kubectl(t, kc, nil, "-n", ns, "delete", "chargersimulation", "kept", "--wait")
 		helmIn(t, kc, "uninstall", release, "-n", ns, "--wait")
+		// The garbage collector resolves a dependent's owner through the CRD: deleting the CRD
+		// before it has collected the simulation's children would orphan them for good (a
+		// simulation has a dozen children). Users are told the same (docs/operator.md).
+		testenv.Eventually(t, 2*time.Minute, "children of the deleted simulation collected", func() error {
+			var left []string
+			for _, o := range leftovers(t, kc, ns) {
+				if o != "customresourcedefinition.apiextensions.k8s.io/chargersimulations.chargesim.io" {
+					left = append(left, o)
+				}
+			}
+			if len(left) > 0 {
+				return fmt.Errorf("left: %v", left)
+			}
+			return nil
+		})
 		kubectl(t, kc, nil, "delete", "crd", "chargersimulations.chargesim.io", "--wait")
-		eventually(t, 2*time.Minute, "namespace empty", func() error {
+		testenv.Eventually(t, 2*time.Minute, "namespace empty", func() error {
 			if l := leftovers(t, kc, ns); len(l) > 0 {
 				return fmt.Errorf("left behind: %v", l)
 			}
@@ -339,7 +356,7 @@ func TestLifecycle(t *testing.T) {
 func waitGCWatchesSimulations(t testing.TB, kc, ns string) {
 	t.Helper()
 	start := time.Now()
-	eventually(t, 2*time.Minute, "garbage collector watching ChargerSimulations", func() error {
+	testenv.Eventually(t, 2*time.Minute, "garbage collector watching ChargerSimulations", func() error {
 		// suspend: the operator is stopped anyway; the canary must not look like a workload.
 		kubectl(t, kc, []byte(fmt.Sprintf(`apiVersion: chargesim.io/v1alpha1
 kind: ChargerSimulation

@@ -187,21 +187,3 @@ func kubectlResult(t testing.TB, kc string, stdin []byte, args ...string) result
 	t.Helper()
 	return run(context.Background(), nil, stdin, tool(t, "kubectl"), append([]string{"--kubeconfig", kc}, args...)...)
 }
-
-// eventually polls f every 200ms until it returns nil or the timeout passes, then fails with
-// f's last error. It waits for asynchronous controllers (kube-controller-manager, the
-// operator), never to measure speed.
-func eventually(t testing.TB, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %s: %v", what, timeout, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}

@@ -94,7 +94,9 @@ var contract = map[string][]string{
 	"listener": {"chargesim_listener_messages_received_total", "chargesim_listener_sessions_stored_total",
 		"chargesim_listener_duplicates_total", "chargesim_listener_rejected_total", "chargesim_listener_batch_size",
 		"chargesim_listener_write_duration_seconds", "chargesim_listener_write_errors_total", "chargesim_listener_lag_seconds",
-		"chargesim_listener_pending", "chargesim_listener_inflight_batches", "chargesim_listener_connected"},
+		"chargesim_listener_pending", "chargesim_listener_inflight_batches", "chargesim_listener_connected",
+		"chargesim_listener_lag_window_p99_seconds", "chargesim_listener_falling_behind",
+		"chargesim_listener_backpressure_seconds_total", "chargesim_listener_write_concurrency_limit"},
 	"api": {"chargesim_api_requests_total", "chargesim_api_request_duration_seconds"},
 	"broker": {"chargesim_broker_clients_connected", "chargesim_broker_messages_received_total", "chargesim_broker_messages_sent_total",
 		"chargesim_broker_messages_dropped_total", "chargesim_broker_inflight_messages", "chargesim_broker_subscriptions"},
@@ -151,7 +153,7 @@ func TestComponentMetrics(t *testing.T) {
 	startProc(t, "api", "http://"+apiHTTP+"/readyz", append(env, "CHARGESIM_MONGO_URI="+ferret.URI), "api", "--http-addr="+apiHTTP)
 
 	// Some traffic, so histograms and labelled counters have series.
-	eventually(t, time.Minute, "sessions stored", func() error {
+	testenv.Eventually(t, time.Minute, "sessions stored", func() error {
 		if !regexp.MustCompile(`(?m)^chargesim_listener_sessions_stored_total [1-9]`).MatchString(scrape(t, "http://"+lisHTTP+"/metrics")) {
 			return fmt.Errorf("none yet")
 		}

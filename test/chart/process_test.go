@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/chargesim/chargesim/test/testenv"
 )
 
 // proc is a chargesim subcommand started by a test, logging to a file that is printed when the
@@ -46,7 +48,7 @@ func startProc(t testing.TB, name, readyURL string, env []string, args ...string
 			t.Logf("%s log:\n%s", name, tail([]byte(p.log()), 8000))
 		}
 	})
-	eventually(t, 60*time.Second, name+" ready at "+readyURL, func() error {
+	testenv.Eventually(t, 60*time.Second, name+" ready at "+readyURL, func() error {
 		select {
 		case <-p.done:
 			t.Fatalf("%s exited:\n%s", name, tail([]byte(p.log()), 4000))

@@ -22,6 +22,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/chargesim/chargesim/api/v1alpha1"
+	"github.com/chargesim/chargesim/test/testenv"
 )
 
 // cachedCost is what the operator would pay without its label-selected cache: the heap an
@@ -143,7 +144,7 @@ func BenchmarkOperator(b *testing.B) {
 		created := time.Since(start)
 		// The operator's share: every child applied (what follows is the cluster's controllers,
 		// scheduler and kwok making pods and reporting them).
-		eventually(b, 30*time.Minute, "all children applied", func() error {
+		testenv.Eventually(b, 30*time.Minute, "all children applied", func() error {
 			deps, sts := &appsv1.DeploymentList{}, &appsv1.StatefulSetList{}
 			if err := k8s.List(bg, deps, client.InNamespace(ns)); err != nil {
 				return err
@@ -158,7 +159,7 @@ func BenchmarkOperator(b *testing.B) {
 			return nil
 		})
 		applied := time.Since(start)
-		eventually(b, 30*time.Minute, fmt.Sprintf("%d simulations Ready", sims), func() error {
+		testenv.Eventually(b, 30*time.Minute, fmt.Sprintf("%d simulations Ready", sims), func() error {
 			list := &v1alpha1.ChargerSimulationList{}
 			if err := k8s.List(bg, list, client.InNamespace(ns)); err != nil {
 				return err

@@ -283,20 +283,6 @@ func denials() (int, string) {
 	return n, last
 }
 
-// eventually retries check until it succeeds; the deadline only bounds a hung test.
-func eventually(t testing.TB, limit time.Duration, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = check(); err == nil {
-			return
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	t.Fatalf("%s: %v", what, err)
-}
-
 func scrape(url string) (string, error) {
 	resp, err := http.Get(url)
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/chargesim/chargesim/api/v1alpha1"
+	"github.com/chargesim/chargesim/test/testenv"
 )
 
 func newNamespace(t testing.TB, prefix string) string {
@@ -137,7 +138,7 @@ func TestSamples(t *testing.T) {
 
 	t.Run("ready", func(t *testing.T) {
 		for _, name := range []string{"minimal", "full"} {
-			eventually(t, 5*time.Minute, name+" Ready", func() error { return readyForGeneration(getSim(t, ns, name)) })
+			testenv.Eventually(t, 5*time.Minute, name+" Ready", func() error { return readyForGeneration(getSim(t, ns, name)) })
 			assertReallyAvailable(t, getSim(t, ns, name))
 		}
 		full := getSim(t, ns, "full")
@@ -192,7 +193,7 @@ func TestSamples(t *testing.T) {
 		if out, err := kubectl("scale", "-n", ns, "csim/minimal", "--replicas=3"); err != nil {
 			t.Fatalf("kubectl scale: %v\n%s", err, out)
 		}
-		eventually(t, 5*time.Minute, "minimal scaled and Ready", func() error {
+		testenv.Eventually(t, 5*time.Minute, "minimal scaled and Ready", func() error {
 			sim := getSim(t, ns, "minimal")
 			if sim.Status.Publisher.ReadyReplicas != 3 {
 				// Say whether the operator or the cluster is behind.
@@ -232,7 +233,7 @@ func TestSamples(t *testing.T) {
 		if out, err := kubectl("delete", "-n", ns, "deployment/minimal-api", "--wait=false"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
-		eventually(t, 3*time.Minute, "minimal-api recreated and Ready", func() error {
+		testenv.Eventually(t, 3*time.Minute, "minimal-api recreated and Ready", func() error {
 			d := &appsv1.Deployment{}
 			if err := k8s.Get(bg, types.NamespacedName{Namespace: ns, Name: "minimal-api"}, d); err != nil {
 				return err
@@ -251,7 +252,7 @@ func TestSamples(t *testing.T) {
 
 	t.Run("metrics", func(t *testing.T) {
 		var text string
-		eventually(t, time.Minute, "both samples counted Ready", func() error {
+		testenv.Eventually(t, time.Minute, "both samples counted Ready", func() error {
 			var err error
 			if text, err = scrape(opMetrics); err != nil {
 				return err
@@ -289,7 +290,7 @@ func TestSamples(t *testing.T) {
 		if out, err := kubectl("delete", "-n", ns, "csim/full", "--wait=true", "--timeout=120s"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
-		eventually(t, 3*time.Minute, "children of full collected", func() error {
+		testenv.Eventually(t, 3*time.Minute, "children of full collected", func() error {
 			out, err := kubectl("get", "deployments,statefulsets,services,configmaps,pods", "-n", ns,
 				"-l", "app.kubernetes.io/instance=full", "-o", "name")
 			if err != nil {
@@ -328,7 +329,7 @@ func TestPublisherWaitsForListenerInCluster(t *testing.T) {
 	if err := k8s.Create(bg, sim); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Minute, "WaitingForListener", func() error {
+	testenv.Eventually(t, 2*time.Minute, "WaitingForListener", func() error {
 		sim := getSim(t, ns, "late")
 		c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionProgressing)
 		if c == nil || c.ObservedGeneration != sim.Generation || c.Reason != v1alpha1.ReasonWaitingForListener {
@@ -352,7 +353,7 @@ func TestPublisherWaitsForListenerInCluster(t *testing.T) {
 		"-p", `[{"op":"remove","path":"/spec/listener/resources"}]`); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	eventually(t, 5*time.Minute, "late Ready", func() error { return readyForGeneration(getSim(t, ns, "late")) })
+	testenv.Eventually(t, 5*time.Minute, "late Ready", func() error { return readyForGeneration(getSim(t, ns, "late")) })
 	assertReallyAvailable(t, getSim(t, ns, "late"))
 }
 
@@ -365,7 +366,7 @@ func TestMissingSecretInCluster(t *testing.T) {
 	if err := k8s.Create(bg, sim); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, time.Minute, "Degraded SecretNotFound", func() error {
+	testenv.Eventually(t, time.Minute, "Degraded SecretNotFound", func() error {
 		c := meta.FindStatusCondition(getSim(t, ns, "lonely").Status.Conditions, v1alpha1.ConditionDegraded)
 		if c == nil || c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonSecretNotFound {
 			return fmt.Errorf("Degraded %+v", c)
@@ -380,7 +381,7 @@ func TestMissingSecretInCluster(t *testing.T) {
 	if err := k8s.Create(bg, secret); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Minute, "recovers and becomes Ready", func() error { return readyForGeneration(getSim(t, ns, "lonely")) })
+	testenv.Eventually(t, 5*time.Minute, "recovers and becomes Ready", func() error { return readyForGeneration(getSim(t, ns, "lonely")) })
 }
 
 // metricValue returns the value of the sample with exactly this name and labels (0 if absent).

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -208,3 +209,32 @@ func (f *FerretDB) Start() {
 
 // Running reports whether the FerretDB process is up.
 func (f *FerretDB) Running() bool { return f.p.running() }
+
+// Pid is the FerretDB process ID (for its memory in benchmarks), 0 when it is not running.
+func (f *FerretDB) Pid() int {
+	if !f.p.running() {
+		return 0
+	}
+	return f.p.cmd.Process.Pid
+}
+
+// AssertNoPanic fails tb when FerretDB's log reports a panic: FerretDB v1 recovers some of its
+// bugs (e.g. createIndexes racing with itself) as a panic that drops the client's connection,
+// which a client sees only as a network error.
+func (f *FerretDB) AssertNoPanic(tb testing.TB) {
+	tb.Helper()
+	b, err := os.ReadFile(f.LogPath)
+	if err != nil {
+		tb.Fatalf("testenv: read ferretdb log: %v", err)
+	}
+	var hits []string
+	for _, line := range strings.Split(string(b), "\n") {
+		// Only FerretDB's own lines: testenv's header names the test, which may say "panic".
+		if !strings.HasPrefix(line, "--- testenv") && strings.Contains(strings.ToLower(line), "panic") {
+			hits = append(hits, line)
+		}
+	}
+	if len(hits) > 0 {
+		tb.Errorf("ferretdb log %s reports %d panic line(s):\n%s", f.LogPath, len(hits), strings.Join(hits[:min(len(hits), 20)], "\n"))
+	}
+}

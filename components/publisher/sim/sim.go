@@ -2,9 +2,16 @@
 // starts its sessions, and what each session delivers.
 //
 // Nothing here is stored per charger. Every value is a pure function of (seed, charger ID) or
-// (seed, charger ID, session number), drawn from a PCG stream seeded with those numbers, so a
+// (seed, charger ID, slot), drawn from a PCG stream seeded with those numbers, so a
 // million-charger fleet costs no memory beyond its schedule, and a run is reproducible whatever
 // the order in which a scheduler (or a shard) happens to ask.
+//
+// Time is a fixed grid anchored at a configured epoch (Params.Epoch, Params.Interval): slot n
+// of a charger fires at SlotTime(charger, n) and its session ID is that time in microseconds.
+// So a session — key, timing and physics — is a pure function of (seed, charger, slot): a
+// restarted publisher, a clock step or two shards briefly owning one charger produce the same
+// keys, which the store's idempotence turns into no-ops, and an audit can recompute exactly
+// which sessions a window must hold.
 package sim
 
 import (
@@ -50,7 +57,7 @@ var (
 	vehicleACWeights = []float64{0.25, 0.6, 0.15}
 )
 
-// Params are the fleet-wide settings the physics depends on.
+// Params are the fleet-wide settings the physics and the schedule depend on.
 type Params struct {
 	Seed       uint64
 	Connectors int     // connectors per charger (≥ 1)
@@ -59,20 +66,31 @@ type Params struct {
 	DCTariff   float64 // cents per kWh
 	SessionFee float64 // cents per session
 	Jitter     float64 // fraction of the interval by which a start is shifted, 0..1
+
+	// The time grid: slot n of every charger belongs to the interval [Epoch + (n−1)·Interval,
+	// Epoch + (n+1)·Interval) (see SlotTime). Epoch is Unix nanoseconds, Interval wall-clock
+	// nanoseconds (the session interval divided by the time scale). Both are configuration,
+	// never the clock of a process, so every process computes the same slots.
+	Epoch    int64
+	Interval int64
 }
 
 // Stream domains keep the per-charger and per-session streams apart even for equal numbers.
 const (
 	domainCharger = 0x9e3779b97f4a7c15
 	domainSession = 0xc2b2ae3d27d4eb4f
+	// mixCharger spreads charger numbers over the stream's high word (odd: a bijection).
+	mixCharger = 0xd6e8feb86659fd93
 )
 
 // rng is a PCG stream with the few draws the model needs. It lives on the stack.
 type rng struct{ p rand.PCG }
 
+// newRNG seeds the stream of (seed, domain, a, b): distinct (a, b) give distinct PCG states,
+// with a 64-bit b so that slot numbers never wrap.
 func newRNG(seed, domain, a, b uint64) rng {
 	var r rng
-	r.p.Seed(seed^domain, a<<32|b&0xffffffff)
+	r.p.Seed(seed^domain+a*mixCharger, b)
 	return r
 }
 
@@ -113,40 +131,97 @@ func (p *Params) Phase(charger uint32) float64 {
 	return r.float()
 }
 
-// Start returns when session n (0, 1, …) of a charger fires, in session intervals since the
-// fleet started: n − 1 + phase + Jitter·(u − ½) with u uniform per session. Starts stay ordered
-// (two consecutive ones are at least 1 − Jitter intervals apart) and the mean rate is exactly
-// one per interval. The first starts are negative: a scheduler begins with the first session
-// at or after 0 (FirstSession), so that, as in a fleet that has always been running, every
-// moment from the first one sees the same rate.
-func (p *Params) Start(charger uint32, n uint32) float64 {
-	return float64(n) - 1 + p.Phase(charger) + p.shift(charger, n)
+// Start returns when slot n (0, 1, …) of a charger ends, in intervals since the epoch:
+// n − 1 + phase + Jitter·(u − ½) with u uniform per slot. Starts stay ordered (two
+// consecutive ones are at least 1 − Jitter intervals apart) and the mean rate is exactly one
+// per interval.
+func (p *Params) Start(charger uint32, n uint64) float64 {
+	return float64(n) - 1 + p.offset(charger, n)
 }
 
-// Gap returns Start(charger, n+1) − Start(charger, n), in intervals (≥ 1 − Jitter). A scheduler
-// advancing by gaps never needs the absolute session number, so when n wraps around after
-// 2³² sessions the schedule goes on (and the session sequence starts over).
-func (p *Params) Gap(charger uint32, n uint32) float64 {
-	return 1 + p.shift(charger, n+1) - p.shift(charger, n)
+// offset is the slot's place in its interval: phase + shift, in (−½, 1.5).
+func (p *Params) offset(charger uint32, n uint64) float64 {
+	return p.Phase(charger) + p.shift(charger, n)
 }
 
-// FirstSession is the number of a charger's first session at or after the fleet's start
-// (0, 1 or 2).
-func (p *Params) FirstSession(charger uint32) uint32 {
-	n := uint32(0)
-	for p.Start(charger, n) < 0 {
+// shift is the jitter of start n: Jitter·(u − ½), u the first draw of the session's stream.
+func (p *Params) shift(charger uint32, n uint64) float64 {
+	if p.Jitter == 0 {
+		return 0
+	}
+	r := newRNG(p.Seed, domainSession, uint64(charger), n)
+	return p.Jitter * (r.float() - 0.5)
+}
+
+// SlotTime returns when slot n of a charger fires (the session ends), in Unix nanoseconds:
+// Epoch + (n−1)·Interval + offset·Interval. The whole intervals are integer arithmetic and the
+// offset is one rounded product (the explicit conversion forbids a fused multiply-add), so
+// every process and architecture computes the same nanosecond. It saturates at MaxInt64.
+func (p *Params) SlotTime(charger uint32, n uint64) int64 {
+	if p.Interval <= 0 {
+		return p.Epoch
+	}
+	if lim := (math.MaxInt64 - p.Epoch) / p.Interval; lim < 3 || n > uint64(lim-3) {
+		return math.MaxInt64
+	}
+	off := int64(float64(p.offset(charger, n) * float64(p.Interval)))
+	return p.Epoch + (int64(n)-1)*p.Interval + off
+}
+
+// SlotAt returns the first slot of a charger that fires at or after t (Unix nanoseconds); slots
+// before the epoch do not exist (the result is at least 0).
+func (p *Params) SlotAt(charger uint32, t int64) uint64 {
+	n := uint64(0)
+	if p.Interval > 0 && t > p.Epoch {
+		// Slot n fires in [Epoch+(n−1.5)·I, Epoch+(n+0.5)·I): start two below the estimate.
+		n = uint64((t-p.Epoch)/p.Interval) + 1
+		n -= min(n, 3)
+	}
+	for p.SlotTime(charger, n) < t {
 		n++
 	}
 	return n
 }
 
-// shift is the jitter of start n: Jitter·(u − ½), u the first draw of the session's stream.
-func (p *Params) shift(charger uint32, n uint32) float64 {
-	if p.Jitter == 0 {
-		return 0
+// SessionID is the wire ID of slot n of a charger: the slot's time in Unix microseconds. Two
+// slots of a charger are at least (1 − Jitter)·Interval apart, which the publisher keeps above
+// MinSlotGap, so IDs never repeat per charger; below 2^53 until the year 2255.
+func (p *Params) SessionID(charger uint32, n uint64) int64 {
+	return p.SlotTime(charger, n) / 1000
+}
+
+// MinSlotGap is the least wall-clock time between two slots of a charger that keeps session
+// IDs (microseconds) distinct: a microsecond, plus room for the rounding of SlotTime.
+const MinSlotGap = 2 * time.Microsecond
+
+// SlotOfID returns the slot whose session ID is id, if any: the inverse of SessionID, used to
+// tell keys the simulation produces from foreign ones.
+func (p *Params) SlotOfID(charger uint32, id int64) (uint64, bool) {
+	if id < 0 || id > math.MaxInt64/1000 {
+		return 0, false
 	}
-	r := newRNG(p.Seed, domainSession, uint64(charger), uint64(n))
-	return p.Jitter * (r.float() - 0.5)
+	t := id * 1000
+	if t < p.Epoch-2*p.Interval {
+		return 0, false
+	}
+	n := p.SlotAt(charger, t)
+	if p.SessionID(charger, n) == id {
+		return n, true
+	}
+	return 0, false
+}
+
+// connector draws the connector of a session: the second draw of its stream.
+func (r *rng) connector(connectors int) int {
+	return 1 + int(r.p.Uint64()%uint64(max(connectors, 1)))
+}
+
+// Connector returns the connector of slot n of a charger (what Session(charger, n).Connector
+// is, without the physics): with the session ID it makes the session's key.
+func (p *Params) Connector(charger uint32, n uint64) int {
+	r := newRNG(p.Seed, domainSession, uint64(charger), n)
+	_ = r.float()
+	return r.connector(p.Connectors)
 }
 
 // Draw is one simulated session: the vehicle, the charge, its duration and cost. Energies in
@@ -173,15 +248,14 @@ type Draw struct {
 	flatHours, taperHours, taperKW, lambda float64
 }
 
-// Session draws session n of a charger. Deterministic in (Seed, charger, n).
-func (p *Params) Session(charger uint32, n uint32) Draw {
+// Session draws the session of slot n of a charger. Deterministic in (Seed, charger, n).
+func (p *Params) Session(charger uint32, n uint64) Draw {
 	var d Draw
 	d.Class = p.ClassOf(charger)
-	r := newRNG(p.Seed, domainSession, uint64(charger), uint64(n))
+	r := newRNG(p.Seed, domainSession, uint64(charger), n)
 	_ = r.float() // the first draw is the start jitter
 
-	conns := max(p.Connectors, 1)
-	d.Connector = 1 + int(r.p.Uint64()%uint64(conns))
+	d.Connector = r.connector(p.Connectors)
 	d.BatteryKWh = round(r.between(MinBatteryKWh, MaxBatteryKWh), 1)
 	d.StartSoC = round(r.between(MinStartSoC, MaxStartSoC), 1)
 	if d.Class.DC {

@@ -13,14 +13,14 @@ func testParams(seed uint64) Params {
 }
 
 // forSessions calls f for sessions of many chargers under many seeds (property-style).
-func forSessions(t *testing.T, f func(t *testing.T, p *Params, charger, n uint32, d *Draw)) {
+func forSessions(t *testing.T, f func(t *testing.T, p *Params, charger uint32, n uint64, d *Draw)) {
 	t.Helper()
 	for seed := uint64(1); seed <= 40; seed++ {
 		p := testParams(seed)
 		p.DCShare = float64(seed%5) / 4 // 0, .25, .5, .75, 1: both kinds under every seed family
 		p.SessionFee = float64(seed % 3 * 25)
 		for charger := uint32(1); charger <= 50; charger++ {
-			for n := uint32(0); n < 5; n++ {
+			for n := uint64(0); n < 5; n++ {
 				d := p.Session(charger, n)
 				f(t, &p, charger, n, &d)
 				if t.Failed() {
@@ -32,7 +32,7 @@ func forSessions(t *testing.T, f func(t *testing.T, p *Params, charger, n uint32
 }
 
 func TestSessionPhysics(t *testing.T) {
-	forSessions(t, func(t *testing.T, p *Params, charger, n uint32, d *Draw) {
+	forSessions(t, func(t *testing.T, p *Params, charger uint32, n uint64, d *Draw) {
 		if d.BatteryKWh < MinBatteryKWh || d.BatteryKWh > MaxBatteryKWh {
 			t.Errorf("battery %g kWh outside %g..%g", d.BatteryKWh, MinBatteryKWh, MaxBatteryKWh)
 		}
@@ -81,7 +81,7 @@ func TestSessionPhysics(t *testing.T) {
 // The closed-form curve must agree with a plain numerical integration of the model, both in
 // time (energy = ∫P dt) and in SoC (duration = ∫ B/(100·P(soc)) dsoc).
 func TestEnergyIsIntegralOfPower(t *testing.T) {
-	forSessions(t, func(t *testing.T, p *Params, charger, n uint32, d *Draw) {
+	forSessions(t, func(t *testing.T, p *Params, charger uint32, n uint64, d *Draw) {
 		const steps = 4000
 		dt := d.DurationSeconds / steps
 		var energy, peak float64
@@ -148,7 +148,7 @@ func TestDCTapersAboveKnee(t *testing.T) {
 
 func TestFilledSessionIsValidAndRoundTrips(t *testing.T) {
 	end := time.Date(2025, 3, 4, 5, 6, 7, 891_234_567, time.Local)
-	forSessions(t, func(t *testing.T, p *Params, charger, n uint32, d *Draw) {
+	forSessions(t, func(t *testing.T, p *Params, charger uint32, n uint64, d *Draw) {
 		var s session.Session
 		id := int64(1_700_000_000_000_000) + int64(charger)*1000 + int64(n)
 		cid := ChargerID(charger)
@@ -177,14 +177,14 @@ func TestDeterministicPerSeed(t *testing.T) {
 	a, b := testParams(42), testParams(42)
 	var first []Draw
 	for c := uint32(1); c <= 100; c++ {
-		for n := uint32(0); n < 10; n++ {
+		for n := uint64(0); n < 10; n++ {
 			first = append(first, a.Session(c, n))
 		}
 	}
 	// Asked in another order (as another scheduler or shard would), same answers.
 	for c := uint32(100); c >= 1; c-- {
-		for n := uint32(9); n < 10; n-- {
-			if got, want := b.Session(c, n), first[(c-1)*10+n]; got != want {
+		for n := uint64(9); n < 10; n-- {
+			if got, want := b.Session(c, n), first[uint64(c-1)*10+n]; got != want {
 				t.Fatalf("charger %d session %d: %+v, first %+v", c, n, got, want)
 			}
 			if a.Start(c, n) != b.Start(c, n) {
@@ -243,7 +243,7 @@ func TestStartsSpreadOverInterval(t *testing.T) {
 	for c := uint32(1); c <= 200; c++ {
 		prev := p.Start(c, 0)
 		shifted := 0
-		for n := uint32(1); n < 200; n++ {
+		for n := uint64(1); n < 200; n++ {
 			s := p.Start(c, n)
 			if gap := s - prev; gap < 1-p.Jitter-1e-12 || gap > 1+p.Jitter+1e-12 {
 				t.Fatalf("charger %d: gap %g between starts %d and %d", c, gap, n-1, n)
@@ -259,12 +259,6 @@ func TestStartsSpreadOverInterval(t *testing.T) {
 			t.Fatalf("charger %d: only %d of 199 starts jittered", c, shifted)
 		}
 	}
-	for c := uint32(1); c <= 2000; c++ {
-		first := p.FirstSession(c)
-		if s := p.Start(c, first); s < 0 || s >= 1+p.Jitter || first > 0 && p.Start(c, first-1) >= 0 {
-			t.Fatalf("charger %d: first session %d starts at %g", c, first, s)
-		}
-	}
 	p.Jitter = 0
 	if got, want := p.Start(3, 7), 6+p.Phase(3); got != want {
 		t.Fatalf("without jitter start = %g, want %g", got, want)
@@ -276,7 +270,7 @@ func BenchmarkSession(b *testing.B) {
 	b.ReportAllocs()
 	var sink float64
 	for i := 0; b.Loop(); i++ {
-		d := p.Session(uint32(i%100000)+1, uint32(i/100000))
+		d := p.Session(uint32(i%100000)+1, uint64(i/100000))
 		sink += d.EnergyKWh
 	}
 	_ = sink
@@ -295,18 +289,82 @@ func BenchmarkSessionAppendJSON(b *testing.B) {
 	b.SetBytes(int64(len(buf)))
 }
 
-func TestGapMatchesStarts(t *testing.T) {
-	p := testParams(3)
-	p.Jitter = 0.7
-	for c := uint32(1); c <= 50; c++ {
-		for n := uint32(0); n < 50; n++ {
-			if got, want := p.Gap(c, n), p.Start(c, n+1)-p.Start(c, n); math.Abs(got-want) > 1e-9 {
-				t.Fatalf("Gap(%d, %d) = %g, starts differ by %g", c, n, got, want)
+func gridParams(seed uint64, jitter float64, interval time.Duration) Params {
+	p := testParams(seed)
+	p.Jitter = jitter
+	p.Epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	p.Interval = int64(interval)
+	return p
+}
+
+// Slot times follow Start on the grid, strictly increase per charger, and their session IDs
+// (microseconds) are distinct even at the smallest allowed gap.
+func TestSlotTimesOnGrid(t *testing.T) {
+	for _, tc := range []struct {
+		jitter   float64
+		interval time.Duration
+	}{{0.2, time.Minute}, {0.5, 10 * time.Millisecond}, {0.9, 20 * time.Microsecond}, {0, 2 * time.Microsecond}} {
+		p := gridParams(7, tc.jitter, tc.interval)
+		for c := uint32(1); c <= 100; c++ {
+			base := uint64(1_000_000_000 / max(1, tc.interval.Milliseconds())) // months after the epoch
+			prevT, prevID := int64(0), int64(0)
+			for n := base; n < base+300; n++ {
+				at, id := p.SlotTime(c, n), p.SessionID(c, n)
+				want := float64(p.Epoch) + p.Start(c, n)*float64(p.Interval)
+				if math.Abs(float64(at)-want) > 1e-6*float64(at) {
+					t.Fatalf("%+v charger %d slot %d at %d, Start says %.0f", tc, c, n, at, want)
+				}
+				if n > base && (at <= prevT || id <= prevID) {
+					t.Fatalf("%+v charger %d slot %d: time %d id %d after %d/%d", tc, c, n, at, id, prevT, prevID)
+				}
+				if id >= 1<<53 {
+					t.Fatalf("session ID %d beyond 2^53", id)
+				}
+				if got, ok := p.SlotOfID(c, id); !ok || got != n {
+					t.Fatalf("%+v charger %d: SlotOfID(%d) = %d, %v, want %d", tc, c, id, got, ok, n)
+				}
+				if got := p.SlotAt(c, at); got != n {
+					t.Fatalf("%+v charger %d: SlotAt(%d) = %d, want %d", tc, c, at, got, n)
+				}
+				if got := p.SlotAt(c, at+1); got != n+1 {
+					t.Fatalf("%+v charger %d: SlotAt(%d+1) = %d, want %d", tc, c, at, got, n+1)
+				}
+				prevT, prevID = at, id
 			}
 		}
-		// Past the wrap-around of the session number the gap stays a gap.
-		if g := p.Gap(c, math.MaxUint32); g < 1-p.Jitter || g > 1+p.Jitter {
-			t.Fatalf("Gap at wrap-around = %g", g)
+	}
+}
+
+// IDs of the simulation are recognised, foreign ones are not.
+func TestSlotOfIDRejectsForeignIDs(t *testing.T) {
+	p := gridParams(3, 0.2, time.Second)
+	id := p.SessionID(5, 1000)
+	for _, foreign := range []int64{id - 1, id + 1, id + 500_000, time.Now().UnixMicro(), 0, -1} {
+		if n, ok := p.SlotOfID(5, foreign); ok {
+			t.Errorf("foreign ID %d taken for slot %d", foreign, n)
+		}
+	}
+	if _, ok := p.SlotOfID(6, id); ok {
+		t.Errorf("charger 5's ID %d also valid for charger 6", id)
+	}
+	if p.SlotAt(5, p.Epoch-int64(time.Hour)) != 0 {
+		t.Error("slots before the epoch")
+	}
+}
+
+// A jitter of a whole interval, as the publisher clamps it (1 − MinSlotGap/interval), still
+// keeps session IDs distinct at the smallest interval.
+func TestFullJitterKeepsIDsDistinct(t *testing.T) {
+	interval := 4 * time.Microsecond
+	p := gridParams(5, 1-float64(MinSlotGap)/float64(interval), interval)
+	for c := uint32(1); c <= 200; c++ {
+		prev := int64(-1)
+		for n := uint64(1 << 40); n < 1<<40+2000; n++ {
+			id := p.SessionID(c, n)
+			if id <= prev {
+				t.Fatalf("charger %d slot %d: ID %d after %d", c, n, id, prev)
+			}
+			prev = id
 		}
 	}
 }

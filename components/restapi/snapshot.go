@@ -1,0 +1,214 @@
+package restapi
+
+// The snapshot read model (store.Snapshot): on a store without usable indexes (FerretDB v1)
+// the API answers totals, charger lists, /readings/ and the first pages of /api/v1/sessions
+// from one scan of the stored sessions, kept in memory and refreshed in the background. One
+// scan runs at a time whatever the number of clients, so readers cannot crowd the store out
+// of the listener's writes; responses carry the scan's start time (X-Data-As-Of) and age.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/chargesim/chargesim/components/store"
+)
+
+// errScanPending is returned when no snapshot recent enough exists and the scan computing one
+// did not finish within the request's time limit.
+var errScanPending = errors.New("the first scan of the stored sessions is still running")
+
+// snapshotNewest is how many of the newest sessions a snapshot keeps: /readings/ and the
+// first 102 pages of 100 of /api/v1/sessions, plus the one that tells whether another page
+// follows (about 10 MB).
+const snapshotNewest = 102*100 + 1
+
+// snapshots keeps the current snapshot and runs one scan at a time.
+type snapshots struct {
+	log     *slog.Logger
+	ttl     time.Duration // a snapshot younger than this is served without a refresh
+	timeout time.Duration // time limit of one scan (sent as maxTimeMS)
+	newestK int
+
+	mu       sync.Mutex
+	cur      *store.Snapshot
+	prev     *store.Snapshot // the snapshot before cur: a client walking pages keeps its place for one more refresh
+	running  chan struct{}   // closed when the running scan ends; nil when none runs
+	started  time.Time       // start of the running scan
+	lastErr  error
+	lastEnd  time.Time
+	lastTook time.Duration
+}
+
+// get returns a snapshot: a fresh one (younger than ttl), else the current one while a
+// refresh runs in the background (stale-while-revalidate; never more than one scan at a time,
+// and at most a third of the time scanning), else it waits for a scan that started after this
+// call, until ctx ends.
+func (m *snapshots) get(ctx context.Context, st *store.Store) (*store.Snapshot, error) {
+	begin := time.Now()
+	for {
+		m.mu.Lock()
+		if m.cur != nil && begin.Sub(m.cur.AsOf) <= m.ttl {
+			cur := m.cur
+			m.mu.Unlock()
+			return cur, nil
+		}
+		if m.cur != nil && m.ttl > 0 {
+			cur := m.cur
+			if m.running == nil && time.Since(m.lastEnd) >= 2*m.lastTook {
+				m.startLocked(st)
+			}
+			m.mu.Unlock()
+			return cur, nil
+		}
+		if m.running == nil {
+			m.startLocked(st)
+		}
+		done, startedBeforeUs := m.running, m.started.Before(begin)
+		m.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, errScanPending
+		}
+		m.mu.Lock()
+		err := m.lastErr
+		m.mu.Unlock()
+		if err != nil && !startedBeforeUs {
+			return nil, err
+		}
+	}
+}
+
+func (m *snapshots) startLocked(st *store.Store) {
+	done := make(chan struct{})
+	m.running, m.started = done, time.Now()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), m.timeout)
+		defer cancel()
+		sn, err := st.ScanSnapshot(ctx, m.newestK)
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.lastErr, m.lastEnd, m.running = err, time.Now(), nil
+		m.lastTook = m.lastEnd.Sub(m.started)
+		if err == nil {
+			m.prev, m.cur = m.cur, sn
+		} else {
+			m.log.Warn("scan of the stored sessions failed", "err", err, "took", m.lastTook)
+		}
+		close(done)
+	}()
+}
+
+// previous returns the snapshot before the current one, or nil.
+func (m *snapshots) previous() *store.Snapshot {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.prev
+}
+
+// retryAfter estimates, in whole seconds, when the running scan will be done.
+func (m *snapshots) retryAfter() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	left := m.lastTook - time.Since(m.started)
+	return max(1, min(int(math.Ceil(left.Seconds())), 300))
+}
+
+// snapshotFunc answers a request from a snapshot: the value to send, or a not-found detail,
+// or ok false when the snapshot cannot answer it (the store is asked instead).
+type snapshotFunc func(sn *store.Snapshot) (v any, notFound string, ok bool)
+
+// serveSnapshot answers from the snapshot read model when the server uses it; it reports
+// false when the request must be answered by the store's queries instead.
+func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request, answer snapshotFunc) bool {
+	if !s.useSnapshots() {
+		return false
+	}
+	st := s.st.Load()
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+	defer cancel()
+	sn, err := s.snaps.get(ctx, st)
+	switch {
+	case r.Context().Err() != nil:
+		s.writeStoreError(w, r, r.Context().Err())
+		return true
+	case errors.Is(err, errScanPending):
+		after := s.snaps.retryAfter()
+		w.Header().Set("Retry-After", strconv.Itoa(after))
+		writeProblem(w, Problem{Status: http.StatusServiceUnavailable,
+			Detail: fmt.Sprintf("the stored sessions are being read for the first time; retry in %d s", after)})
+		return true
+	case err != nil:
+		s.writeStoreError(w, r, err)
+		return true
+	}
+	v, notFound, ok := answer(sn)
+	if !ok {
+		// A page the current snapshot no longer holds may still be in the previous one.
+		if prev := s.snaps.previous(); prev != nil {
+			sn = prev
+			v, notFound, ok = answer(sn)
+		}
+	}
+	if !ok {
+		return false
+	}
+	if body, isBody := v.(json.RawMessage); isBody {
+		setFreshness(w.Header(), sn.AsOf, s.cfg.CacheTTL)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(body)
+		return true
+	}
+	if notFound != "" {
+		writeNotFound(w, notFound)
+		return true
+	}
+	setFreshness(w.Header(), sn.AsOf, s.cfg.CacheTTL)
+	writeJSON(w, s.log, http.StatusOK, v)
+	return true
+}
+
+// useSnapshots reports whether the connected store is read through snapshots.
+func (s *Server) useSnapshots() bool {
+	if s.snaps == nil {
+		return false
+	}
+	st := s.st.Load()
+	if st == nil {
+		return false
+	}
+	switch s.cfg.ReadModel {
+	case ReadModelSnapshot:
+		return true
+	case ReadModelQueries:
+		return false
+	}
+	return st.NoIndexes()
+}
+
+// readingsBody returns /readings/ of sn, encoded once per snapshot.
+func (s *Server) readingsBody(sn *store.Snapshot) (json.RawMessage, bool) {
+	if c := s.readingsMemo.Load(); c != nil && c.asOf.Equal(sn.AsOf) {
+		return c.body, true
+	}
+	docs, _, ok := sn.Sessions(store.SessionQuery{Limit: ReadingsLimit})
+	if !ok {
+		return nil, false
+	}
+	b, err := json.Marshal(sessionViews(docs))
+	if err != nil {
+		return nil, false
+	}
+	body := json.RawMessage(append(b, '\n'))
+	s.readingsMemo.Store(&cached{body: body, asOf: sn.AsOf})
+	return body, true
+}
