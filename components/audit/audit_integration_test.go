@@ -88,20 +88,8 @@ func (p *proc) stop(t *testing.T) {
 
 func (p *proc) metric(t *testing.T, name string) float64 {
 	t.Helper()
-	mfs, err := p.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			var sum float64
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-			return sum
-		}
-	}
-	return 0
+	v, _ := testenv.MetricSum(t, p.reg, name) // 0 before the first observation
+	return v
 }
 
 func (e *env) listener(t *testing.T) *proc {

@@ -14,6 +14,7 @@ import (
 	"github.com/chargesim/chargesim/components/publisher"
 	"github.com/chargesim/chargesim/components/session"
 	"github.com/chargesim/chargesim/components/store"
+	"github.com/chargesim/chargesim/test/testenv"
 )
 
 // The real publisher's payloads (the contract plus every extension) go through: as many
@@ -75,19 +76,9 @@ func TestRealPublisherEndToEnd(t *testing.T) {
 
 func gathered(tb testing.TB, g prometheus.Gatherer, name string) float64 {
 	tb.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		tb.Fatal(err)
+	v, ok := testenv.MetricSum(tb, g, name)
+	if !ok {
+		tb.Fatalf("metric %s not found", name)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			var sum float64
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-			return sum
-		}
-	}
-	tb.Fatalf("metric %s not found", name)
-	return 0
+	return v
 }
