@@ -53,7 +53,7 @@ test-fuzz: ## a short coverage-guided run of the payload decoder's fuzz target (
 test-integration: deps ## against real mosquitto and FerretDB (processes started per test)
 	source $(BIN)/deps.env && go test $(GO_TEST_FLAGS) -tags integration -timeout 20m ./...
 
-test-envtest: envtest-assets ## operator against a real kube-apiserver + etcd
+test-envtest: envtest-assets deps ## operator against a real kube-apiserver + etcd
 	source $(BIN)/kube.env && go test $(GO_TEST_FLAGS) -tags envtest -timeout 20m ./controllers/...
 
 test-e2e: deps ## operator on a kwok cluster (real apiserver, controller-manager, scheduler; fake nodes)
