@@ -95,6 +95,7 @@ func (a *Auditor) auditAll(ctx context.Context) {
 		a.Log.Error(err, "audit: list simulations")
 		return
 	}
+	a.forgetOthers(list.Items)
 	for i := range list.Items {
 		sim := &list.Items[i]
 		if sim.DeletionTimestamp != nil || sim.Status.API.ReadyReplicas == 0 || sim.Status.APIAddress == "" {
@@ -150,6 +151,21 @@ func (a *Auditor) warn(sim *v1alpha1.ChargerSimulation, rep audit.Report, now ti
 	a.Recorder.Eventf(sim, nil, corev1.EventTypeWarning, v1alpha1.ReasonAuditIncomplete, "Audit",
 		"sessions that ended in [%s, %s): %d expected, %d stored, %d missing, %d unexpected, %d duplicates (GET /api/v1/audit for the keys)",
 		rep.From.Format(time.RFC3339), rep.To.Format(time.RFC3339), rep.Expected, rep.Stored, rep.Missing, rep.Unexpected, rep.Duplicates)
+}
+
+// forgetOthers drops the rate-limit state of simulations that no longer exist.
+func (a *Auditor) forgetOthers(sims []v1alpha1.ChargerSimulation) {
+	keep := map[types.NamespacedName]bool{}
+	for i := range sims {
+		keep[client.ObjectKeyFromObject(&sims[i])] = true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k := range a.lastWarn {
+		if !keep[k] {
+			delete(a.lastWarn, k)
+		}
+	}
 }
 
 // fetch asks sim's API for the audit of [from, to).

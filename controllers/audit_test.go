@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"k8s.io/client-go/tools/events"
 
 	"github.com/chargesim/chargesim/components/audit"
 )
@@ -54,5 +57,33 @@ func TestNextAuditStatus(t *testing.T) {
 	// A first audit that fails still records the attempt.
 	if first := nextAuditStatus(nil, audit.Report{}, errors.New("x"), now); first.Error != "x" || first.Expected != 0 || !first.LastTime.IsZero() {
 		t.Fatalf("first failure: %+v", first)
+	}
+}
+
+// AuditIncomplete is raised at most once per WarnEvery for one simulation, independently for
+// each simulation.
+func TestAuditWarningRateLimited(t *testing.T) {
+	rec := events.NewFakeRecorder(10)
+	a := &Auditor{Recorder: rec, WarnEvery: 10 * time.Minute}
+	s1, s2 := testSim(), testSim()
+	s2.Name = "other"
+	rep := audit.Report{Expected: 5, Stored: 4, Missing: 1}
+	t0 := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
+	for _, at := range []time.Duration{0, time.Minute, 9 * time.Minute, 10 * time.Minute, 11 * time.Minute} {
+		a.warn(s1, rep, t0.Add(at))
+	}
+	a.warn(s2, rep, t0.Add(time.Minute))
+	close(rec.Events)
+	var got []string
+	for e := range rec.Events {
+		got = append(got, e)
+	}
+	if len(got) != 3 {
+		t.Fatalf("%d events, want 3 (at 0 and 10m for one simulation, 1m for the other): %q", len(got), got)
+	}
+	for _, e := range got {
+		if !strings.HasPrefix(e, "Warning AuditIncomplete") || !strings.Contains(e, "1 missing") {
+			t.Errorf("event %q", e)
+		}
 	}
 }
