@@ -238,7 +238,6 @@ func nextAuditStatus(prev *v1alpha1.AuditStatus, rep audit.Report, err error, no
 	}
 }
 
-
 func (a *Auditor) settle() time.Duration    { return durationOr(a.Settle, defaultAuditSettle) }
 func (a *Auditor) window() time.Duration    { return durationOr(a.Window, defaultAuditWindow) }
 func (a *Auditor) timeout() time.Duration   { return durationOr(a.Timeout, defaultAuditTO) }
