@@ -178,6 +178,7 @@ const (
 	envShareGroup      = "CHARGESIM_SHARE_GROUP"
 	envEpoch           = "CHARGESIM_EPOCH"
 	envRecordRuns      = "CHARGESIM_RECORD_RUNS"
+	envAuditEvery      = "CHARGESIM_AUDIT_EVERY"
 )
 
 // componentKeys are the ConfigMap keys each component reads. Each component has its own
@@ -737,6 +738,9 @@ func (d *desired) headlessService(c Component) *corev1ac.ServiceApplyConfigurati
 func (d *desired) apiObjects() (*appsv1ac.DeploymentApplyConfiguration, *corev1ac.ServiceApplyConfiguration) {
 	sim := d.sim
 	env, vols := d.mongoClient()
+	// The API audits the recent sessions and exports chargesim_audit_* gauges, as `chargesim
+	// run` does; the operator's status.audit asks the same API (Auditor).
+	env = append(env, corev1ac.EnvVar().WithName(envAuditEvery).WithValue(apiAuditEvery.String()))
 	dep := d.deployment(API, sim.Spec.API.DesiredReplicas(), d.pod(API, apiPort, sim.Spec.API.Resources, env, vols))
 	typ := sim.Spec.API.ServiceType
 	if typ == "" {
@@ -745,6 +749,9 @@ func (d *desired) apiObjects() (*appsv1ac.DeploymentApplyConfiguration, *corev1a
 	svc := d.service(API, typ, false, servicePort(HTTPPortName, sim.Spec.API.ServicePort(), HTTPPortName))
 	return dep, svc
 }
+
+// apiAuditEvery is how often each API replica audits for its metrics.
+const apiAuditEvery = time.Minute
 
 // apiAddress is the in-cluster address of the API Service.
 func apiAddress(sim *v1alpha1.ChargerSimulation) string {

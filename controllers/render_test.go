@@ -241,6 +241,9 @@ func TestPodHardening(t *testing.T) {
 		API:       decode[appsv1.Deployment](t, adep).Spec.Template,
 		Publisher: decode[appsv1.StatefulSet](t, sts).Spec.Template,
 	}
+	if e := envMap(templates[API].Spec.Containers[0])[envAuditEvery]; e.Value != "1m0s" {
+		t.Errorf("API %s %+v: the API exports no audit gauges", envAuditEvery, e)
+	}
 	for comp, tmpl := range templates {
 		ps := tmpl.Spec
 		if ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
