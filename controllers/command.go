@@ -70,6 +70,7 @@ type Config struct {
 	KubeAPIQPS              float64       // --kube-api-qps
 	KubeAPIBurst            int           // --kube-api-burst
 	ShutdownTimeout         time.Duration // --shutdown-timeout
+	AuditInterval           time.Duration // --audit-interval
 
 	// RestConfig, when set, is used instead of --kubeconfig / in-cluster discovery (tests).
 	RestConfig *rest.Config
@@ -95,6 +96,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", 50, "sustained requests per second to the API server")
 	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 100, "burst of requests to the API server")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "grace period for running reconciles on shutdown")
+	fs.DurationVar(&c.AuditInterval, "audit-interval", DefaultAuditEvery, "audit every simulation this often through its API (last 5 minutes, ending 30s ago) into status.audit; 0 disables it")
 }
 
 // runningInCluster reports whether the process runs in a pod (the in-cluster configuration is
@@ -119,6 +121,8 @@ func (c *Config) Validate() error {
 		return cli.Invalid("max-concurrent-reconciles", c.MaxConcurrentReconciles, "must be ≥ 1")
 	case c.ResyncInterval < 0:
 		return cli.Invalid("resync-interval", c.ResyncInterval, "must be ≥ 0 (0 disables it)")
+	case c.AuditInterval < 0:
+		return cli.Invalid("audit-interval", c.AuditInterval, "must be ≥ 0 (0 disables it)")
 	case c.KubeAPIQPS <= 0:
 		return cli.Invalid("kube-api-qps", c.KubeAPIQPS, "must be > 0")
 	case c.KubeAPIBurst < 1:
@@ -240,6 +244,12 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, er
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("set up controller: %w", err)
+	}
+	if cfg.AuditInterval > 0 {
+		aud := &Auditor{Client: mgr.GetClient(), Recorder: r.Recorder, Log: logger.WithName("audit"), Every: cfg.AuditInterval}
+		if err := mgr.Add(aud); err != nil {
+			return nil, fmt.Errorf("add auditor: %w", err)
+		}
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return nil, fmt.Errorf("add healthz check: %w", err)

@@ -18,7 +18,6 @@ import (
 	"github.com/chargesim/chargesim/components/listener"
 	"github.com/chargesim/chargesim/components/publisher"
 	"github.com/chargesim/chargesim/components/restapi"
-	"github.com/chargesim/chargesim/components/store"
 )
 
 // componentFlags builds each component's flag set the way its Command does.
@@ -36,8 +35,7 @@ func componentFlags() map[string]*flag.FlagSet {
 		case "broker":
 			(&broker.Config{}).Register(fs)
 		case "api":
-			(&store.Config{}).Register(fs)
-			(&restapi.Config{}).Register(fs)
+			restapi.RegisterCommandFlags(fs)
 		}
 		sets[c] = fs
 	}

@@ -383,15 +383,14 @@ func TestUpdateRollsPods(t *testing.T) {
 	updateSim(t, ns, "roll", func(s *v1alpha1.ChargerSimulation) {
 		s.Annotations = map[string]string{"test/poke": "1"}
 	})
-	eventually(t, "listener and API rolled", func() error {
-		if hashOf(t, ns, "roll-listener", &appsv1.StatefulSet{}) == lis0 || hashOf(t, ns, "roll-api", &appsv1.Deployment{}) == api0 {
-			return errors.New("listener/API template hash unchanged after Secret rotation")
+	// The publisher reads the URI too (run records for the audit).
+	eventually(t, "publisher, listener and API rolled", func() error {
+		if hashOf(t, ns, "roll-listener", &appsv1.StatefulSet{}) == lis0 || hashOf(t, ns, "roll-api", &appsv1.Deployment{}) == api0 ||
+			hashOf(t, ns, "roll-publisher", &appsv1.StatefulSet{}) == pub1 {
+			return errors.New("publisher/listener/API template hash unchanged after Secret rotation")
 		}
 		return nil
 	})
-	if hashOf(t, ns, "roll-publisher", &appsv1.StatefulSet{}) != pub1 {
-		t.Error("rotating the Mongo Secret rolled the publisher")
-	}
 
 	// Replicas change the shard count: every publisher pod restarts with its new share.
 	updateSim(t, ns, "roll", func(s *v1alpha1.ChargerSimulation) { s.Spec.Publisher.Replicas = 3 })

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -22,6 +23,7 @@ import (
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 
 	"github.com/chargesim/chargesim/api/v1alpha1"
+	"github.com/chargesim/chargesim/components/publisher"
 )
 
 // Names, labels and annotations the operator puts on what it creates. The managed-by label is
@@ -174,6 +176,9 @@ const (
 	envBatchSize       = "CHARGESIM_BATCH_SIZE"
 	envFlushInterval   = "CHARGESIM_FLUSH_INTERVAL"
 	envShareGroup      = "CHARGESIM_SHARE_GROUP"
+	envEpoch           = "CHARGESIM_EPOCH"
+	envRecordRuns      = "CHARGESIM_RECORD_RUNS"
+	envAuditEvery      = "CHARGESIM_AUDIT_EVERY"
 )
 
 // componentKeys are the ConfigMap keys each component reads. Each component has its own
@@ -181,8 +186,8 @@ const (
 var componentKeys = map[Component][]string{
 	Broker: {envLogLevel, envLogFormat},
 	Publisher: {envLogLevel, envLogFormat, envMQTTURL, envTopicPrefix, envChargers, envConnectors,
-		envSessionInterval, envSessionJitter, envTimeScale, envSeed, envDCShare, envACTariff,
-		envDCTariff, envSessionFee},
+		envSessionInterval, envSessionJitter, envTimeScale, envSeed, envEpoch, envDCShare, envACTariff,
+		envDCTariff, envSessionFee, envMongoDatabase},
 	Listener: {envLogLevel, envLogFormat, envMQTTURL, envTopicPrefix, envMongoDatabase,
 		envBatchSize, envFlushInterval},
 	API: {envLogLevel, envLogFormat, envMongoDatabase},
@@ -261,13 +266,17 @@ func renderConfig(sim *v1alpha1.ChargerSimulation, broker string) map[string]str
 		envSessionJitter:   formatFloat(s.Jitter()),
 		envTimeScale:       formatFloat(s.Scale()),
 		envSeed:            strconv.FormatInt(s.PRNGSeed(), 10),
-		envDCShare:         formatFloat(s.Profile.DC()),
-		envACTariff:        strconv.Itoa(int(s.Profile.ACTariff())),
-		envDCTariff:        strconv.Itoa(int(s.Profile.DCTariff())),
-		envSessionFee:      strconv.Itoa(int(s.Profile.SessionFeeCents)),
-		envMongoDatabase:   s.Mongo.DatabaseOrDefault(),
-		envBatchSize:       strconv.Itoa(int(s.Listener.Batch())),
-		envFlushInterval:   s.Listener.Flush().String(),
+		// The slot grid's anchor, pinned here rather than left to each pod's default: with the
+		// seed it fixes every session's ID, so all shards (and the audit) must agree on it even
+		// if a later image changed its default.
+		envEpoch:         publisher.DefaultEpoch.Format(time.RFC3339),
+		envDCShare:       formatFloat(s.Profile.DC()),
+		envACTariff:      strconv.Itoa(int(s.Profile.ACTariff())),
+		envDCTariff:      strconv.Itoa(int(s.Profile.DCTariff())),
+		envSessionFee:    strconv.Itoa(int(s.Profile.SessionFeeCents)),
+		envMongoDatabase: s.Mongo.DatabaseOrDefault(),
+		envBatchSize:     strconv.Itoa(int(s.Listener.Batch())),
+		envFlushInterval: s.Listener.Flush().String(),
 	}
 	if s.Broker.TopicPrefix != "" {
 		d[envTopicPrefix] = s.Broker.TopicPrefix
@@ -574,7 +583,7 @@ func (d *desired) mqttClient(c Component) ([]*corev1ac.EnvVarApplyConfiguration,
 	return env, vols
 }
 
-// mongoClient is the env and files listener and API need to reach MongoDB. The URI is read
+// mongoClient is the env and files publisher (run records), listener and API need to reach MongoDB. The URI is read
 // from a file so it never shows up in the environment of the process.
 func (d *desired) mongoClient() ([]*corev1ac.EnvVarApplyConfiguration, []secretVolume) {
 	m := &d.sim.Spec.Mongo
@@ -665,6 +674,13 @@ func (d *desired) publisherObjects() (*appsv1ac.StatefulSetApplyConfiguration, *
 	}
 	mqttEnv, vols := d.mqttClient(Publisher)
 	env = append(env, mqttEnv...)
+	// Run records (issue 10, audit): each shard records in the store which chargers it
+	// simulated when, which is what makes the simulation auditable (status.audit), and resumes
+	// where earlier runs stopped. It needs the same store access as the listener.
+	env = append(env, corev1ac.EnvVar().WithName(envRecordRuns).WithValue("true"))
+	menv, mvols := d.mongoClient()
+	env = append(env, menv...)
+	vols = append(vols, mvols...)
 	tmpl := d.pod(Publisher, opsPort, sim.Spec.Publisher.Resources, env, vols)
 	return d.statefulSet(Publisher, publisherReplicas(sim), tmpl), d.headlessService(Publisher)
 }
@@ -722,6 +738,9 @@ func (d *desired) headlessService(c Component) *corev1ac.ServiceApplyConfigurati
 func (d *desired) apiObjects() (*appsv1ac.DeploymentApplyConfiguration, *corev1ac.ServiceApplyConfiguration) {
 	sim := d.sim
 	env, vols := d.mongoClient()
+	// The API audits the recent sessions and exports chargesim_audit_* gauges, as `chargesim
+	// run` does; the operator's status.audit asks the same API (Auditor).
+	env = append(env, corev1ac.EnvVar().WithName(envAuditEvery).WithValue(apiAuditEvery.String()))
 	dep := d.deployment(API, sim.Spec.API.DesiredReplicas(), d.pod(API, apiPort, sim.Spec.API.Resources, env, vols))
 	typ := sim.Spec.API.ServiceType
 	if typ == "" {
@@ -730,6 +749,9 @@ func (d *desired) apiObjects() (*appsv1ac.DeploymentApplyConfiguration, *corev1a
 	svc := d.service(API, typ, false, servicePort(HTTPPortName, sim.Spec.API.ServicePort(), HTTPPortName))
 	return dep, svc
 }
+
+// apiAuditEvery is how often each API replica audits for its metrics.
+const apiAuditEvery = time.Minute
 
 // apiAddress is the in-cluster address of the API Service.
 func apiAddress(sim *v1alpha1.ChargerSimulation) string {

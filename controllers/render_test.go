@@ -87,11 +87,26 @@ func TestPublisherStatefulSet(t *testing.T) {
 	if len(c.Args) != 1 || c.Args[0] != "publisher" || c.Image != "img:1" {
 		t.Fatalf("args %v image %s", c.Args, c.Image)
 	}
-	// Publisher does not touch MongoDB: no URI volume.
+	// The publisher records its runs (audit): the Mongo URI from the spec's Secret, as a
+	// mounted file like the listener's, and --record-runs.
+	if env[envRecordRuns].Value != "true" {
+		t.Fatalf("record runs %+v", env[envRecordRuns])
+	}
+	if env[envMongoURIFile].Value != secretsDir+"/mongo-uri/uri" {
+		t.Fatalf("mongo URI file %+v", env[envMongoURIFile])
+	}
+	mounted := false
 	for _, v := range sts.Spec.Template.Spec.Volumes {
 		if v.Name == "mongo-uri" {
-			t.Fatal("publisher mounts the Mongo URI")
+			mounted = v.Secret != nil && v.Secret.SecretName == sim.Spec.Mongo.URISecretRef.Name &&
+				len(v.Secret.Items) == 1 && v.Secret.Items[0].Key == sim.Spec.Mongo.URISecretRef.KeyOrDefault()
 		}
+	}
+	if !mounted {
+		t.Fatalf("publisher does not mount the Mongo URI Secret: %+v", sts.Spec.Template.Spec.Volumes)
+	}
+	if _, ok := d.componentConfig(Publisher)[envEpoch]; !ok {
+		t.Fatal("the publisher's ConfigMap pins no epoch")
 	}
 	owner := sts.OwnerReferences
 	if len(owner) != 1 || owner[0].UID != "uid-1" || !*owner[0].Controller || owner[0].Kind != "ChargerSimulation" {
@@ -226,6 +241,9 @@ func TestPodHardening(t *testing.T) {
 		API:       decode[appsv1.Deployment](t, adep).Spec.Template,
 		Publisher: decode[appsv1.StatefulSet](t, sts).Spec.Template,
 	}
+	if e := envMap(templates[API].Spec.Containers[0])[envAuditEvery]; e.Value != "1m0s" {
+		t.Errorf("API %s %+v: the API exports no audit gauges", envAuditEvery, e)
+	}
 	for comp, tmpl := range templates {
 		ps := tmpl.Spec
 		if ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
@@ -337,11 +355,8 @@ func TestConfigHashScope(t *testing.T) {
 	secrets := testSecrets(sim)
 	secrets[0].digest = "rotated" // the Mongo URI
 	rotated := newDesired(sim, "img", managedBrokerURL(sim), secrets).configHash
-	if rotated[Listener] == batch[Listener] || rotated[API] == batch[API] {
-		t.Error("a rotated Mongo URI does not roll listener and API")
-	}
-	if rotated[Publisher] != batch[Publisher] {
-		t.Error("a rotated Mongo URI rolls the publisher")
+	if rotated[Listener] == batch[Listener] || rotated[API] == batch[API] || rotated[Publisher] == batch[Publisher] {
+		t.Error("a rotated Mongo URI does not roll publisher, listener and API")
 	}
 
 	sim.Spec.TimeScale = ptr.To(120.0)
@@ -360,7 +375,7 @@ func TestRenderConfig(t *testing.T) {
 	want := map[string]string{
 		envLogLevel: "info", envLogFormat: "json", envMQTTURL: "tcp://b:1883", envTopicPrefix: "lab/a",
 		envChargers: "100", envConnectors: "2", envSessionInterval: "1m30s", envSessionJitter: "0",
-		envTimeScale: "60", envSeed: "1", envDCShare: "0.3", envACTariff: "35", envDCTariff: "59",
+		envTimeScale: "60", envSeed: "1", envEpoch: "2026-01-01T00:00:00Z", envDCShare: "0.3", envACTariff: "35", envDCTariff: "59",
 		envSessionFee: "0", envMongoDatabase: "chargesim", envBatchSize: "500", envFlushInterval: "200ms",
 	}
 	if !maps.Equal(got, want) {

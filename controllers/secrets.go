@@ -29,7 +29,7 @@ func (s secretUse) usedBy(c Component) bool { return slices.Contains(s.component
 // secretUses lists the Secret keys the spec references.
 func secretUses(sim *v1alpha1.ChargerSimulation) []secretUse {
 	s := &sim.Spec
-	mongo := []Component{Listener, API}
+	mongo := []Component{Publisher, Listener, API} // the publisher records its runs
 	mqtt := []Component{Publisher, Listener}
 	uses := []secretUse{{
 		field: "spec.mongo.uriSecretRef", name: s.Mongo.URISecretRef.Name,

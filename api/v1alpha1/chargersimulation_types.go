@@ -25,6 +25,9 @@ const (
 // Condition reasons. A Ready=False condition carries the Degraded reason when the simulation is
 // degraded, so `kubectl get csim -o wide` shows the cause in one place.
 const (
+	// ReasonAuditIncomplete (event): the last audit found missing, unexpected or duplicate
+	// sessions in its window.
+	ReasonAuditIncomplete = "AuditIncomplete"
 	// ReasonAvailable: every component has all its replicas updated and available.
 	ReasonAvailable = "Available"
 	// ReasonSuspended: spec.suspend is set; the publisher runs zero replicas, the rest is available.
@@ -497,6 +500,54 @@ type ChargerSimulationStatus struct {
 	// chargers × timeScale / sessionInterval (0 while suspended).
 	// +optional
 	SessionsPerSecond string `json:"sessionsPerSecond,omitempty"`
+
+	// audit is the operator's last audit of the simulation (GET /api/v1/audit of its API):
+	// the sessions the publisher shards must have produced in a recent window against the
+	// stored ones. Missing sessions raise an AuditIncomplete event; they do not change Ready.
+	// +optional
+	Audit *AuditStatus `json:"audit,omitempty"`
+}
+
+// AuditStatus is the result of the last audit of a recent window.
+type AuditStatus struct {
+	// from is the start of the audited window (sessions that ended in [from, to)).
+	// +optional
+	From metav1.Time `json:"from,omitempty"`
+	// to is the end of the audited window.
+	// +optional
+	To metav1.Time `json:"to,omitempty"`
+	// expected is the number of sessions the recorded publisher runs produced in the window.
+	// +optional
+	Expected int64 `json:"expected"`
+	// stored is the number of those sessions found in the store.
+	// +optional
+	Stored int64 `json:"stored"`
+	// missing is expected minus stored: sessions published but never stored.
+	// +optional
+	Missing int64 `json:"missing"`
+	// unexpected is the number of stored sessions no recorded run produced.
+	// +optional
+	Unexpected int64 `json:"unexpected"`
+	// duplicates is the number of sessions stored more than once.
+	// +optional
+	Duplicates int64 `json:"duplicates"`
+	// complete: nothing missing, unexpected or duplicated in the window.
+	// +optional
+	Complete bool `json:"complete"`
+	// missingKeys are up to 10 of the missing sessions' IDs.
+	// +optional
+	// +listType=atomic
+	MissingKeys []string `json:"missingKeys,omitempty"`
+	// lastTime is when this result was obtained.
+	// +optional
+	LastTime metav1.Time `json:"lastTime,omitempty"`
+	// error is why the latest attempt failed (the counts above are then from lastTime); empty
+	// when it succeeded.
+	// +optional
+	Error string `json:"error,omitempty"`
+	// lastAttemptTime is when the operator last tried to audit.
+	// +optional
+	LastAttemptTime metav1.Time `json:"lastAttemptTime,omitempty"`
 }
 
 // ChargerSimulation runs a simulated EV charging fleet and its telemetry pipeline:
@@ -514,6 +565,7 @@ type ChargerSimulationStatus struct {
 // +kubebuilder:printcolumn:name="Publishers",type=integer,JSONPath=`.status.publisher.readyReplicas`,priority=1
 // +kubebuilder:printcolumn:name="Listeners",type=integer,JSONPath=`.status.listener.readyReplicas`,priority=1
 // +kubebuilder:printcolumn:name="API",type=string,JSONPath=`.status.apiAddress`,priority=1
+// +kubebuilder:printcolumn:name="Missing",type=integer,JSONPath=`.status.audit.missing`,priority=1,description="sessions missing in the last audited window"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ChargerSimulation struct {
 	metav1.TypeMeta   `json:",inline"`

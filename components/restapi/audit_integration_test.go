@@ -5,8 +5,12 @@ package restapi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"net/url"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +18,7 @@ import (
 	"github.com/chargesim/chargesim/components/publisher/sim"
 	"github.com/chargesim/chargesim/components/session"
 	"github.com/chargesim/chargesim/components/store"
+	"github.com/chargesim/chargesim/test/testenv"
 )
 
 // GET /api/v1/audit over a run record and the sessions it implies, one of them left out.
@@ -28,17 +33,7 @@ func TestAuditEndpoint(t *testing.T) {
 	if err := e.st.InsertRun(ctx, run); err != nil {
 		t.Fatal(err)
 	}
-	p := audit.ParamsOf(run)
-	p.ACTariff, p.DCTariff = 35, 59
-	var docs []store.SessionDoc
-	for c := uint32(1); c <= 3; c++ {
-		for n := p.SlotAt(c, run.FromNs); p.SlotTime(c, n) < run.ToNs; n++ {
-			d := p.Session(c, n)
-			var s session.Session
-			d.Fill(&s, sim.ChargerID(c), p.SessionID(c, n), time.Unix(0, p.SlotTime(c, n)))
-			docs = append(docs, store.NewSessionDoc(s, "t", time.Now()))
-		}
-	}
+	docs := runSessions(run)
 	left := docs[4]
 	if _, err := e.st.InsertSessions(ctx, append(docs[:4:4], docs[5:]...)); err != nil {
 		t.Fatal(err)
@@ -67,4 +62,89 @@ func TestAuditEndpoint(t *testing.T) {
 			t.Errorf("?%s: status %d %s", bad, res.Status, res.Body)
 		}
 	}
+}
+
+// runSessions are the sessions run must have produced (all of its chargers, every slot).
+func runSessions(run store.RunDoc) []store.SessionDoc {
+	p := audit.ParamsOf(run)
+	p.ACTariff, p.DCTariff = 35, 59
+	var docs []store.SessionDoc
+	for c := uint32(1); c <= uint32(run.Chargers); c++ {
+		for n := p.SlotAt(c, run.FromNs); p.SlotTime(c, n) < run.ToNs; n++ {
+			d := p.Session(c, n)
+			var s session.Session
+			d.Fill(&s, sim.ChargerID(c), p.SessionID(c, n), time.Unix(0, p.SlotTime(c, n)))
+			docs = append(docs, store.NewSessionDoc(s, "t", time.Now()))
+		}
+	}
+	return docs
+}
+
+// `chargesim api --audit-every` audits the recent window periodically and exports the result
+// as chargesim_audit_* gauges (the operator renders it for every simulation).
+func TestCommandAuditMetrics(t *testing.T) {
+	db := testenv.StartFerretDB(t)
+	ctx := context.Background()
+	st, err := store.Connect(ctx, store.Config{URI: db.URI, Database: "auditcmd"}, "api-audit-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = st.Close(ctx) }()
+	now := time.Now()
+	run := store.RunDoc{ID: "r1", Seed: 7, Chargers: 3, Connectors: 2, Shard: 0, Shards: 1,
+		EpochNs: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano(), IntervalNs: int64(time.Second), Jitter: 0.2,
+		FromNs: now.Add(-3 * time.Minute).UnixNano(), ToNs: now.Add(-time.Minute).UnixNano(), Ended: true}
+	if err := st.InsertRun(ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	docs := runSessions(run)
+	if _, err := st.InsertSessions(ctx, append(docs[:2:2], docs[4:]...)); err != nil { // two left out
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- Command(cctx, []string{"--http-addr", addr, "--mongo-uri", db.URI, "--mongo-database", "auditcmd", "--log-level", "warn",
+			"--audit-every", "200ms", "--audit-last", "10m", "--audit-settle", "30s"})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Command: %v", err)
+		}
+	}()
+	want := map[string]string{audit.MetricExpected: strconv.Itoa(len(docs)), audit.MetricStored: strconv.Itoa(len(docs) - 2),
+		audit.MetricMissing: "2", audit.MetricUnexpected: "0", audit.MetricDuplicates: "0"}
+	var body string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		res, err := http.Get("http://" + addr + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			body = string(b)
+			ok := true
+			for name, v := range want {
+				ok = ok && strings.Contains(body, "\n"+name+" "+v+"\n")
+			}
+			if ok {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics never showed %v:\n%s", want, grepLines(body, "chargesim_audit_"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func grepLines(s, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

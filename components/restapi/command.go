@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/chargesim/chargesim/components/audit"
 	"github.com/chargesim/chargesim/components/cli"
 	"github.com/chargesim/chargesim/components/store"
 )
@@ -41,9 +42,20 @@ func Command(ctx context.Context, args []string) error {
 			srv.SetStore(st)
 		}
 		connected <- st
-		if st != nil {
-			RunRetention(ctx, srv.cfg, st, log)
+		if st == nil {
+			return
 		}
+		if settings.audit.Every > 0 {
+			// The periodic audit's chargesim_audit_* gauges on /metrics (as `chargesim run`
+			// exports them): the operator renders --audit-every for in-cluster simulations.
+			aud, err := audit.NewPeriodicOn(st, settings.audit, log.With("part", "audit"), reg)
+			if err != nil {
+				log.Error("periodic audit", "err", err)
+			} else {
+				go func() { _ = aud.Run(ctx) }()
+			}
+		}
+		RunRetention(ctx, srv.cfg, st, log)
 	}()
 	serveErr := cli.Serve(ctx, log, common.HTTPAddr, srv.Handler(), common.ShutdownTimeout)
 	cancel()
@@ -67,15 +79,36 @@ func Command(ctx context.Context, args []string) error {
 type commandSettings struct {
 	store store.Config
 	api   Config
+	audit audit.Config // Every, Last, Settle, Timeout: the periodic audit (Every 0: none)
 }
 
 func (c *commandSettings) Register(fs *flag.FlagSet) {
 	c.store.Register(fs)
 	c.api.Register(fs)
+	c.audit.Timeout = time.Minute
+	fs.DurationVar(&c.audit.Every, "audit-every", 0, "audit the recent sessions this often and export the result as chargesim_audit_* metrics (0: never)")
+	fs.DurationVar(&c.audit.Last, "audit-last", 5*time.Minute, "length of the audited window")
+	fs.DurationVar(&c.audit.Settle, "audit-settle", 30*time.Second, "the audited window ends this long ago (sessions still on their way are left out)")
 }
 
 func (c *commandSettings) Validate() error {
-	return errors.Join(c.store.Validate(), c.api.Validate())
+	var aud error
+	switch {
+	case c.audit.Every < 0:
+		aud = cli.Invalid("audit-every", c.audit.Every, "must be ≥ 0")
+	case c.audit.Every > 0 && c.audit.Last <= 0:
+		aud = cli.Invalid("audit-last", c.audit.Last, "must be > 0")
+	case c.audit.Settle < 0:
+		aud = cli.Invalid("audit-settle", c.audit.Settle, "must be ≥ 0")
+	}
+	return errors.Join(c.store.Validate(), c.api.Validate(), aud)
+}
+
+// RegisterCommandFlags adds the flags of `chargesim api` besides the common ones to fs (for
+// tests that check what the operator renders against them).
+func RegisterCommandFlags(fs *flag.FlagSet) {
+	var c commandSettings
+	c.Register(fs)
 }
 
 // retentionInterval is how often the retention deletes: a tenth of the retention, at most

@@ -152,6 +152,7 @@ func TestChartOnRealCluster(t *testing.T) {
 	// SIGKILL of the listener's process on the node mid-stream (no graceful drain; the kubelet
 	// restarts the container), then the whole pod deleted while the test keeps publishing.
 	restarts := e.restarts("minimal-listener-0")
+	killStart := time.Now().Truncate(time.Second)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -171,6 +172,7 @@ func TestChartOnRealCluster(t *testing.T) {
 		out, _ := e.kubectl("-n", namespace, "get", "pods", "-l", "chargesim.io/simulation=minimal,app.kubernetes.io/component=publisher", "-o", "name")
 		return strings.TrimSpace(out) == "", out
 	})
+	suspendedAt := time.Now().Truncate(time.Second).Add(time.Second)
 	e.waitCharger(api, pub.charger, pub.distinct)
 	e.waitFor("stored sessions stop changing after suspend", func() (bool, string) {
 		a := e.stat(api)
@@ -179,6 +181,33 @@ func TestChartOnRealCluster(t *testing.T) {
 		return a == b, fmt.Sprintf("%d -> %d", a, b)
 	})
 	t.Logf("listener killed mid-stream: %d of %d published sessions stored, each once", pub.distinct, pub.distinct)
+
+	// ---- the audit agrees: the simulation's own publisher lost nothing either --------------
+	// Its shards record their runs (the operator gives them the store), so /api/v1/audit knows
+	// every session they produced while the listener was killed. Audited charger by charger:
+	// the test client's sessions above are not the simulation's and would count as unexpected.
+	chargers, err := strconv.Atoi(strings.TrimSpace(e.must(e.kubectl("-n", namespace, "get", "chargersimulation/minimal", "-o", "jsonpath={.spec.chargers}"))))
+	if err != nil {
+		t.Fatalf("spec.chargers: %v", err)
+	}
+	var total auditCounts
+	for c := 1; c <= chargers; c++ {
+		total.add(e.audit(api, killStart, suspendedAt, strconv.Itoa(c)))
+	}
+	if total.Expected == 0 || total.Stored != total.Expected || total.Missing != 0 || total.Unexpected != 0 || total.Duplicates != 0 {
+		t.Errorf("audit of [%s, %s) after the listener kill: %+v, want every expected session stored once",
+			killStart.Format(time.RFC3339), suspendedAt.Format(time.RFC3339), total)
+	}
+	t.Logf("audit after the listener kill: %d sessions expected, %d stored, 0 missing", total.Expected, total.Stored)
+	// The operator reaches the API Service in-cluster and writes status.audit (every minute).
+	e.waitFor("status.audit of minimal", func() (bool, string) {
+		out, _ := e.kubectl("-n", namespace, "get", "chargersimulation/minimal", "-o", "jsonpath={.status.audit}")
+		var st struct {
+			LastTime string `json:"lastTime"`
+			Error    string `json:"error"`
+		}
+		return json.Unmarshal([]byte(out), &st) == nil && st.LastTime != "" && st.Error == "", out
+	})
 
 	// ---- helm upgrade and uninstall ---------------------------------------------------------
 	e.must(e.helmCmd("upgrade", release, filepath.Join(root, "charts", "chargesim"), "-n", namespace,
@@ -419,6 +448,38 @@ func (e *env) waitStat(api string, min int64) int64 {
 		return v > min, strconv.FormatInt(v, 10)
 	})
 	return v
+}
+
+// auditCounts are the counts of GET /api/v1/audit.
+type auditCounts struct {
+	Expected   int64 `json:"expected"`
+	Stored     int64 `json:"stored"`
+	Missing    int64 `json:"missing"`
+	Unexpected int64 `json:"unexpected"`
+	Duplicates int64 `json:"duplicates"`
+}
+
+func (a *auditCounts) add(b auditCounts) {
+	a.Expected += b.Expected
+	a.Stored += b.Stored
+	a.Missing += b.Missing
+	a.Unexpected += b.Unexpected
+	a.Duplicates += b.Duplicates
+}
+
+// audit is GET /api/v1/audit of one charger's sessions that ended in [from, to).
+func (e *env) audit(api string, from, to time.Time, charger string) auditCounts {
+	e.t.Helper()
+	q := fmt.Sprintf("from=%s&to=%s&charger=%s", from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339), charger)
+	b, err := e.get("http://" + api + "/api/v1/audit?" + q)
+	var c auditCounts
+	if err == nil {
+		err = json.Unmarshal(b, &c)
+	}
+	if err != nil {
+		e.t.Fatalf("GET /api/v1/audit?%s: %v (%s)", q, err, b)
+	}
+	return c
 }
 
 func (e *env) readings(api string) []json.RawMessage {
