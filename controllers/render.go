@@ -145,6 +145,9 @@ func ownerRef(sim *v1alpha1.ChargerSimulation) *metav1ac.OwnerReferenceApplyConf
 		WithBlockOwnerDeletion(true)
 }
 
+// brokerDataDir is where the managed broker keeps its state (an emptyDir volume).
+const brokerDataDir = "/var/lib/chargesim/broker"
+
 // Environment variables (docs/configuration.md: --flag ⇔ CHARGESIM_FLAG).
 const (
 	envLogLevel        = "CHARGESIM_LOG_LEVEL"
@@ -152,6 +155,7 @@ const (
 	envHTTPAddr        = "CHARGESIM_HTTP_ADDR"
 	envMQTTURL         = "CHARGESIM_MQTT_URL"
 	envMQTTAddr        = "CHARGESIM_MQTT_ADDR"
+	envBrokerDataDir   = "CHARGESIM_DATA_DIR"
 	envMQTTUsername    = "CHARGESIM_MQTT_USERNAME"
 	envMQTTPassword    = "CHARGESIM_MQTT_PASSWORD_FILE" //nolint:gosec // a variable name, not a credential
 	envMQTTCA          = "CHARGESIM_MQTT_CA_FILE"
@@ -644,8 +648,17 @@ func (d *desired) brokerObjects() (*appsv1ac.DeploymentApplyConfiguration, *core
 	}
 	env := []*corev1ac.EnvVarApplyConfiguration{
 		corev1ac.EnvVar().WithName(envMQTTAddr).WithValue(fmt.Sprintf(":%d", mqttPort)),
+		corev1ac.EnvVar().WithName(envBrokerDataDir).WithValue(brokerDataDir),
 	}
-	dep := d.deployment(Broker, 1, d.pod(Broker, opsPort, res, env, nil))
+	tmpl := d.pod(Broker, opsPort, res, env, nil)
+	// The broker keeps its sessions and queued messages in --data-dir, so that a crashed or
+	// killed broker container (restarted by the kubelet in the same pod) loses none of the
+	// messages it already acknowledged to a publisher. An emptyDir lives as long as the pod;
+	// messages of a deleted pod are re-published by the publishers' replay after reconnecting
+	// (docs/architecture.md). The root filesystem stays read-only.
+	tmpl.Spec.Containers[0].WithVolumeMounts(corev1ac.VolumeMount().WithName("broker-data").WithMountPath(brokerDataDir))
+	tmpl.Spec.WithVolumes(corev1ac.Volume().WithName("broker-data").WithEmptyDir(corev1ac.EmptyDirVolumeSource()))
+	dep := d.deployment(Broker, 1, tmpl)
 	svc := d.service(Broker, corev1.ServiceTypeClusterIP, false,
 		servicePort(MQTTPortName, mqttPort, MQTTPortName), servicePort(MetricsPortName, opsPort, MetricsPortName))
 	return dep, svc

@@ -241,6 +241,14 @@ func TestPodHardening(t *testing.T) {
 		API:       decode[appsv1.Deployment](t, adep).Spec.Template,
 		Publisher: decode[appsv1.StatefulSet](t, sts).Spec.Template,
 	}
+	// The managed broker persists what it acknowledged to a writable volume (its root fs is
+	// read-only): a killed broker container loses no queued message.
+	bt := templates[Broker].Spec
+	if e := envMap(bt.Containers[0])[envBrokerDataDir]; e.Value != brokerDataDir ||
+		len(bt.Volumes) != 1 || bt.Volumes[0].EmptyDir == nil ||
+		len(bt.Containers[0].VolumeMounts) != 1 || bt.Containers[0].VolumeMounts[0].MountPath != brokerDataDir || bt.Containers[0].VolumeMounts[0].ReadOnly {
+		t.Errorf("broker data dir: env %+v volumes %+v mounts %+v", e, bt.Volumes, bt.Containers[0].VolumeMounts)
+	}
 	if e := envMap(templates[API].Spec.Containers[0])[envAuditEvery]; e.Value != "1m0s" {
 		t.Errorf("API %s %+v: the API exports no audit gauges", envAuditEvery, e)
 	}
