@@ -175,7 +175,7 @@ func TestSamples(t *testing.T) {
 			t.Fatal(err)
 		}
 		header = strings.Fields(strings.SplitN(wide, "\n", 2)[0])
-		if !slices.Equal(header, []string{"NAME", "CHARGERS", "SESSIONS/S", "READY", "REASON", "PUBLISHERS", "LISTENERS", "API", "AGE"}) {
+		if !slices.Equal(header, []string{"NAME", "CHARGERS", "SESSIONS/S", "READY", "REASON", "PUBLISHERS", "LISTENERS", "API", "MISSING", "AGE"}) {
 			t.Errorf("kubectl get csim -o wide columns %v", header)
 		}
 		found := false
