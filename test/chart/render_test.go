@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -597,6 +599,62 @@ func TestPrometheusRuleMatchesAlertsFile(t *testing.T) {
 	}
 	if slices.Contains(alerts, "ChargesimOperatorReconcileErrors") || len(alerts) != len(names)-1 {
 		t.Errorf("disabled alert still rendered: %v", alerts)
+	}
+}
+
+// TestPrometheusRuleShortWindows: prometheusRule.for and .window replace every alert's `for`
+// and every range selector's window, and nothing else, so a test cluster can see each alert
+// fire within a minute with the shipped expressions; the schema refuses a non-duration.
+func TestPrometheusRuleShortWindows(t *testing.T) {
+	var file struct {
+		Groups []struct {
+			Rules []map[string]any `json:"rules"`
+		} `json:"groups"`
+	}
+	b, err := os.ReadFile(filepath.Join(chartDir, "files", "alerts.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, &file); err != nil {
+		t.Fatal(err)
+	}
+	window := regexp.MustCompile(`\[[0-9]+[smhdwy]\]`)
+	want := map[string]map[string]any{}
+	windows := 0
+	for _, g := range file.Groups {
+		for _, r := range g.Rules {
+			r = maps.Clone(r)
+			windows += len(window.FindAllString(r["expr"].(string), -1))
+			r["expr"] = window.ReplaceAllString(r["expr"].(string), "[1m]")
+			r["for"] = "30s"
+			want[r["alert"].(string)] = r
+		}
+	}
+	if windows == 0 {
+		t.Fatal("files/alerts.yaml has no range selector: the window override is untested")
+	}
+	objs, _ := render(t, "prometheusRule.enabled=true", "prometheusRule.for=30s", "prometheusRule.window=1m")
+	n := 0
+	for _, g := range dig(one(t, objs, "PrometheusRule"), "spec", "groups").([]any) {
+		for _, r := range dig(g, "rules").([]any) {
+			n++
+			name := dig(r, "alert").(string)
+			gj, _ := json.Marshal(r)
+			wj, _ := json.Marshal(want[name])
+			if string(gj) != string(wj) {
+				t.Errorf("%s with for=30s window=1m:\n got %s\nwant %s", name, gj, wj)
+			}
+		}
+	}
+	if n != len(want) {
+		t.Errorf("%d rules rendered, %d in files/alerts.yaml", n, len(want))
+	}
+
+	for _, bad := range []string{"prometheusRule.for=5 minutes", "prometheusRule.window=1m]"} {
+		args := append([]string{"template", "cs", chartDir}, setArgs([]string{"prometheusRule.enabled=true", bad})...)
+		if r := run(context.Background(), nil, nil, tool(t, "helm"), args...); r.err == nil {
+			t.Errorf("helm template --set %s: accepted, want a values.schema.json error", bad)
+		}
 	}
 }
 
