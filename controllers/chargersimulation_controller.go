@@ -410,6 +410,9 @@ type applyConfig interface {
 func applyChild[T client.Object](ctx context.Context, r *Reconciler, sim *v1alpha1.ChargerSimulation, ac applyConfig, live T) (T, error) {
 	kind := *ac.GetKind()
 	key := types.NamespacedName{Namespace: *ac.GetNamespace(), Name: *ac.GetName()}
+	if err := stampApplied(ac); err != nil {
+		return live, err
+	}
 	exists := false
 	err := r.Client.Get(ctx, key, live)
 	switch {

@@ -744,14 +744,21 @@ func TestDriftCorrected(t *testing.T) {
 		delete(cm.Labels, controllers.LabelManagedBy)
 		return k8s.Update(ctx, cm)
 	})
-	cm := &corev1.ConfigMap{}
-	if err := k8s.Get(ctx, key(ns, pubCM), cm); err != nil {
-		t.Fatal(err)
-	}
-	cm.Data["CHARGESIM_CHARGERS"] = "1"
-	if err := k8s.Update(ctx, cm); !apierrors.IsInvalid(err) {
-		t.Errorf("editing the data of an immutable ConfigMap: %v", err)
-	}
+	// The operator may restore the label between Get and Update: a Conflict, read again.
+	eventually(t, "edit the data of the immutable configmap", func() error {
+		cm := &corev1.ConfigMap{}
+		if err := k8s.Get(ctx, key(ns, pubCM), cm); err != nil {
+			return err
+		}
+		cm.Data["CHARGESIM_CHARGERS"] = "1"
+		switch err := k8s.Update(ctx, cm); {
+		case apierrors.IsConflict(err):
+			return err
+		case !apierrors.IsInvalid(err):
+			t.Errorf("editing the data of an immutable ConfigMap: %v", err)
+		}
+		return nil
+	})
 	eventually(t, "configmap restored", func() error {
 		cm := &corev1.ConfigMap{}
 		if err := k8s.Get(ctx, key(ns, pubCM), cm); err != nil {

@@ -2,11 +2,15 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"reflect"
 
 	"k8s.io/apimachinery/pkg/api/equality"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/chargesim/chargesim/api/v1alpha1"
@@ -42,6 +46,39 @@ func (p *statusPatcher) patch(ctx context.Context, obj *v1alpha1.ChargerSimulati
 		return fmt.Errorf("patch status of %s/%s: %w", obj.Namespace, obj.Name, err)
 	}
 	p.before = obj.DeepCopy()
+	return nil
+}
+
+// AnnotationAppliedHash on every child is a hash of the apply configuration the operator last
+// sent for it. containsFields alone cannot see a field the operator stopped applying (a
+// nodeSelector, a pod annotation, resources removed from the spec): the live object still has
+// it, so it still "contains" everything and the apply that would remove it was skipped forever.
+// With the hash in the desired configuration, any change of what the operator applies, removals
+// included, differs from the live annotation and is sent; server-side apply then drops the
+// fields the operator owned and no longer applies.
+const AnnotationAppliedHash = "chargesim.io/applied-hash"
+
+// stampApplied sets AnnotationAppliedHash on ac to the hash of ac's content (without it).
+func stampApplied(ac applyConfig) error {
+	b, err := json.Marshal(ac)
+	if err != nil {
+		return fmt.Errorf("marshal %T: %w", ac, err)
+	}
+	sum := sha256.Sum256(b)
+	m := map[string]string{AnnotationAppliedHash: hex.EncodeToString(sum[:16])}
+	// The typed WithAnnotations of each kind: the embedded ObjectMeta's is shadowed.
+	switch a := ac.(type) {
+	case *appsv1ac.DeploymentApplyConfiguration:
+		a.WithAnnotations(m)
+	case *appsv1ac.StatefulSetApplyConfiguration:
+		a.WithAnnotations(m)
+	case *corev1ac.ServiceApplyConfiguration:
+		a.WithAnnotations(m)
+	case *corev1ac.ConfigMapApplyConfiguration:
+		a.WithAnnotations(m)
+	default:
+		return fmt.Errorf("stampApplied: unsupported apply configuration %T", ac)
+	}
 	return nil
 }
 
