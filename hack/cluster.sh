@@ -301,6 +301,16 @@ build_images() {
     -entrypoint '["/bin/prometheus"]' -expose 9090/tcp \
     -label org.opencontainers.image.title=prometheus \
     -label "org.opencontainers.image.version=$PROMETHEUS_RELEASE" >"$out/prometheus.digest"
+  # What test/cluster's installMonitoring needs to know (also sourced by hack/test-e2e-kind.sh).
+  if want prometheus; then
+    cat >"$out/monitoring.env" <<EOF
+export CHARGESIM_CLUSTER_PROMETHEUS_OPERATOR_IMAGE="$IMG_PROMETHEUS_OPERATOR"
+export CHARGESIM_CLUSTER_PROMETHEUS_CONFIG_RELOADER_IMAGE="$IMG_PROMETHEUS_CONFIG_RELOADER"
+export CHARGESIM_CLUSTER_PROMETHEUS_IMAGE="$IMG_PROMETHEUS"
+export CHARGESIM_CLUSTER_PROMETHEUS_VERSION="$PROMETHEUS_RELEASE"
+export CHARGESIM_CLUSTER_PROMETHEUS_OPERATOR_EXAMPLES="$(dirname "$(readlink -f "$BIN/prometheus-operator")")/example"
+EOF
+  fi
   local img
   for img in "${IMAGES[@]}"; do log "image $(cat "$out/$img.digest")"; done
 }
@@ -518,12 +528,8 @@ export KUBECONFIG="$KUBECONFIG_PATH"
 export CHARGESIM_CLUSTER_IMAGE="$IMG_CHARGESIM"
 export CHARGESIM_CLUSTER_FERRETDB_IMAGE="$IMG_FERRETDB"
 export CHARGESIM_CLUSTER_CTR="/usr/bin/ctr --address $SOCK -n k8s.io"
-export CHARGESIM_CLUSTER_PROMETHEUS_OPERATOR_IMAGE="$IMG_PROMETHEUS_OPERATOR"
-export CHARGESIM_CLUSTER_PROMETHEUS_CONFIG_RELOADER_IMAGE="$IMG_PROMETHEUS_CONFIG_RELOADER"
-export CHARGESIM_CLUSTER_PROMETHEUS_IMAGE="$IMG_PROMETHEUS"
-export CHARGESIM_CLUSTER_PROMETHEUS_VERSION="$PROMETHEUS_RELEASE"
-export CHARGESIM_CLUSTER_PROMETHEUS_OPERATOR_EXAMPLES="$(dirname "$(readlink -f "$BIN/prometheus-operator")")/example"
 EOF
+  cat "$DIR/images/monitoring.env" >>"$BIN/cluster.env.tmp.$$"
   mv -f "$BIN/cluster.env.tmp.$$" "$BIN/cluster.env"
 }
 

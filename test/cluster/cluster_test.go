@@ -82,6 +82,7 @@ func TestChartOnRealCluster(t *testing.T) {
 
 	// ---- install: monitoring stack, operator in-cluster, in-cluster store ---------------
 	e.installMonitoring()
+	monitoredFrom := time.Now()
 	e.must(e.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--timeout=120s"))
 	e.must(e.kubectl("create", "namespace", namespace))
 	storeURI := fmt.Sprintf("mongodb://%s-mongodb.%s.svc:27017/", release, namespace)
@@ -220,6 +221,9 @@ func TestChartOnRealCluster(t *testing.T) {
 		}
 		return json.Unmarshal([]byte(out), &st) == nil && st.LastTime != "" && st.Error == "", out
 	})
+
+	// CHARGESIM_DOCS_IMAGES=<dir>: the main panels over the whole run, for docs/observability.md.
+	e.docsImages(monitoredFrom)
 
 	// ---- helm upgrade and uninstall ---------------------------------------------------------
 	e.must(e.helmCmd(append([]string{"upgrade", release, filepath.Join(root, "charts", "chargesim"), "-n", namespace,

@@ -365,8 +365,8 @@ func (e *env) chartDashboards() map[string]dashboardModel {
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		if strings.TrimSpace(inCluster[name]) != strings.TrimSpace(string(b)) {
-			e.t.Errorf("dashboard %s: the release's ConfigMap does not hold the shipped file (%d bytes in cluster)", name, len(inCluster[name]))
+		if strings.TrimSpace(inCluster["chargesim-"+name]) != strings.TrimSpace(string(b)) {
+			e.t.Errorf("dashboard %s: the release's ConfigMap does not hold the shipped file (key chargesim-%s: %d bytes)", name, name, len(inCluster["chargesim-"+name]))
 		}
 		var d dashboardModel
 		if err := json.Unmarshal(b, &d); err != nil {

@@ -61,14 +61,18 @@ type promAlert struct {
 func (e *env) installMonitoring() {
 	e.t.Helper()
 	start := time.Now()
+	// hack/cluster.sh up writes them to bin/cluster.env; hack/test-e2e-kind.sh exports them.
 	cenv, err := readEnvFile(filepath.Join(e.root, "bin", "cluster.env"))
-	if err != nil {
+	if err != nil && os.Getenv("CHARGESIM_CLUSTER_PROMETHEUS_IMAGE") == "" {
 		e.t.Fatal(err)
 	}
 	need := func(k string) string {
-		v := cenv[k]
+		v := os.Getenv(k)
 		if v == "" {
-			e.t.Fatalf("bin/cluster.env has no %s (hack/cluster.sh up writes it)", k)
+			v = cenv[k]
+		}
+		if v == "" {
+			e.t.Fatalf("%s is not set and not in bin/cluster.env (hack/cluster.sh up writes it)", k)
 		}
 		return v
 	}
@@ -78,6 +82,15 @@ func (e *env) installMonitoring() {
 	promImage := need("CHARGESIM_CLUSTER_PROMETHEUS_IMAGE")
 	promVersion := need("CHARGESIM_CLUSTER_PROMETHEUS_VERSION")
 
+	// test/chart validates the chart against copies of three of these CRDs: the same release.
+	for _, f := range []string{"podmonitors", "servicemonitors", "prometheusrules"} {
+		name := "monitoring.coreos.com_" + f + ".yaml"
+		a, errA := os.ReadFile(filepath.Join(examples, "prometheus-operator-crd", name))
+		b, errB := os.ReadFile(filepath.Join(e.root, "test", "chart", "crds", name))
+		if errA != nil || errB != nil || string(a) != string(b) {
+			e.t.Errorf("test/chart/crds/%s is not the installed operator's CRD (%v, %v): copy it again (test/chart/crds/README.md)", name, errA, errB)
+		}
+	}
 	e.must(e.kubectl("apply", "--server-side", "--force-conflicts", "-f", filepath.Join(examples, "prometheus-operator-crd")))
 	e.must(e.kubectl("wait", "--for=condition=Established", "--timeout=60s",
 		"crd/prometheuses.monitoring.coreos.com", "crd/podmonitors.monitoring.coreos.com",
