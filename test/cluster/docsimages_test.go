@@ -99,7 +99,7 @@ var palette = []string{"#7eb26d", "#eab839", "#6ed0e0", "#ef843c", "#e24d42", "#
 // chartPage is a Grafana-like time series panel as a static HTML page with an inline SVG.
 func chartPage(title, unit string, from, to time.Time, lines []chartLine) string {
 	sort.Slice(lines, func(i, j int) bool { return lines[i].name < lines[j].name })
-	const w, h, left, right, top, bottom = 940.0, 300.0, 64.0, 16.0, 12.0, 28.0
+	const w, h, left, right, top, bottom = 940.0, 300.0, 64.0, 36.0, 12.0, 28.0
 	ymax := 0.0
 	for _, l := range lines {
 		for _, p := range l.points {
@@ -120,7 +120,8 @@ body{margin:0;background:#181b1f;color:#ccccdc;font:13px Inter,Helvetica,Arial,s
 h1{font-size:14px;font-weight:500;margin:2px 0 6px}
 .legend{display:flex;flex-wrap:wrap;gap:4px 16px;margin-top:4px}
 .legend span{white-space:nowrap}.legend i{display:inline-block;width:14px;height:4px;margin-right:6px;vertical-align:middle}
-</style></head><body><div class="panel"><h1>%s</h1>`, html.EscapeString(title))
+h1 small{color:#9fa1a6;font-weight:400;margin-left:8px}
+</style></head><body><div class="panel"><h1>%s<small>%s</small></h1>`, html.EscapeString(title), html.EscapeString(unit))
 	fmt.Fprintf(&b, `<svg width="%g" height="%g" xmlns="http://www.w3.org/2000/svg" font-size="11" fill="#9fa1a6">`, w, h)
 	for i := 0; i <= 4; i++ {
 		v := ymax * float64(i) / 4
