@@ -67,7 +67,7 @@ test-dashboards: ## promtool rules and metrics, every dashboard query against a 
 	hack/test-dashboards.sh
 
 test-e2e-cluster: deps ## chart, operator and simulations as real containers on a local node (hack/cluster.sh; root)
-	hack/kube-tools.sh cluster node helm
+	hack/kube-tools.sh cluster node helm monitoring
 	@# One node per machine: concurrent runs (two worktrees, a helper and CI) wait for each other.
 	flock $${CHARGESIM_CACHE:-$$HOME/.cache/chargesim}/.cluster-session.lock go test $(GO_TEST_FLAGS) -tags cluster -timeout 25m ./test/cluster/...
 

@@ -10,7 +10,8 @@
 #   hack/cluster.sh down        stop it and leave the host as it was (sysctls, iptables, bridge,
 #                               cgroups, mounts, /run/containerd)
 #   hack/cluster.sh images [name...]  build image tarballs only (pause chargesim ferretdb
-#                               coredns; default all); prints <dir>/images/<name>.tar
+#                               coredns prometheus-operator prometheus-config-reloader
+#                               prometheus; default all); prints <dir>/images/<name>.tar
 #                               (hack/test-e2e-kind.sh loads them into kind)
 #   hack/cluster.sh kubeconfig  print the kubeconfig path of the running cluster
 #
@@ -20,6 +21,9 @@
 #   chargesim.local/ferretdb:v1.24.2  FerretDB on SQLite for the chart's mongodb.enabled=true
 #   chargesim.local/pause:v1          the sandbox image
 #   chargesim.local/coredns:<ver>     cluster DNS (kube-system/coredns, Service 10.96.0.10)
+#   chargesim.local/prometheus-operator:<ver>, chargesim.local/prometheus-config-reloader:<ver>,
+#   chargesim.local/prometheus:<ver>  the monitoring stack test/cluster installs (hack/kube-tools.sh
+#                                     monitoring; nothing of it runs until a test deploys it)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,7 +53,7 @@ export KWOK_WORKDIR
 
 log() { printf '[cluster %4ss] %s\n' "$SECONDS" "$*" >&2; }
 die() { printf 'cluster: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 ctr() { /usr/bin/ctr --address "$SOCK" -n k8s.io "$@"; }
@@ -227,7 +231,20 @@ EOF
 # ---- images ------------------------------------------------------------------------------------
 # Built into $DIR/images as docker-archive tarballs by hack/imagebuild (reproducible: same
 # input, same digest); import_images imports those whose digest changed since the last import.
-IMAGES=(pause chargesim ferretdb coredns)
+IMAGES=(pause chargesim ferretdb coredns prometheus-operator prometheus-config-reloader prometheus)
+# <tool>-<version> of a tool's cache directory, from the link hack/kube-tools.sh made in bin/.
+tool_version() { basename "$(dirname "$(readlink -f "$BIN/$1")")" | sed "s/^$1-//"; }
+# Image names of the monitoring stack (tags: the pinned versions of hack/kube-tools.sh); the
+# Prometheus image is tagged with its release (v3.x.y), the version its CR's spec.version names.
+monitoring_images() {
+  local v
+  v=$(tool_version prometheus-operator)
+  IMG_PROMETHEUS_OPERATOR=chargesim.local/prometheus-operator:$v
+  IMG_PROMETHEUS_CONFIG_RELOADER=chargesim.local/prometheus-config-reloader:$v
+  PROMETHEUS_RELEASE=v$("$BIN/prometheus" --version | sed -n 's/^prometheus, version \([0-9.]*\).*/\1/p')
+  [[ $PROMETHEUS_RELEASE != v ]] || die "cannot read the version of $BIN/prometheus"
+  IMG_PROMETHEUS=chargesim.local/prometheus:$PROMETHEUS_RELEASE
+}
 build_images() {
   local out=$DIR/images gobuild=(go build -trimpath -buildvcs=false -ldflags "-s -w")
   mkdir -p "$out"
@@ -266,6 +283,34 @@ build_images() {
     -add "$(readlink -f "$BIN/coredns")=/coredns:0755" -entrypoint '["/coredns"]' \
     -expose 53/udp -expose 53/tcp \
     -label org.opencontainers.image.title=coredns >"$out/coredns.digest"
+  # The monitoring stack, as upstream's images: one static binary each, non-root (the pods'
+  # securityContext sets the same user), CA certificates for HTTPS scrapes.
+  want prometheus-operator && "$ib" -o "$out/prometheus-operator.tar" -tag "$IMG_PROMETHEUS_OPERATOR" "${common[@]}" \
+    -user 65532:65532 -add "$(readlink -f "$BIN/prometheus-operator")=/bin/operator:0755" \
+    -entrypoint '["/bin/operator"]' -expose 8080/tcp \
+    -label org.opencontainers.image.title=prometheus-operator \
+    -label "org.opencontainers.image.version=${IMG_PROMETHEUS_OPERATOR##*:}" >"$out/prometheus-operator.digest"
+  want prometheus-config-reloader && "$ib" -o "$out/prometheus-config-reloader.tar" -tag "$IMG_PROMETHEUS_CONFIG_RELOADER" "${common[@]}" \
+    -user 65532:65532 -add "$(readlink -f "$BIN/prometheus-config-reloader")=/bin/prometheus-config-reloader:0755" \
+    -entrypoint '["/bin/prometheus-config-reloader"]' \
+    -label org.opencontainers.image.title=prometheus-config-reloader \
+    -label "org.opencontainers.image.version=${IMG_PROMETHEUS_CONFIG_RELOADER##*:}" >"$out/prometheus-config-reloader.digest"
+  # The operator mounts the config, rules and data (emptyDir at /prometheus) and passes every flag.
+  want prometheus && "$ib" -o "$out/prometheus.tar" -tag "$IMG_PROMETHEUS" "${common[@]}" \
+    -user 65532:65532 -add "$(readlink -f "$BIN/prometheus")=/bin/prometheus:0755" -workdir /prometheus \
+    -entrypoint '["/bin/prometheus"]' -expose 9090/tcp \
+    -label org.opencontainers.image.title=prometheus \
+    -label "org.opencontainers.image.version=$PROMETHEUS_RELEASE" >"$out/prometheus.digest"
+  # What test/cluster's installMonitoring needs to know (also sourced by hack/test-e2e-kind.sh).
+  if want prometheus; then
+    cat >"$out/monitoring.env" <<EOF
+export CHARGESIM_CLUSTER_PROMETHEUS_OPERATOR_IMAGE="$IMG_PROMETHEUS_OPERATOR"
+export CHARGESIM_CLUSTER_PROMETHEUS_CONFIG_RELOADER_IMAGE="$IMG_PROMETHEUS_CONFIG_RELOADER"
+export CHARGESIM_CLUSTER_PROMETHEUS_IMAGE="$IMG_PROMETHEUS"
+export CHARGESIM_CLUSTER_PROMETHEUS_VERSION="$PROMETHEUS_RELEASE"
+export CHARGESIM_CLUSTER_PROMETHEUS_OPERATOR_EXAMPLES="$(dirname "$(readlink -f "$BIN/prometheus-operator")")/example"
+EOF
+  fi
   local img
   for img in "${IMAGES[@]}"; do log "image $(cat "$out/$img.digest")"; done
 }
@@ -484,14 +529,16 @@ export CHARGESIM_CLUSTER_IMAGE="$IMG_CHARGESIM"
 export CHARGESIM_CLUSTER_FERRETDB_IMAGE="$IMG_FERRETDB"
 export CHARGESIM_CLUSTER_CTR="/usr/bin/ctr --address $SOCK -n k8s.io"
 EOF
+  cat "$DIR/images/monitoring.env" >>"$BIN/cluster.env.tmp.$$"
   mv -f "$BIN/cluster.env.tmp.$$" "$BIN/cluster.env"
 }
 
 up() {
   preflight
   log "tools"
-  "$ROOT/hack/kube-tools.sh" cluster node helm >/dev/null 9>&-
+  "$ROOT/hack/kube-tools.sh" cluster node helm monitoring >/dev/null 9>&-
   [[ -x $CACHE/ferretdb-$FERRETDB_VERSION/ferretdb ]] || "$ROOT/hack/deps.sh" >/dev/null 9>&-
+  monitoring_images
   IMG_COREDNS=chargesim.local/coredns:$("$BIN/coredns" -version | sed -n 's/^CoreDNS-\([0-9.]*\).*/v\1/p')
   mkdir -p "$DIR/logs"
   save_sysctls
@@ -597,6 +644,10 @@ case $cmd in
     if [[ " ${IMAGES[*]} " == *" coredns "* ]]; then
       "$ROOT/hack/kube-tools.sh" coredns >/dev/null 9>&-
       IMG_COREDNS=chargesim.local/coredns:$("$BIN/coredns" -version | sed -n 's/^CoreDNS-\([0-9.]*\).*/v\1/p')
+    fi
+    if [[ " ${IMAGES[*]} " == *" prometheus"* ]]; then
+      "$ROOT/hack/kube-tools.sh" monitoring >/dev/null 9>&-
+      monitoring_images
     fi
     mkdir -p "$DIR/logs"
     build_images

@@ -6,6 +6,7 @@
 #   hack/kube-tools.sh envtest    etcd, kube-apiserver, kubectl (KUBEBUILDER_ASSETS = bin/k8s)
 #   hack/kube-tools.sh cluster    what hack/kwok-cluster.sh needs (envtest + controller-manager, scheduler, kwok, kwokctl)
 #   hack/kube-tools.sh node       what a real node of hack/cluster.sh adds (kubelet, kube-proxy, coredns)
+#   hack/kube-tools.sh monitoring prometheus-operator, prometheus-config-reloader, prometheus (test/cluster)
 #   hack/kube-tools.sh helm kubectl ...   single tools
 #
 # Tools already built are skipped, so re-running is cheap. Prints one line per tool. Missing
@@ -31,11 +32,16 @@ HELM_VERSION=v3.22.0
 KUBECONFORM_VERSION=v0.8.0
 GOLANGCI_LINT_VERSION=v2.15.0
 COREDNS_VERSION=v1.15.0
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
+PROMETHEUS_VERSION=v0.316.0 # Go module versions v0.3XX.Y are Prometheus 3.XX.Y
 
-ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok kwokctl coredns controller-gen helm kubeconform golangci-lint)
+ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok kwokctl coredns controller-gen helm kubeconform golangci-lint prometheus-operator prometheus-config-reloader prometheus)
 ENVTEST_TOOLS=(etcd kube-apiserver kubectl)
 KWOK_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl)
 NODE_TOOLS=(kubelet kube-proxy coredns)
+MONITORING_TOOLS=(prometheus-operator prometheus-config-reloader prometheus)
+# Built from github.com/prometheus-operator/prometheus-operator/cmd/<name> in one `go build`.
+PROMOP_TOOLS=(prometheus-operator prometheus-config-reloader)
 # Built from k8s.io/kubernetes/cmd/<name> in the throwaway module below.
 K8S_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
@@ -59,6 +65,8 @@ version_of() {
     kubeconform) echo "$KUBECONFORM_VERSION" ;;
     golangci-lint) echo "$GOLANGCI_LINT_VERSION" ;;
     coredns) echo "$COREDNS_VERSION" ;;
+    prometheus-operator | prometheus-config-reloader) echo "$PROMETHEUS_OPERATOR_VERSION" ;;
+    prometheus) echo "$PROMETHEUS_VERSION" ;;
     *) return 1 ;;
   esac
 }
@@ -66,6 +74,12 @@ version_of() {
 tool_dir() { echo "$CACHE/$1-$(version_of "$1")"; }
 
 is_k8s_tool() { [[ " ${K8S_TOOLS[*]} " == *" $1 "* ]]; }
+is_promop_tool() { [[ " ${PROMOP_TOOLS[*]} " == *" $1 "* ]]; }
+# The operator's main package is cmd/operator; the reloader's is cmd/prometheus-config-reloader.
+promop_pkg() {
+  local p=github.com/prometheus-operator/prometheus-operator/cmd
+  if [[ $1 == prometheus-operator ]]; then echo "$p/operator"; else echo "$p/$1"; fi
+}
 
 # A throwaway module that requires k8s.io/kubernetes and pins every staging module it requires
 # (the `replace` block of its go.mod) to the matching published v0.<minor>.<patch>.
@@ -129,18 +143,52 @@ EOF
   echo "$dir"
 }
 
+# prometheus-operator's go.mod replaces its pkg/apis/monitoring and pkg/client modules with
+# ./pkg/..., which `go install pkg@version` refuses: a throwaway module requires the release and
+# the two published submodules of the same version instead. Its own go.sum pins everything else,
+# so the operator is built with the dependency versions upstream tested (Prometheus itself needs
+# far newer ones, e.g. client-go v0.37 against the operator's v0.33, hence a separate build).
+promop_module() {
+  local dir=$CACHE/src/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION
+  if [[ -f $dir/go.sum && -f $dir/.ready ]]; then
+    echo "$dir"
+    return
+  fi
+  mkdir -p "$dir"
+  local p=github.com/prometheus-operator/prometheus-operator
+  {
+    echo "module chargesim.local/promoperator"
+    echo
+    echo "go 1.24.0"
+    echo
+    echo "require ("
+    echo "	$p $PROMETHEUS_OPERATOR_VERSION"
+    echo "	$p/pkg/apis/monitoring $PROMETHEUS_OPERATOR_VERSION"
+    echo "	$p/pkg/client $PROMETHEUS_OPERATOR_VERSION"
+    echo ")"
+    echo
+    echo "tool ("
+    for c in "${PROMOP_TOOLS[@]}"; do echo "	$(promop_pkg "$c")"; done
+    echo ")"
+  } >"$dir/go.mod"
+  (cd "$dir" && go mod tidy >&2) || die "go mod tidy in $dir failed"
+  touch "$dir/.ready"
+  echo "$dir"
+}
+
 # build_in <module dir> <out> <pkg> <ldflags>
 build_in() {
   local dir=$1 out=$2 pkg=$3 ldflags=$4
   (cd "$dir" && go build -p "$GO_BUILD_P" -trimpath -ldflags="$ldflags" -o "$out" "$pkg")
 }
 
-# go_install <out> <pkg@version> <ldflags>
+# go_install <out> <pkg@version> <ldflags> [go build flags...]
 go_install() {
   local out=$1 pkgver=$2 ldflags=$3 tmp
+  shift 3
   tmp=$(mktemp -d "$CACHE/.gobin.XXXXXX")
   # Run outside the repo so the project's go.mod is not consulted.
-  if ! (cd "$CACHE" && GOBIN=$tmp go install -p "$GO_BUILD_P" -trimpath -ldflags="$ldflags" "$pkgver"); then
+  if ! (cd "$CACHE" && GOBIN=$tmp go install -p "$GO_BUILD_P" -trimpath -ldflags="$ldflags" "$@" "$pkgver"); then
     rm -rf "$tmp"
     return 1
   fi
@@ -188,6 +236,16 @@ build_tool() {
     coredns)
       go_install "$out" "github.com/coredns/coredns@$ver" "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$ver"
       ;;
+    prometheus)
+      # Tags as upstream's release builds minus builtinassets: the web UI's compiled assets are
+      # generated at release time and are not in the module; the HTTP API works without them.
+      # Module v0.MNN.P is release M.NN.P (v0.316.0: 3.16.0).
+      local pv=${ver#v0.} pc=github.com/prometheus/common/version
+      pv=${pv:0:1}.${pv:1}
+      go_install "$out" "github.com/prometheus/prometheus/cmd/prometheus@$ver" \
+        "-s -w -X $pc.Version=$pv -X $pc.Revision=$ver -X $pc.Branch=HEAD -X $pc.BuildUser=chargesim -X $pc.BuildDate=19700101-00:00:00" \
+        -tags netgo
+      ;;
     golangci-lint)
       go_install "$out" "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$ver" \
         "-s -w -X main.version=${ver#v} -X main.commit=none -X main.date=1970-01-01T00:00:00Z"
@@ -215,6 +273,45 @@ build_k8s() {
     BUILT[$t]="built in $((SECONDS - start))s (with $*)"
   done
   rmdir "$tmp"
+}
+
+# build_promop <tool>...: the missing prometheus-operator binaries in one `go build`.
+build_promop() {
+  local pdir tmp t start=$SECONDS pc=github.com/prometheus/common/version
+  local -a pkgs=()
+  pdir=$(promop_module) || die "preparing the prometheus-operator module failed"
+  tmp=$(mktemp -d "$CACHE/.promopbuild.XXXXXX")
+  for t in "$@"; do pkgs+=("$(promop_pkg "$t")"); done
+  local ldflags="-s -w -X $pc.Version=${PROMETHEUS_OPERATOR_VERSION#v} -X $pc.Revision=$PROMETHEUS_OPERATOR_VERSION -X $pc.Branch=HEAD -X $pc.BuildUser=chargesim -X $pc.BuildDate=19700101-00:00:00"
+  if ! (cd "$pdir" && go build -p "$GO_BUILD_P" -trimpath -ldflags="$ldflags" -o "$tmp/" "${pkgs[@]}"); then
+    rm -rf "$tmp"
+    die "building $* $PROMETHEUS_OPERATOR_VERSION failed"
+  fi
+  for t in "$@"; do
+    mkdir -p "$(tool_dir "$t")"
+    # go build -o dir/ names binaries after the package dir: operator, prometheus-config-reloader.
+    if [[ $t == prometheus-operator ]]; then mv -f "$tmp/operator" "$(tool_dir "$t")/$t"; else mv -f "$tmp/$t" "$(tool_dir "$t")/$t"; fi
+    BUILT[$t]="built in $((SECONDS - start))s (with $*)"
+  done
+  rmdir "$tmp"
+}
+
+# promop_examples: the operator's CRDs and RBAC examples of the same release, next to its binary
+# (<tool dir>/example), so tests install exactly the CRDs this operator was built with.
+promop_examples() {
+  local dst
+  dst=$(tool_dir prometheus-operator)/example
+  [[ -f $dst/.ready ]] && return 0
+  local pdir src
+  pdir=$(promop_module) || die "preparing the prometheus-operator module failed"
+  src=$(cd "$pdir" && go list -m -f '{{.Dir}}' github.com/prometheus-operator/prometheus-operator) ||
+    die "locating the prometheus-operator module"
+  rm -rf "$dst"
+  mkdir -p "$dst/rbac"
+  cp -r "$src/example/prometheus-operator-crd" "$dst/"
+  cp -r "$src/example/rbac/prometheus-operator" "$src/example/rbac/prometheus" "$dst/rbac/"
+  chmod -R u+w "$dst"
+  touch "$dst/.ready"
 }
 
 ensure_tool() {
@@ -268,15 +365,16 @@ main() {
       envtest) tools+=("${ENVTEST_TOOLS[@]}") ;;
       kwok-cluster | cluster) tools+=("${KWOK_TOOLS[@]}") ;;
       node) tools+=("${NODE_TOOLS[@]}") ;;
+      monitoring) tools+=("${MONITORING_TOOLS[@]}") ;;
       -h | --help)
-        sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
       *) tools+=("$a") ;;
     esac
   done
   for t in "${tools[@]}"; do
-    version_of "$t" >/dev/null || die "unknown tool '$t' (known: ${ALL_TOOLS[*]} envtest cluster node all)"
+    version_of "$t" >/dev/null || die "unknown tool '$t' (known: ${ALL_TOOLS[*]} envtest cluster node monitoring all)"
   done
   mkdir -p "$CACHE" "$BIN"
   # Several worktrees/CI jobs may share the cache: serialise builds.
@@ -286,14 +384,17 @@ main() {
     flock 9
   fi
   local -A seen=()
-  local -a uniq=() k8s_missing=()
+  local -a uniq=() k8s_missing=() promop_missing=()
   for t in "${tools[@]}"; do
     [[ -n ${seen[$t]:-} ]] && continue
     seen[$t]=1
     uniq+=("$t")
     if is_k8s_tool "$t" && [[ ! -x $(tool_dir "$t")/$t ]]; then k8s_missing+=("$t"); fi
+    if is_promop_tool "$t" && [[ ! -x $(tool_dir "$t")/$t ]]; then promop_missing+=("$t"); fi
   done
   ((${#k8s_missing[@]} == 0)) || build_k8s "${k8s_missing[@]}"
+  ((${#promop_missing[@]} == 0)) || build_promop "${promop_missing[@]}"
+  [[ " ${uniq[*]} " != *" prometheus-operator "* ]] || promop_examples
   for t in "${uniq[@]}"; do
     ensure_tool "$t"
   done

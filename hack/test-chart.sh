@@ -4,7 +4,7 @@
 #   - helm lint --strict and helm template of every toggle, with helm v3 (pinned) and v4
 #   - values.schema.json rejects bad values with a clear message
 #   - every rendered manifest: kubeconform -strict and kubectl apply --dry-run=server on a kwok
-#     cluster with the chart's CRDs and prometheus-operator stand-ins (test/chart/crds/)
+#     cluster with the chart's CRDs and prometheus-operator's real CRDs (test/chart/crds/)
 #   - on a second kwok cluster: helm install --wait, the operator binary running as the chart's
 #     ServiceAccount brings ChargerSimulations to Ready, helm upgrade rolls the operator,
 #     helm uninstall leaves nothing behind (or the CRDs, with crds.keep)

@@ -5,8 +5,9 @@
 # a local node, hack/cluster.sh).
 #
 #   1. create a kind cluster (or reuse one of the same name)
-#   2. build the chargesim and FerretDB images without Docker (hack/cluster.sh images, the same
-#      reproducible tarballs the local node imports) and `kind load image-archive` them
+#   2. build the chargesim, FerretDB, prometheus-operator and Prometheus images without Docker
+#      (hack/cluster.sh images, the same reproducible tarballs the local node imports) and
+#      `kind load image-archive` them
 #   3. go test -tags cluster ./test/cluster/ with E2E_PROVIDER=kind: helm install with
 #      charts/chargesim/ci/local-values.yaml, the sample and a larger simulation, pods, probes,
 #      security contexts, port-forwarded API and broker, scaling, a killed listener, upgrade and
@@ -66,12 +67,13 @@ fi
 
 # ---- images -----------------------------------------------------------------------------
 log "building the images (hack/imagebuild)"
-mapfile -t archives < <(hack/cluster.sh images chargesim ferretdb)
+mapfile -t archives < <(hack/cluster.sh images chargesim ferretdb prometheus-operator prometheus-config-reloader prometheus)
 for a in "${archives[@]}"; do
-  case $(basename "$a") in
-    chargesim.tar | ferretdb.tar) "$KIND" load image-archive "$a" --name "$CLUSTER" >&2 ;;
-  esac
+  "$KIND" load image-archive "$a" --name "$CLUSTER" >&2
 done
+# Image names and CRDs of the monitoring stack the test installs (CHARGESIM_CLUSTER_PROMETHEUS_*).
+# shellcheck source=/dev/null
+source "$(dirname "${archives[0]}")/monitoring.env"
 
 # ---- the test ---------------------------------------------------------------------------
 log "go test -tags cluster ./test/cluster/ (E2E_PROVIDER=kind)"

@@ -21,7 +21,8 @@ var (
 )
 
 // staticCRDs returns the kubeconfig of the static-test cluster with the chart's CRDs and the
-// prometheus-operator stand-ins (test/chart/crds) installed and Established.
+// prometheus-operator's CRDs (test/chart/crds, the real ones of the pinned release) installed
+// and Established.
 func staticCRDs(t testing.TB) string {
 	t.Helper()
 	kc := cluster(t, staticCluster)

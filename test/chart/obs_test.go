@@ -190,6 +190,12 @@ func expandVars(expr string, rangeDur time.Duration, all []string) string {
 	return expr
 }
 
+// operatorStatusSeries are the operator's per-simulation series (from ChargerSimulation
+// status). The overview joins them with the components' series; the processes started here
+// have no operator, so those queries are evaluated by test/cluster (TestChartOnRealCluster),
+// where the chart's monitors scrape the operator and the simulations' pods together.
+var operatorStatusSeries = regexp.MustCompile(`\bchargesim_simulation_[a-z_]+\b`)
+
 // checkDashboard evaluates every target of every panel and every variable's metric against p:
 // each must return at least one sample with a finite value. A query that returns nothing is a
 // broken panel.
@@ -227,13 +233,16 @@ func checkDashboard(t *testing.T, p *testenv.Prometheus, file string, since time
 			t.Errorf("%s variable %s: %q returns nothing (%v)", file, v.Name, expr, err)
 		}
 	}
-	var checked int
+	var checked, skipped int
 	// Every metric a query names must exist: a fallback such as `x or y * 0` would otherwise
 	// hide a misspelt x.
 	names := map[string]bool{}
 	metricName := regexp.MustCompile(`\b(chargesim|controller_runtime|workqueue|rest_client|process|go)_[a-zA-Z0-9_:]+\b`)
 	for _, pn := range d.panels() {
 		for _, tg := range pn.Targets {
+			if operatorStatusSeries.MatchString(tg.Expr) {
+				continue
+			}
 			for _, n := range metricName.FindAllString(tg.Expr, -1) {
 				names[n] = true
 			}
@@ -246,6 +255,10 @@ func checkDashboard(t *testing.T, p *testenv.Prometheus, file string, since time
 	}
 	for _, pn := range d.panels() {
 		for _, tg := range pn.Targets {
+			if operatorStatusSeries.MatchString(tg.Expr) {
+				skipped++
+				continue
+			}
 			expr := expandVars(tg.Expr, time.Since(since), vars)
 			checked++
 			res, err := p.Query(t.Context(), expr)
@@ -262,7 +275,7 @@ func checkDashboard(t *testing.T, p *testenv.Prometheus, file string, since time
 			}
 		}
 	}
-	t.Logf("%s: %d queries over %d metrics evaluated", file, checked, len(names))
+	t.Logf("%s: %d queries over %d metrics evaluated (%d on the operator's per-simulation series left to test/cluster)", file, checked, len(names), skipped)
 	if checked < 10 {
 		t.Errorf("%s: only %d queries", file, checked)
 	}

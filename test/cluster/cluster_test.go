@@ -44,6 +44,7 @@ type env struct {
 	prov  provider
 	kubec string
 	helm  string
+	prom  string // 127.0.0.1:<port> forwarded to Prometheus (installMonitoring)
 }
 
 func TestChartOnRealCluster(t *testing.T) {
@@ -79,25 +80,30 @@ func TestChartOnRealCluster(t *testing.T) {
 	})
 	t.Logf("cluster up in %s", time.Since(start).Round(time.Second))
 
-	// ---- install: operator in-cluster, in-cluster store --------------------------------
+	// ---- install: monitoring stack, operator in-cluster, in-cluster store ---------------
+	e.installMonitoring()
+	monitoredFrom := time.Now()
 	e.must(e.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--timeout=120s"))
 	e.must(e.kubectl("create", "namespace", namespace))
 	storeURI := fmt.Sprintf("mongodb://%s-mongodb.%s.svc:27017/", release, namespace)
 	e.must(e.kubectl("-n", namespace, "create", "secret", "generic", storeSec,
 		"--from-literal=username=none", "--from-literal=password=none", "--from-literal=uri="+storeURI))
-	e.must(e.helmCmd("install", release, filepath.Join(root, "charts", "chargesim"), "-n", namespace,
-		"-f", filepath.Join(root, "charts", "chargesim", "ci", "local-values.yaml"), "--wait", "--timeout", "5m"))
+	e.must(e.helmCmd(append([]string{"install", release, filepath.Join(root, "charts", "chargesim"), "-n", namespace,
+		"-f", filepath.Join(root, "charts", "chargesim", "ci", "local-values.yaml"), "--wait", "--timeout", "5m"}, monitoringValues...)...))
 	t.Logf("helm install done at %s", time.Since(start).Round(time.Second))
+	// Two replicas (monitoringValues): one leader, one hot standby.
 	op := e.podsWith("app.kubernetes.io/component=operator")
-	if len(op) != 1 {
-		t.Fatalf("operator pods: %d, want 1", len(op))
+	if len(op) != 2 {
+		t.Fatalf("operator pods: %d, want 2", len(op))
 	}
-	if sa := op[0].Spec.ServiceAccountName; sa != release {
-		t.Errorf("operator runs as ServiceAccount %q, want the chart's %q", sa, release)
+	for _, p := range op {
+		if sa := p.Spec.ServiceAccountName; sa != release {
+			t.Errorf("operator %s runs as ServiceAccount %q, want the chart's %q", p.Metadata.Name, sa, release)
+		}
 	}
-	e.waitFor("operator holds the leader-election lease", func() (bool, string) {
+	e.waitFor("an operator replica holds the leader-election lease", func() (bool, string) {
 		out, err := e.kubectl("-n", namespace, "get", "lease", "-o", "jsonpath={.items[*].spec.holderIdentity}")
-		return err == nil && strings.HasPrefix(out, op[0].Metadata.Name), out
+		return err == nil && (strings.HasPrefix(out, op[0].Metadata.Name) || strings.HasPrefix(out, op[1].Metadata.Name)), out
 	})
 
 	// ---- simulations ---------------------------------------------------------------------
@@ -110,10 +116,14 @@ func TestChartOnRealCluster(t *testing.T) {
 
 	// Every pod: containers running in containerd, ready, as non-root, root filesystem read-only.
 	pods := e.podsWith("")
-	if len(pods) != 2+4+7 {
-		t.Fatalf("%d pods in %s, want 13: operator, store, 4 of minimal, 7 of large", len(pods), namespace)
+	if len(pods) != 3+4+7 {
+		t.Fatalf("%d pods in %s, want 14: 2 operators, store, 4 of minimal, 7 of large", len(pods), namespace)
 	}
 	for _, p := range pods {
+		e.checkPod(p)
+	}
+	// The monitoring stack runs as hardened as the chart.
+	for _, p := range e.podsIn(monNamespace, "") {
 		e.checkPod(p)
 	}
 
@@ -134,6 +144,9 @@ func TestChartOnRealCluster(t *testing.T) {
 	pub.publish(1, 100, 0)
 	pub.publish(1, 100, 0) // the same 100 again: redelivery must not store twice
 	e.waitCharger(api, pub.charger, 100)
+
+	// ---- monitoring: every component scraped through the chart's monitors ------------------
+	e.checkMonitoring(broker, api)
 
 	// ---- kubectl scale csim --------------------------------------------------------------
 	for _, n := range []int{3, 1} {
@@ -209,10 +222,13 @@ func TestChartOnRealCluster(t *testing.T) {
 		return json.Unmarshal([]byte(out), &st) == nil && st.LastTime != "" && st.Error == "", out
 	})
 
+	// CHARGESIM_DOCS_IMAGES=<dir>: the main panels over the whole run, for docs/observability.md.
+	e.docsImages(monitoredFrom)
+
 	// ---- helm upgrade and uninstall ---------------------------------------------------------
-	e.must(e.helmCmd("upgrade", release, filepath.Join(root, "charts", "chargesim"), "-n", namespace,
+	e.must(e.helmCmd(append([]string{"upgrade", release, filepath.Join(root, "charts", "chargesim"), "-n", namespace,
 		"-f", filepath.Join(root, "charts", "chargesim", "ci", "local-values.yaml"),
-		"--set", "operator.logLevel=debug", "--wait", "--timeout", "5m"))
+		"--set", "operator.logLevel=debug", "--wait", "--timeout", "5m"}, monitoringValues...)...))
 	e.must(e.kubectl("-n", namespace, "rollout", "status", "deployment/"+release+"-operator", "--timeout=180s"))
 	for _, sim := range []string{"minimal", "large"} {
 		e.must(e.kubectl("-n", namespace, "wait", "--for=condition=Ready", "chargersimulation/"+sim, "--timeout=180s"))
@@ -325,7 +341,12 @@ type pod struct {
 
 func (e *env) podsWith(selector string) []pod {
 	e.t.Helper()
-	args := []string{"-n", namespace, "get", "pods", "-o", "json"}
+	return e.podsIn(namespace, selector)
+}
+
+func (e *env) podsIn(ns, selector string) []pod {
+	e.t.Helper()
+	args := []string{"-n", ns, "get", "pods", "-o", "json"}
 	if selector != "" {
 		args = append(args, "-l", selector)
 	}
