@@ -225,6 +225,9 @@ func TestChartOnRealCluster(t *testing.T) {
 	// CHARGESIM_DOCS_IMAGES=<dir>: the main panels over the whole run, for docs/observability.md.
 	e.docsImages(monitoredFrom)
 
+	// ---- every alert fires for its real cause, and resolves ----------------------------------
+	e.checkAlerts(t)
+
 	// ---- helm upgrade and uninstall ---------------------------------------------------------
 	e.must(e.helmCmd(append([]string{"upgrade", release, filepath.Join(root, "charts", "chargesim"), "-n", namespace,
 		"-f", filepath.Join(root, "charts", "chargesim", "ci", "local-values.yaml"),

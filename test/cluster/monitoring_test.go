@@ -34,6 +34,9 @@ var monitoringValues = []string{
 	"--set", "serviceMonitor.enabled=true",
 	"--set", "serviceMonitor.interval=5s",
 	"--set", "prometheusRule.enabled=true",
+	// The shipped alert expressions with a `for` and rate windows a test can wait for (alerts_test.go).
+	"--set", "prometheusRule.for=30s",
+	"--set", "prometheusRule.window=1m",
 	"--set", "dashboards.enabled=true",
 	"--set", "operator.replicas=2",
 }
