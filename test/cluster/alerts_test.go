@@ -534,8 +534,12 @@ func mqttConnect(url, id string) (mqtt.Client, error) {
 	opts := mqtt.NewClientOptions().AddBroker(url).SetClientID(id).SetCleanSession(true).
 		SetAutoReconnect(true).SetConnectRetry(true).SetConnectTimeout(10 * time.Second)
 	c := mqtt.NewClient(opts)
-	if tok := c.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
-		return nil, fmt.Errorf("MQTT connect %s: %v", url, tok.Error())
+	tok := c.Connect()
+	if !tok.WaitTimeout(30 * time.Second) {
+		return nil, fmt.Errorf("MQTT connect %s: no CONNACK within 30s", url)
+	}
+	if err := tok.Error(); err != nil {
+		return nil, fmt.Errorf("MQTT connect %s: %w", url, err)
 	}
 	return c, nil
 }
