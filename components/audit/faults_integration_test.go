@@ -241,7 +241,7 @@ type pubRun struct {
 }
 
 // publisher starts shard of shards; clock nil is the real clock.
-func (r *rig) publisher(shard, shards int, clock func() time.Time) *pubRun {
+func (r *rig) publisher(shard, shards int, clock publisher.Clock) *pubRun {
 	r.tb.Helper()
 	c := publisher.DefaultConfig()
 	c.MQTT.URL = r.url
@@ -403,7 +403,12 @@ type fault struct {
 // stepped is a clock offset that a test moves while the publisher runs.
 type stepped struct{ offset atomic.Int64 }
 
-func (s *stepped) now() time.Time { return time.Now().Add(time.Duration(s.offset.Load())) }
+func (s *stepped) Now() time.Time { return time.Now().Add(time.Duration(s.offset.Load())) }
+
+// behind is a clock that is behind by a fixed offset.
+type behind time.Duration
+
+func (b behind) Now() time.Time { return time.Now().Add(-time.Duration(b)) }
 
 var faultMatrix = []fault{
 	{name: "listener kill -9 x3 (mosquitto)", broker: withMosquitto, run: func(r *rig) {
@@ -475,7 +480,7 @@ var faultMatrix = []fault{
 		p.stop(r.tb)
 		// The new process's clock is 1 s behind (a pod moved to a node whose clock is behind):
 		// it issues again the slots of the last second, under the keys they already have.
-		r.publisher(0, 1, func() time.Time { return time.Now().Add(-time.Second) })
+		r.publisher(0, 1, behind(time.Second))
 	}, after: func(r *rig) {
 		// The listener received that second again: the fault did re-issue published slots.
 		if d := r.lis.metric(listener.MetricDuplicates); d < float64(9*r.chargers) {
@@ -484,7 +489,7 @@ var faultMatrix = []fault{
 	}},
 	{name: "clock step back 1s (running)", broker: withMosquitto, noPublisher: true, run: func(r *rig) {
 		var c stepped
-		r.publisher(0, 1, c.now)
+		r.publisher(0, 1, &c)
 		r.at(0.5)
 		c.offset.Store(int64(-time.Second))
 	}, after: func(r *rig) {

@@ -224,7 +224,7 @@ func (p *Publisher) scheduleReplay() {
 // now is the wall clock in Unix nanoseconds (Config.Clock in tests).
 func (p *Publisher) now() int64 {
 	if p.cfg.Clock != nil {
-		return p.cfg.Clock().UnixNano()
+		return p.cfg.Clock.Now().UnixNano()
 	}
 	return time.Now().UnixNano()
 }
