@@ -505,6 +505,7 @@ type faultRow struct {
 	name                                                  string
 	expected, stored, missing, unexpected, dups, replayed int64
 	published                                             float64
+	rate                                                  int
 	took                                                  time.Duration
 }
 
@@ -539,24 +540,34 @@ func runFault(tb testing.TB, f fault, n, chargers int) faultRow {
 }
 
 // Every fault of the matrix ends with the audit at 0 missing, 0 unexpected, 0 duplicates, and
-// expecting at least the whole stream. At `make test` size: 4,000 sessions at 1,500/s per
-// fault; with -faults-100k (make bench): 100,000 at 2,500/s, and the table is printed.
+// the runs cover the stream's span without a hole. At `make test` size: 4,000 sessions at
+// 1,500/s per fault; with -faults-100k (make bench): 100,000 at 2,500/s (mosquitto) or 1,000/s
+// (embedded broker), and the table is printed.
 func TestFaultsEndWithACleanAudit(t *testing.T) {
-	n, chargers := 4000, 150
+	n := 4000
 	if *faults100k {
-		n, chargers = 100_000, 250
+		n = 100_000
 	}
 	var rows []faultRow
 	for _, f := range faultMatrix {
+		// 10 sessions/s per charger. At 100k the rate stays below what the pipeline stores on
+		// a shared 2-core machine (the embedded broker's path is the slower one, see
+		// docs/performance.md), so the broker's backlog stays far below --max-inflight.
+		chargers := 150
+		if *faults100k {
+			chargers = map[brokerKind]int{withMosquitto: 250, withEmbedded: 100}[f.broker]
+		}
 		t.Run(strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(f.name), func(t *testing.T) {
-			rows = append(rows, runFault(t, f, n, chargers))
+			row := runFault(t, f, n, chargers)
+			row.rate = 10 * chargers
+			rows = append(rows, row)
 		})
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n== audited faults, %d sessions per fault at %d/s ==\n", n, chargers*10)
-	fmt.Fprintf(&b, "%-34s %9s %9s %8s %10s %10s %9s %9s\n", "fault", "expected", "stored", "missing", "unexpected", "duplicates", "replayed", "duration")
+	fmt.Fprintf(&b, "\n== audited faults, %d sessions per fault ==\n", n)
+	fmt.Fprintf(&b, "%-34s %6s %9s %9s %8s %10s %10s %9s %9s\n", "fault", "rate/s", "expected", "stored", "missing", "unexpected", "duplicates", "replayed", "duration")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "%-34s %9d %9d %8d %10d %10d %9d %8.1fs\n", r.name, r.expected, r.stored, r.missing, r.unexpected, r.dups, r.replayed, r.took.Seconds())
+		fmt.Fprintf(&b, "%-34s %6d %9d %9d %8d %10d %10d %9d %8.1fs\n", r.name, r.rate, r.expected, r.stored, r.missing, r.unexpected, r.dups, r.replayed, r.took.Seconds())
 	}
 	if *faults100k {
 		fmt.Print(b.String()) // the bench's table, on stdout with or without -v
