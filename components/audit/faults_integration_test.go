@@ -149,17 +149,6 @@ func (c *child) kill() {
 	<-c.exited
 }
 
-// stop is an orderly shutdown: SIGTERM, then wait.
-func (c *child) stop(tb testing.TB) {
-	tb.Helper()
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.exited:
-	case <-time.After(30 * time.Second):
-		tb.Fatalf("%s did not stop within 30s of SIGTERM", c.kind)
-	}
-}
-
 // metric reads one unlabelled sample from the process's /metrics (-1 when unreachable).
 func (c *child) metric(name string) float64 {
 	r, err := http.Get("http://" + c.httpAddr + "/metrics")
