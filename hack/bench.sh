@@ -21,7 +21,7 @@ out=bin/bench.txt
 summary_only=false
 [[ ${1:-} == --summary ]] && summary_only=true # print the table of the last run again
 $summary_only || : >"$out"
-# BENCH_ONLY=listener,run (publisher, broker, listener, fleet, run) runs only those parts.
+# BENCH_ONLY=listener,run (publisher, broker, faults, listener, fleet, run) runs only those parts.
 only() { [[ -z ${BENCH_ONLY:-} || ,$BENCH_ONLY, == *,$1,* ]] && ! $summary_only; }
 
 bench() { # package regexp
@@ -35,6 +35,15 @@ if only broker; then
 	go test -tags integration -count=1 -run '^Test(ListenerKilledThriceMidStream|BrokerRestartedMidStream)$' \
 		-timeout 30m -v ./components/broker/ -args -faults-100k | grep -E '^(\s*--- |ok|FAIL)|acknowledged' | tee -a "$out" ||
 		echo "FAIL: embedded broker fault tests at 100,000 sessions" | tee -a "$out"
+fi
+# The audited fault matrix (components/audit) at 100,000 sessions per fault: listener kill -9 x3
+# (mosquitto, embedded), broker restarts, store outage, publisher restart, resharding 1->3->2,
+# clock step back; each row is the audit's verdict (expected, stored, missing, unexpected,
+# duplicates) and the fault's duration.
+if only faults; then
+	go test -tags integration -count=1 -run '^TestFaultsEndWithACleanAudit$' -timeout 90m -v ./components/audit/ -args -faults-100k |
+		awk '/^== audited faults/ { table = 1 } table && NF == 0 { table = 0 } table || /^(\s*--- |ok|FAIL)/' | tee -a "$out" ||
+		echo "FAIL: audited fault matrix at 100,000 sessions" | tee -a "$out"
 fi
 only listener && bench ./components/listener/ '^Benchmark(ListenerIngest|RawInsertMany)$'
 
@@ -200,4 +209,10 @@ if [[ $(rs stored-sessions) != nan ]]; then
 	printf '%-44s %10s MB (goal <= 1024)\n' "FerretDB peak RSS" "$(rs ferretdb-peak-RSS-MB)"
 	printf '%-44s %10s MB\n' "API heap in use (same process as the bench)" "$(rs api-heap-MB)"
 	printf '%-44s %10s s\n' "first snapshot after start (one full scan)" "$(rs first-snapshot-s)"
+fi
+
+# The audited fault matrix (its table as printed by the run).
+if grep -q '^== audited faults' "$out"; then
+	echo
+	awk '/^== audited faults/ { table = 1 } table && !/^[a-zA-Z=]|^fault/ { table = 0 } table' "$out"
 fi

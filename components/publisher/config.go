@@ -60,10 +60,18 @@ type Config struct {
 	ReplayAfter  time.Duration // --replay-after: 0 = no replay
 	ReplayBefore time.Duration // --replay-before
 
+	// Clock is a test seam: the wall clock the publisher reads for slots, replays and run
+	// records (nil: time.Now). Fault tests step it back to re-issue slots already published, as
+	// a node whose clock is behind does. It has no flag: production always runs on time.Now.
+	Clock Clock
+
 	// ShutdownTimeout bounds the flush on shutdown. It is the common --shutdown-timeout, so
 	// Register does not add it: Command copies it from cli.Common (0 means 15s).
 	ShutdownTimeout time.Duration
 }
+
+// Clock is a wall clock (Config.Clock). An interface, not a func, so that Config stays comparable.
+type Clock interface{ Now() time.Time }
 
 // DefaultConfig returns the configuration with every flag at its default.
 func DefaultConfig() Config {

@@ -144,7 +144,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Publisher, e
 		pending: make(chan *slot, cfg.MaxInflight),
 		replays: make(chan window, 16),
 	}
-	p.from = time.Now().UnixNano()
+	p.from = p.now()
 	p.fleet = newFleet(p.params, cfg.Chargers, cfg.ShardIndex, cfg.ShardCount, p.from)
 	for range p.slots {
 		p.free <- &slot{}
@@ -193,7 +193,7 @@ func (p *Publisher) onConnection(c mqtt.Client, n mqtt.ConnectionNotification) {
 		p.log.Info("connected to MQTT broker", "url", p.cfg.MQTT.URL)
 		p.scheduleReplay()
 	case mqtt.ConnectionNotificationLost:
-		p.lostAt.CompareAndSwap(0, time.Now().UnixNano())
+		p.lostAt.CompareAndSwap(0, p.now())
 		p.log.Warn("lost MQTT connection, reconnecting", "url", p.cfg.MQTT.URL, "err", n.Reason)
 	case mqtt.ConnectionNotificationFailed:
 		p.log.Warn("MQTT connection attempt failed", "url", p.cfg.MQTT.URL, "err", n.Reason)
@@ -214,11 +214,19 @@ func (p *Publisher) scheduleReplay() {
 	from := lost - int64(p.cfg.ReplayBefore)
 	time.AfterFunc(p.cfg.ReplayAfter, func() {
 		select {
-		case p.replays <- window{from: from, to: time.Now().UnixNano()}:
+		case p.replays <- window{from: from, to: p.now()}:
 		default:
 			p.log.Error("too many replays pending; this one is dropped", "from", time.Unix(0, from).UTC())
 		}
 	})
+}
+
+// now is the wall clock in Unix nanoseconds (Config.Clock in tests).
+func (p *Publisher) now() int64 {
+	if p.cfg.Clock != nil {
+		return p.cfg.Clock.Now().UnixNano()
+	}
+	return time.Now().UnixNano()
 }
 
 // Ready reports whether the publisher holds a connection to the broker.
@@ -321,7 +329,7 @@ func (p *Publisher) schedule(ctx context.Context) {
 		p.firedBefore.Store(next) // every slot before next has been fired
 		// The wall clock, not the monotonic one: slots are fixed points in wall-clock time. The
 		// wait is capped so that a clock step forward is noticed soon.
-		if wait := time.Duration(next - time.Now().UnixNano()); wait > 0 {
+		if wait := time.Duration(next - p.now()); wait > 0 {
 			timer.Reset(min(wait, maxWait))
 			select {
 			case <-done:

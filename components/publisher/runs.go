@@ -33,7 +33,7 @@ func (p *Publisher) startRun(ctx context.Context) (*runRecorder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("run records: %w", err)
 	}
-	now := time.Now().UnixNano()
+	now := p.now()
 	earliest := now - int64(p.cfg.ResumeWindow)
 	var runs []store.RunDoc
 	for backoff := 250 * time.Millisecond; ; backoff = min(2*backoff, 10*time.Second) {
