@@ -73,6 +73,11 @@ var toggles = []toggle{
 	{name: "mongodb-no-persistence", set: []string{"mongodb.enabled=true", "mongodb.persistence.enabled=false", "mongodb.auth.rootPassword=s3cret-Passw0rd"}, want: []string{"StatefulSet"}},
 	{name: "no-rbac-no-leader-election", set: []string{"rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=ops", "operator.leaderElect=false"},
 		want: []string{"Deployment"}, without: []string{"ClusterRole", "Role", "ServiceAccount"}},
+	{name: "metrics-plain-http", set: []string{"metrics.secure=false", "serviceMonitor.enabled=true"}, want: []string{"ServiceMonitor"}, without: []string{"Secret"}},
+	{name: "metrics-self-signed", set: []string{"metrics.tls.generate=false", "serviceMonitor.enabled=true", "serviceMonitor.tlsConfig.insecureSkipVerify=true"}, want: []string{"ServiceMonitor"}, without: []string{"Secret"}},
+	// The release namespace itself: the dry-run cluster has no other namespace.
+	{name: "namespaced", set: []string{"operator.watchNamespaces={" + testNamespace + "}", "metrics.readerServiceAccounts[0].name=prometheus", "metrics.readerServiceAccounts[0].namespace=monitoring"},
+		want: []string{"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}},
 	{name: "everything", set: []string{"serviceMonitor.enabled=true", "podMonitor.enabled=true", "prometheusRule.enabled=true",
 		"dashboards.enabled=true", "mongodb.enabled=true", "example.enabled=true", "crds.keep=false", "operator.replicas=2"},
 		want: append(slices.Clone(baseKinds), optionalKinds...)},
@@ -686,7 +691,11 @@ func TestNotes(t *testing.T) {
 			t.Errorf("NOTES lack %q:\n%s", want, notes)
 		}
 	}
-	out = mustRun(t, nil, nil, tool(t, "helm"), "install", "cs", chartDir, kc, "--namespace", testNamespace, "--dry-run=client", "--set", "crds.install=false")
+	out = mustRun(t, nil, nil, tool(t, "helm"), "install", "cs", chartDir, kc, "--namespace", testNamespace, "--dry-run=client", "--set", "crds.install=false",
+		"--set", "serviceMonitor.enabled=true")
+	if !strings.Contains(out, "bind Prometheus's ServiceAccount") {
+		t.Errorf("NOTES do not say the operator's ServiceMonitor needs Prometheus bound to the metrics reader:\n%s", out)
+	}
 	if !strings.Contains(out, "port-forward svc/<simulation>-api 8080") {
 		t.Errorf("NOTES without example lack the generic port-forward:\n%s", out)
 	}
