@@ -217,8 +217,11 @@ func TestMetricsRequireAuthorizedToken(t *testing.T) {
 		startExtraOperator(t, controllers.Config{MetricsAddr: addr, MetricsSecure: false})
 		eventually(t, "plain /metrics without a token", func() error {
 			code, body, err := scrapeWith(&http.Client{Timeout: 10 * time.Second}, "http://"+addr+"/metrics", "")
-			if err != nil || code != http.StatusOK || !strings.Contains(body, "controller_runtime_reconcile_total") {
-				return fmt.Errorf("plain HTTP: %d %v %.200s", code, err, body)
+			if err != nil {
+				return fmt.Errorf("plain HTTP: %w", err)
+			}
+			if code != http.StatusOK || !strings.Contains(body, "controller_runtime_reconcile_total") {
+				return fmt.Errorf("plain HTTP: %d %.200s", code, body)
 			}
 			return nil
 		})
