@@ -28,7 +28,6 @@ import (
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/chargesim/chargesim/api/v1alpha1"
 	"github.com/chargesim/chargesim/components/cli"
@@ -57,6 +56,8 @@ type Config struct {
 	LogLevel                string
 	LogFormat               string
 	MetricsAddr             string        // --metrics-bind-address
+	MetricsSecure           bool          // --metrics-secure
+	MetricsCertDir          string        // --metrics-cert-dir
 	ProbeAddr               string        // --health-probe-bind-address
 	PprofAddr               string        // --pprof-bind-address
 	LeaderElect             bool          // --leader-elect
@@ -64,7 +65,7 @@ type Config struct {
 	LeaderElectionNamespace string        // --leader-election-namespace
 	DefaultImage            string        // --default-image
 	Kubeconfig              string        // --kubeconfig
-	WatchNamespace          string        // --watch-namespace
+	WatchNamespace          string        // --watch-namespace (comma-separated)
 	MaxConcurrentReconciles int           // --max-concurrent-reconciles
 	ResyncInterval          time.Duration // --resync-interval
 	KubeAPIQPS              float64       // --kube-api-qps
@@ -82,7 +83,9 @@ type Config struct {
 func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
-	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "listen address of /metrics (\"0\" disables it)")
+	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8443", "listen address of /metrics (\"0\" disables it)")
+	fs.BoolVar(&c.MetricsSecure, "metrics-secure", true, "serve /metrics over HTTPS, only to bearer tokens allowed to get the non-resource URL /metrics (TokenReview and SubjectAccessReview; e.g. the chargesim-metrics-reader ClusterRole); false serves plain HTTP to anyone, for local development only")
+	fs.StringVar(&c.MetricsCertDir, "metrics-cert-dir", "", "directory with tls.crt and tls.key for /metrics (a mounted kubernetes.io/tls Secret, e.g. from cert-manager; reloaded when it changes); empty: a self-signed certificate generated at start")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "listen address of /healthz and /readyz")
 	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "", "listen address of /debug/pprof (empty disables it; keep it on localhost)")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", runningInCluster(), "elect a leader among operator replicas (a Lease); only the leader reconciles (default: on in a cluster, off outside)")
@@ -90,7 +93,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the Lease (default: the operator's own namespace when in a cluster)")
 	fs.StringVar(&c.DefaultImage, "default-image", defaultImage(), "chargesim image for simulations that do not set spec.image")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, then $KUBECONFIG, then ~/.kube/config)")
-	fs.StringVar(&c.WatchNamespace, "watch-namespace", "", "only reconcile simulations in this namespace (default: all)")
+	fs.StringVar(&c.WatchNamespace, "watch-namespace", "", "only watch and reconcile simulations in these namespaces, comma-separated (default: all); the operator then needs RBAC in those namespaces only")
 	fs.IntVar(&c.MaxConcurrentReconciles, "max-concurrent-reconciles", 4, "simulations reconciled in parallel")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", 10*time.Minute, "re-read the Secrets of healthy simulations this often, to roll pods when their content changed")
 	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", 50, "sustained requests per second to the API server")
@@ -130,7 +133,10 @@ func (c *Config) Validate() error {
 	case c.LeaderElect && c.LeaderElectionID == "":
 		return cli.Invalid("leader-election-id", c.LeaderElectionID, "must be set with --leader-elect")
 	}
-	return nil
+	if _, err := watchNamespaces(c.WatchNamespace); err != nil {
+		return err
+	}
+	return c.validateMetrics()
 }
 
 // Scheme knows the built-in types and chargesim.io/v1alpha1.
@@ -195,14 +201,16 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, er
 			&corev1.Pod{}: {Label: managed},
 		},
 	}
-	if cfg.WatchNamespace != "" {
-		cacheOpts.DefaultNamespaces = map[string]cache.Config{cfg.WatchNamespace: {}}
+	watched, err := watchNamespaces(cfg.WatchNamespace)
+	if err != nil {
+		return nil, err
 	}
+	namespacedCache(&cacheOpts, watched)
 	grace := cfg.ShutdownTimeout
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                        Scheme(),
 		Logger:                        logger,
-		Metrics:                       metricsserver.Options{BindAddress: orDefault(cfg.MetricsAddr, "0")},
+		Metrics:                       metricsOptions(cfg),
 		HealthProbeBindAddress:        orDefault(cfg.ProbeAddr, "0"),
 		PprofBindAddress:              cfg.PprofAddr,
 		LeaderElection:                cfg.LeaderElect,

@@ -187,7 +187,7 @@ func installRBAC(ctx context.Context) error {
 		return err
 	}
 	files := []string{"service_account.yaml", "role.yaml", "role_binding.yaml",
-		"leader_election_role.yaml", "leader_election_role_binding.yaml"}
+		"leader_election_role.yaml", "leader_election_role_binding.yaml", "metrics_reader_role.yaml"}
 	for _, f := range files {
 		objs, err := loadYAML(filepath.Join("..", "config", "rbac", f))
 		if err != nil {

@@ -6,6 +6,7 @@
 #   config/rbac/role.yaml                   -> charts/chargesim/files/rbac/role.yaml
 #   config/rbac/leader_election_role.yaml   -> charts/chargesim/files/rbac/leader_election_role.yaml
 #   config/rbac/user_roles.yaml             -> charts/chargesim/files/rbac/user_roles.yaml
+#   config/rbac/metrics_reader_role.yaml    -> charts/chargesim/files/rbac/metrics_reader_role.yaml
 #
 #   hack/sync-chart-crds.sh           copy (run after `make manifests`)
 #   hack/sync-chart-crds.sh --check   exit 1 and list the chart files that differ from config/
@@ -22,7 +23,7 @@ check=0
 case ${1:-} in
   --check) check=1 ;;
   "") ;;
-  -h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "usage: $0 [--check]" >&2; exit 2 ;;
 esac
 
@@ -37,7 +38,7 @@ crds=("$SRC_CRDS"/*.yaml)
 pairs=()
 for f in "${crds[@]}"; do pairs+=("$f" "$DST/crds/$(basename "$f")"); done
 pairs+=("$SRC_RBAC/role.yaml" "$DST/rbac/role.yaml")
-for f in leader_election_role.yaml user_roles.yaml; do
+for f in leader_election_role.yaml user_roles.yaml metrics_reader_role.yaml; do
   [[ -f $SRC_RBAC/$f ]] || die "no ${SRC_RBAC#"$ROOT"/}/$f"
   pairs+=("$SRC_RBAC/$f" "$DST/rbac/$f")
 done

@@ -382,7 +382,8 @@ stringData: {uri: "mongodb://mongo.example:27017"}
 	// One that cannot become Ready (its Secret is missing): the error panels see errors.
 	kubectl(t, kc, simulationYAML("broken", ns, "no-such-secret"), "apply", "-f", "-")
 
-	_, metrics := runOperator(t, kc, "--resync-interval=2s")
+	// Plain HTTP (the documented development mode): this Prometheus scrapes without a token.
+	_, metrics := runOperator(t, kc, "--resync-interval=2s", "--metrics-secure=false")
 	prom := testenv.StartPrometheusWith(t, testenv.PrometheusOptions{Targets: []string{metrics}, ScrapeInterval: time.Second})
 	since := time.Now()
 	for _, sim := range []string{"alpha", "beta"} {

@@ -57,10 +57,10 @@ type toggle struct {
 
 // Kinds rendered by the default values.
 var baseKinds = []string{"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-	"Role", "RoleBinding", "Service", "Deployment"}
+	"Role", "RoleBinding", "Service", "Deployment", "Secret"} // Secret: the metrics certificate
 
 var optionalKinds = []string{"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "StatefulSet",
-	"Secret", "ChargerSimulation"}
+	"ChargerSimulation"}
 
 var toggles = []toggle{
 	{name: "default", want: baseKinds, without: optionalKinds},
@@ -75,6 +75,11 @@ var toggles = []toggle{
 	{name: "mongodb-no-persistence", set: []string{"mongodb.enabled=true", "mongodb.persistence.enabled=false", "mongodb.auth.rootPassword=s3cret-Passw0rd"}, want: []string{"StatefulSet"}},
 	{name: "no-rbac-no-leader-election", set: []string{"rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=ops", "operator.leaderElect=false"},
 		want: []string{"Deployment"}, without: []string{"ClusterRole", "Role", "ServiceAccount"}},
+	{name: "metrics-plain-http", set: []string{"metrics.secure=false", "serviceMonitor.enabled=true"}, want: []string{"ServiceMonitor"}, without: []string{"Secret"}},
+	{name: "metrics-self-signed", set: []string{"metrics.tls.generate=false", "serviceMonitor.enabled=true", "serviceMonitor.tlsConfig.insecureSkipVerify=true"}, want: []string{"ServiceMonitor"}, without: []string{"Secret"}},
+	// The release namespace itself: the dry-run cluster has no other namespace.
+	{name: "namespaced", set: []string{"operator.watchNamespaces={" + testNamespace + "}", "metrics.readerServiceAccounts[0].name=prometheus", "metrics.readerServiceAccounts[0].namespace=monitoring"},
+		want: []string{"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}},
 	{name: "everything", set: []string{"serviceMonitor.enabled=true", "podMonitor.enabled=true", "prometheusRule.enabled=true",
 		"dashboards.enabled=true", "mongodb.enabled=true", "example.enabled=true", "crds.keep=false", "operator.replicas=2"},
 		want: append(slices.Clone(baseKinds), optionalKinds...)},
@@ -275,6 +280,10 @@ func TestValuesSchemaRejects(t *testing.T) {
 		{"service monitor without service", []string{"serviceMonitor.enabled=true", "metrics.service.enabled=false"}, nil, "serviceMonitor.enabled needs metrics.service.enabled=true"},
 		{"password and existing secret", []string{"mongodb.enabled=true", "mongodb.auth.existingSecret=mine", "mongodb.auth.rootPassword=abcdefgh"}, nil, "mongodb.auth.rootPassword and mongodb.auth.existingSecret exclude each other"},
 		{"example without a store", []string{"example.enabled=true"}, nil, "example.enabled needs a store"},
+		{"watched namespace name", []string{"operator.watchNamespaces[0]=Team_A"}, nil, "at '/operator/watchNamespaces/0': 'Team_A' does not match pattern"},
+		{"reader without namespace", []string{"metrics.readerServiceAccounts[0].name=prometheus"}, nil, "at '/metrics/readerServiceAccounts/0': missing property 'namespace'"},
+		{"unverifiable metrics certificate", []string{"serviceMonitor.enabled=true", "metrics.tls.generate=false"}, nil, "the operator's self-signed certificate (metrics.tls.generate=false, no metrics.tls.existingSecret) cannot be verified"},
+		{"example outside the watched namespaces", []string{"mongodb.enabled=true", "example.enabled=true", "operator.watchNamespaces[0]=elsewhere"}, nil, "which operator.watchNamespaces does not include"},
 	}
 	for _, h := range []struct{ name, bin string }{{"helm3", tool(t, "helm")}, {"helm4", helm4(t)}} {
 		for _, c := range cases {
@@ -365,8 +374,8 @@ func TestOperatorDeployment(t *testing.T) {
 	for _, a := range dig(c, "args").([]any) {
 		args = append(args, a.(string))
 	}
-	want := []string{"operator", "--leader-elect", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
-		"--default-image=registry.example/chargesim:1.2.3"}
+	want := []string{"operator", "--leader-elect", "--metrics-bind-address=:8443", "--metrics-cert-dir=/etc/chargesim/metrics-tls",
+		"--health-probe-bind-address=:8081", "--default-image=registry.example/chargesim:1.2.3"}
 	if !reflect.DeepEqual(args, want) {
 		t.Errorf("args = %q, want %q", args, want)
 	}
@@ -469,8 +478,12 @@ func TestRBACMatchesGenerated(t *testing.T) {
 	}
 	// User-facing roles aggregated into admin/edit/view.
 	users := readYAMLDocs(t, filepath.Join(root, "config", "rbac", "user_roles.yaml"))
-	if len(users) == 0 || len(byName) != 1+len(users) {
-		t.Errorf("%d ClusterRoles rendered, want the operator's and %d user roles", len(byName), len(users))
+	if len(users) == 0 || len(byName) != 2+len(users) {
+		t.Errorf("%d ClusterRoles rendered, want the operator's, the metrics reader and %d user roles", len(byName), len(users))
+	}
+	reader := readYAMLDocs(t, filepath.Join(root, "config", "rbac", "metrics_reader_role.yaml"))[0]
+	if r, ok := byName["cs-chargesim-metrics-reader"]; !ok || !reflect.DeepEqual(normRules(t, dig(r, "rules")), normRules(t, dig(reader, "rules"))) {
+		t.Errorf("metrics-reader ClusterRole missing or differs from config/rbac/metrics_reader_role.yaml: %v", r)
 	}
 	for _, u := range users {
 		name := "cs-chargesim-" + strings.TrimPrefix(u.name(), "chargesim-")
@@ -489,8 +502,8 @@ func TestRBACMatchesGenerated(t *testing.T) {
 		}
 	}
 	objs2, _ := render(t, "rbac.aggregateToDefaultRoles=false")
-	if n := len(find(objs2, "ClusterRole")); n != 1 {
-		t.Errorf("rbac.aggregateToDefaultRoles=false renders %d ClusterRoles, want 1", n)
+	if n := len(find(objs2, "ClusterRole")); n != 2 {
+		t.Errorf("rbac.aggregateToDefaultRoles=false renders %d ClusterRoles, want 2 (operator, metrics reader)", n)
 	}
 	// The bindings give those rules to the operator's ServiceAccount.
 	sa := one(t, objs, "ServiceAccount").name()
@@ -736,7 +749,11 @@ func TestNotes(t *testing.T) {
 			t.Errorf("NOTES lack %q:\n%s", want, notes)
 		}
 	}
-	out = mustRun(t, nil, nil, tool(t, "helm"), "install", "cs", chartDir, kc, "--namespace", testNamespace, "--dry-run=client", "--set", "crds.install=false")
+	out = mustRun(t, nil, nil, tool(t, "helm"), "install", "cs", chartDir, kc, "--namespace", testNamespace, "--dry-run=client", "--set", "crds.install=false",
+		"--set", "serviceMonitor.enabled=true")
+	if !strings.Contains(out, "bind Prometheus's ServiceAccount") {
+		t.Errorf("NOTES do not say the operator's ServiceMonitor needs Prometheus bound to the metrics reader:\n%s", out)
+	}
 	if !strings.Contains(out, "port-forward svc/<simulation>-api 8080") {
 		t.Errorf("NOTES without example lack the generic port-forward:\n%s", out)
 	}

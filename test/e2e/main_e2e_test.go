@@ -212,6 +212,7 @@ func startOperator() error {
 		"--kubeconfig", opKubeconfig,
 		"--leader-elect", "--leader-election-namespace", operatorNamespace,
 		"--metrics-bind-address", metricsAddr,
+		"--metrics-secure=false", // scraped over plain HTTP; the secure path has its envtest and chart tests
 		"--health-probe-bind-address", probeAddr,
 		"--pprof-bind-address", pprofAddr,
 		"--log-format", "text",

@@ -81,3 +81,25 @@ app.kubernetes.io/component: mongodb
 {{- define "chargesim.dashboards.namespace" -}}
 {{- default .Release.Namespace .Values.dashboards.namespace }}
 {{- end }}
+
+{{/* The operator's metrics Service. */}}
+{{- define "chargesim.metricsServiceName" -}}
+{{- printf "%s-operator-metrics" (include "chargesim.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Secret with the certificate of the operator's /metrics; empty when the operator uses its
+own self-signed one (or serves plain HTTP). */}}
+{{- define "chargesim.metricsTLSSecret" -}}
+{{- if .Values.metrics.secure }}
+{{- if .Values.metrics.tls.existingSecret }}
+{{- .Values.metrics.tls.existingSecret }}
+{{- else if .Values.metrics.tls.generate }}
+{{- printf "%s-metrics-tls" (include "chargesim.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Port the operator serves /metrics on: 8443 (HTTPS) or 8080 (plain HTTP). */}}
+{{- define "chargesim.metricsPort" -}}
+{{- if .Values.metrics.secure }}8443{{ else }}8080{{ end }}
+{{- end }}
