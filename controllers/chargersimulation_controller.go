@@ -93,17 +93,27 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 // and its result may then be stale or refused (statusPatcher); the reconcile that the patch's
 // own event triggers runs on a cache that has seen that patch. Without it, the last status
 // written from an old copy could stand until the next resync.
+//
+// status.audit and status.progress are left out: the Auditor and the Progress probe write
+// them every minute or so, the reconciler neither reads nor writes them, and each would
+// otherwise cost every simulation a reconcile per probe.
 func statusChanged() predicate.Funcs {
 	return predicate.Funcs{
 		UpdateFunc: func(e event.UpdateEvent) bool {
 			o, ok1 := e.ObjectOld.(*v1alpha1.ChargerSimulation)
 			n, ok2 := e.ObjectNew.(*v1alpha1.ChargerSimulation)
-			return ok1 && ok2 && !equality.Semantic.DeepEqual(o.Status, n.Status)
+			return ok1 && ok2 && !equality.Semantic.DeepEqual(reconciledStatus(o.Status), reconciledStatus(n.Status))
 		},
 		CreateFunc:  func(event.CreateEvent) bool { return false },
 		DeleteFunc:  func(event.DeleteEvent) bool { return false },
 		GenericFunc: func(event.GenericEvent) bool { return false },
 	}
+}
+
+// reconciledStatus is st without the fields other writers than the reconciler own.
+func reconciledStatus(st v1alpha1.ChargerSimulationStatus) v1alpha1.ChargerSimulationStatus {
+	st.Audit, st.Progress = nil, nil
+	return st
 }
 
 // observation is what one reconcile learned, summarised into conditions at the end.

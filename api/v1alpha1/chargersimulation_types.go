@@ -506,6 +506,47 @@ type ChargerSimulationStatus struct {
 	// stored ones. Missing sessions raise an AuditIncomplete event; they do not change Ready.
 	// +optional
 	Audit *AuditStatus `json:"audit,omitempty"`
+
+	// progress is whether data flows through the pipeline, as the simulation's own components
+	// last reported it (every --progress-interval): published by the publisher pods, stored
+	// and rejected in the store (GET /api/v1/stats of the API), and the lag of the newest
+	// stored session. A probe that fails keeps the last figures with an error; it changes no
+	// condition and raises no event.
+	// +optional
+	Progress *ProgressStatus `json:"progress,omitempty"`
+}
+
+// ProgressStatus is the pipeline's progress as its components report it.
+type ProgressStatus struct {
+	// published is the number of sessions the broker acknowledged to the running publisher
+	// pods (chargesim_publisher_sessions_published_total summed over them). It counts since
+	// each pod started, so it restarts with the pods; absent when a pod could not be asked.
+	// +optional
+	Published *int64 `json:"published,omitempty"`
+	// stored is the number of sessions in the store.
+	// +optional
+	Stored int64 `json:"stored"`
+	// rejected is the number of messages the listeners kept aside as invalid.
+	// +optional
+	Rejected int64 `json:"rejected"`
+	// lastSessionTime is when the newest stored session ended.
+	// +optional
+	LastSessionTime *metav1.Time `json:"lastSessionTime,omitempty"`
+	// lag is how old the newest stored session was when the figures were taken (lastTime −
+	// lastSessionTime): a few seconds while data flows; growing while it does not (or the
+	// simulation is suspended). Absent while nothing is stored.
+	// +optional
+	Lag *metav1.Duration `json:"lag,omitempty"`
+	// lastTime is when these figures were obtained.
+	// +optional
+	LastTime metav1.Time `json:"lastTime,omitempty"`
+	// error is why the latest attempt failed (the figures above are then from lastTime);
+	// empty when it succeeded.
+	// +optional
+	Error string `json:"error,omitempty"`
+	// lastAttemptTime is when the operator last asked.
+	// +optional
+	LastAttemptTime metav1.Time `json:"lastAttemptTime,omitempty"`
 }
 
 // AuditStatus is the result of the last audit of a recent window.
@@ -561,6 +602,10 @@ type AuditStatus struct {
 // +kubebuilder:printcolumn:name="Chargers",type=integer,JSONPath=`.spec.chargers`
 // +kubebuilder:printcolumn:name="Sessions/s",type=string,JSONPath=`.status.sessionsPerSecond`,description="configured session rate of the fleet"
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Published",type=integer,JSONPath=`.status.progress.published`,description="sessions the broker acknowledged to the running publisher pods"
+// +kubebuilder:printcolumn:name="Stored",type=integer,JSONPath=`.status.progress.stored`,description="sessions in the store"
+// +kubebuilder:printcolumn:name="Rejected",type=integer,JSONPath=`.status.progress.rejected`,description="invalid messages kept aside by the listeners"
+// +kubebuilder:printcolumn:name="Lag",type=string,JSONPath=`.status.progress.lag`,description="age of the newest stored session when last measured"
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Publishers",type=integer,JSONPath=`.status.publisher.readyReplicas`,priority=1
 // +kubebuilder:printcolumn:name="Listeners",type=integer,JSONPath=`.status.listener.readyReplicas`,priority=1
