@@ -133,9 +133,10 @@ func TestProgressIntoStatus(t *testing.T) {
 	}
 	got := getSim(t, ns, "prog").Status.Progress
 	if got == nil || got.Published == nil || *got.Published != 12 || got.Stored != 25 || got.Rejected != 1 ||
-		got.Lag == nil || got.Lag.Duration != 3*time.Second || got.LastSessionTime == nil || !got.LastSessionTime.Time.Equal(lastEnd) ||
+		got.Lag == nil || got.Lag.Duration != 3*time.Second || got.LastSessionTime == nil || !got.LastSessionTime.Time.Equal(lastEnd.Truncate(time.Second)) ||
 		got.Error != "" || got.LastTime.IsZero() {
-		t.Fatalf("status.progress %+v, want published 12, stored 25, rejected 1, lag 3s", got)
+		t.Fatalf("status.progress %+v (published %v, last session %s), want published 12, stored 25, rejected 1, lag 3s, last session %s",
+			got, ptrValue(got.Published), got.LastSessionTime.Format(time.RFC3339Nano), lastEnd.Format(time.RFC3339Nano))
 	}
 
 	// What `kubectl get csim` prints (the server's Table of the printer columns).
@@ -228,4 +229,11 @@ func table(t *testing.T, ns, name string) map[string]string {
 		out[c.Name] = fmt.Sprint(tab.Rows[0].Cells[i])
 	}
 	return out
+}
+
+func ptrValue[T any](p *T) any {
+	if p == nil {
+		return nil
+	}
+	return *p
 }
