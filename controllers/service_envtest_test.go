@@ -158,9 +158,11 @@ func TestServiceOptionsAndPDBLifecycle(t *testing.T) {
 			return fmt.Errorf("API Service %+v %+v", api.Annotations, api.Spec)
 		}
 		for _, name := range []string{"exposed-api", "exposed-listener"} {
-			err := k8s.Get(ctx, key(ns, name), &policyv1.PodDisruptionBudget{})
-			if !apierrors.IsNotFound(err) {
-				return fmt.Errorf("budget %s: %v", name, err)
+			switch err := k8s.Get(ctx, key(ns, name), &policyv1.PodDisruptionBudget{}); {
+			case err == nil:
+				return fmt.Errorf("budget %s still there", name)
+			case !apierrors.IsNotFound(err):
+				return fmt.Errorf("get budget %s: %w", name, err)
 			}
 		}
 		return nil
