@@ -687,11 +687,11 @@ type AuditStatus struct {
 // +kubebuilder:printcolumn:name="Chargers",type=integer,JSONPath=`.spec.chargers`
 // +kubebuilder:printcolumn:name="Sessions/s",type=string,JSONPath=`.status.sessionsPerSecond`,description="configured session rate of the fleet"
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Published",type=integer,JSONPath=`.status.progress.published`,description="sessions the broker acknowledged to the running publisher pods"
 // +kubebuilder:printcolumn:name="Stored",type=integer,JSONPath=`.status.progress.stored`,description="sessions in the store"
 // +kubebuilder:printcolumn:name="Rejected",type=integer,JSONPath=`.status.progress.rejected`,description="invalid messages kept aside by the listeners"
 // +kubebuilder:printcolumn:name="Lag",type=string,JSONPath=`.status.progress.lag`,description="age of the newest stored session when last measured"
-// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Publishers",type=integer,JSONPath=`.status.publisher.readyReplicas`,priority=1
 // +kubebuilder:printcolumn:name="Listeners",type=integer,JSONPath=`.status.listener.readyReplicas`,priority=1
 // +kubebuilder:printcolumn:name="API",type=string,JSONPath=`.status.apiAddress`,priority=1
