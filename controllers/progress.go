@@ -72,6 +72,8 @@ const (
 	// progressScrapers bounds the publisher pods asked at once: a 1000-replica publisher costs
 	// 1000 small requests per probe, spread over a few connections.
 	progressScrapers = 8
+	// progressScrapeRounds request timeouts bound all of one simulation's pod requests.
+	progressScrapeRounds = 3
 	// maxMetricsBody bounds what one pod's /metrics may send (a publisher's is a few KiB).
 	maxMetricsBody = 1 << 20
 )
@@ -204,6 +206,15 @@ func (p *Progress) published(ctx context.Context, sim *v1alpha1.ChargerSimulatio
 	if len(running) == 0 {
 		return nil, nil
 	}
+	return p.sumPublished(ctx, running)
+}
+
+// sumPublished asks every pod, progressScrapers at a time, within one overall deadline of
+// progressScrapeRounds request timeouts: pods that all hang cost that much, not one timeout
+// per batch of pods.
+func (p *Progress) sumPublished(ctx context.Context, running []*corev1.Pod) (*int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, progressScrapeRounds*durationOr(p.Timeout, defaultProgressTO))
+	defer cancel()
 	var (
 		mu    sync.Mutex
 		sum   int64

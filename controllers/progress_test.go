@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
@@ -139,4 +142,70 @@ func TestPublishedFromMetrics(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Publisher pods that hang cost one overall deadline, not a timeout per batch of pods; the sum
+// is reported only when every pod answered.
+func TestSumPublishedBounded(t *testing.T) {
+	metrics := func(n int) *httptest.Server {
+		return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			fmt.Fprintf(w, "# TYPE %s counter\n%s %d\n", publisher.MetricPublished, publisher.MetricPublished, n)
+		}))
+	}
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	defer hang.Close()
+	defer close(release)
+	a, b := metrics(3), metrics(4)
+	defer a.Close()
+	defer b.Close()
+
+	pods := func(urls ...string) ([]*corev1.Pod, map[string]string) {
+		var out []*corev1.Pod
+		m := map[string]string{}
+		for i, u := range urls {
+			name := fmt.Sprintf("p-%d", i)
+			out = append(out, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}})
+			m[name] = u + "/metrics"
+		}
+		return out, m
+	}
+	probe := func(urls map[string]string) *Progress {
+		return &Progress{Timeout: 200 * time.Millisecond, PodMetricsURL: func(p *corev1.Pod) string { return urls[p.Name] }}
+	}
+
+	ok, okURLs := pods(a.URL, b.URL, a.URL)
+	n, err := probe(okURLs).sumPublished(t.Context(), ok)
+	if err != nil || n == nil || *n != 10 {
+		t.Fatalf("sum %v, %v; want 10", ptrValue(n), err)
+	}
+
+	// 40 hanging pods, 8 at a time, 200ms each: 1s if every batch waited its timeout; the
+	// overall deadline (3 × 200ms) ends it sooner.
+	urls := []string{a.URL}
+	for range 40 {
+		urls = append(urls, hang.URL)
+	}
+	hung, hungURLs := pods(urls...)
+	start := time.Now()
+	n, err = probe(hungURLs).sumPublished(t.Context(), hung)
+	took := time.Since(start)
+	if n != nil || err == nil || !strings.Contains(err.Error(), "40 of 41 publisher pods did not answer") {
+		t.Fatalf("sum %v, %v; want no sum and 40 of 41 failed", ptrValue(n), err)
+	}
+	if took > 900*time.Millisecond {
+		t.Errorf("hanging pods took %s; want the overall deadline of 600ms", took)
+	}
+}
+
+func ptrValue[T any](p *T) any {
+	if p == nil {
+		return nil
+	}
+	return *p
 }
