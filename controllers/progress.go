@@ -141,14 +141,26 @@ func (p *Progress) ProbeOne(ctx context.Context, sim *v1alpha1.ChargerSimulation
 	}
 	wg.Wait()
 	st := nextProgressStatus(sim.Status.Progress, o, now)
-	patch, err := json.Marshal(map[string]any{"status": map[string]any{"progress": st}})
-	if err != nil {
-		return fmt.Errorf("progress: marshal status: %w", err)
-	}
-	if err := p.Client.Status().Patch(ctx, sim, client.RawPatch(types.MergePatchType, patch)); err != nil {
-		return fmt.Errorf("progress: patch status of %s/%s: %w", sim.Namespace, sim.Name, err)
+	if err := replaceStatusField(ctx, p.Client, sim, "progress", st); err != nil {
+		return fmt.Errorf("progress: %w", err)
 	}
 	return errors.Join(o.statsErr, o.pubErr)
+}
+
+// replaceStatusField sets status.<field> of sim to v as a whole, with a JSON patch "add"
+// (which replaces an existing member). A JSON merge patch would merge into the old value and
+// keep every field v omits (omitempty): a cleared error, a published count gone with the
+// publisher pods, old missing keys. The callers run only once the reconciler has written
+// status (status.apiAddress is set), so /status exists.
+func replaceStatusField(ctx context.Context, c client.Client, sim *v1alpha1.ChargerSimulation, field string, v any) error {
+	patch, err := json.Marshal([]map[string]any{{"op": "add", "path": "/status/" + field, "value": v}})
+	if err != nil {
+		return fmt.Errorf("marshal status.%s: %w", field, err)
+	}
+	if err := c.Status().Patch(ctx, sim, client.RawPatch(types.JSONPatchType, patch)); err != nil {
+		return fmt.Errorf("patch status.%s of %s/%s: %w", field, sim.Namespace, sim.Name, err)
+	}
+	return nil
 }
 
 // nextProgressStatus is status.progress after a probe at now. The store's figures are

@@ -187,6 +187,30 @@ func TestProgressIntoStatus(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+	// The API answers again and the publisher pods are gone (suspended): the error goes, and so
+	// does the published figure (the whole field is replaced, not merged).
+	api2 := httptest.NewServer(srv.Handler())
+	t.Cleanup(api2.Close)
+	for _, name := range []string{"prog-publisher-0", "prog-publisher-1", "prog-publisher-2"} {
+		if err := k8s.Delete(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}, client.GracePeriodSeconds(0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.APIURL = func(*v1alpha1.ChargerSimulation) string { return api2.URL }
+	eventually(t, "publisher pods gone", func() error {
+		var pods corev1.PodList
+		if err := opClient.List(ctx, &pods, client.InNamespace(ns)); err != nil || len(pods.Items) != 0 {
+			return fmt.Errorf("%d pods, %v", len(pods.Items), err)
+		}
+		return nil
+	})
+	if err := p.ProbeOne(ctx, getSim(t, ns, "prog"), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if g := getSim(t, ns, "prog").Status.Progress; g == nil || g.Error != "" || g.Published != nil || g.Stored != 35 {
+		t.Fatalf("status.progress after recovery %+v (published %v)", g, ptrValue(g.Published))
+	}
+
 	sim := getSim(t, ns, "prog")
 	if c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue {
 		t.Errorf("Ready %+v after failed probes", c)
