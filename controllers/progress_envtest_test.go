@@ -199,8 +199,11 @@ func TestProgressIntoStatus(t *testing.T) {
 	p.APIURL = func(*v1alpha1.ChargerSimulation) string { return api2.URL }
 	eventually(t, "publisher pods gone", func() error {
 		var pods corev1.PodList
-		if err := opClient.List(ctx, &pods, client.InNamespace(ns)); err != nil || len(pods.Items) != 0 {
-			return fmt.Errorf("%d pods, %v", len(pods.Items), err)
+		if err := opClient.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+			return fmt.Errorf("list pods: %w", err)
+		}
+		if len(pods.Items) != 0 {
+			return fmt.Errorf("%d pods left", len(pods.Items))
 		}
 		return nil
 	})
