@@ -114,12 +114,10 @@ func (a *Auditor) AuditOne(ctx context.Context, sim *v1alpha1.ChargerSimulation,
 	from := to.Add(-a.window())
 	rep, auditErr := a.fetch(ctx, sim, from, to)
 	st := nextAuditStatus(sim.Status.Audit, rep, auditErr, now)
-	patch, err := json.Marshal(map[string]any{"status": map[string]any{"audit": st}})
-	if err != nil {
-		return fmt.Errorf("audit: marshal status: %w", err)
-	}
-	if err := a.Client.Status().Patch(ctx, sim, client.RawPatch(types.MergePatchType, patch)); err != nil {
-		return fmt.Errorf("audit: patch status of %s/%s: %w", sim.Namespace, sim.Name, err)
+	// Replaced as a whole: a merge patch would keep the error and missing keys of an earlier
+	// audit after a successful one.
+	if err := replaceStatusField(ctx, a.Client, sim, "audit", st); err != nil {
+		return fmt.Errorf("audit: %w", err)
 	}
 	if auditErr != nil {
 		return auditErr

@@ -194,7 +194,7 @@ func TestAuditIntoStatus(t *testing.T) {
 		if s.Status.ObservedGeneration != s.Generation {
 			return fmt.Errorf("observedGeneration %d of %d", s.Status.ObservedGeneration, s.Generation)
 		}
-		if a := s.Status.Audit; a == nil || !a.Complete || a.Missing != 0 || a.Stored != int64(len(docs)) {
+		if a := s.Status.Audit; a == nil || !a.Complete || a.Missing != 0 || a.Stored != int64(len(docs)) || len(a.MissingKeys) != 0 || a.Error != "" {
 			return fmt.Errorf("status.audit %+v", a)
 		}
 		return nil

@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -39,6 +40,7 @@ import (
 // +kubebuilder:rbac:groups=chargesim.io,resources=chargersimulations/finalizers,verbs=update
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=services;configmaps,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -79,6 +81,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.StatefulSet{}).
 		Owns(&corev1.Service{}).
 		Owns(&corev1.ConfigMap{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
 		// Pods are owned by ReplicaSets and StatefulSets, not by the simulation: they are mapped
 		// to it by label, so that a pod stuck in ImagePullBackOff or Unschedulable is reported.
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToSimulation)).
@@ -93,17 +96,27 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 // and its result may then be stale or refused (statusPatcher); the reconcile that the patch's
 // own event triggers runs on a cache that has seen that patch. Without it, the last status
 // written from an old copy could stand until the next resync.
+//
+// status.audit and status.progress are left out: the Auditor and the Progress probe write
+// them every minute or so, the reconciler neither reads nor writes them, and each would
+// otherwise cost every simulation a reconcile per probe.
 func statusChanged() predicate.Funcs {
 	return predicate.Funcs{
 		UpdateFunc: func(e event.UpdateEvent) bool {
 			o, ok1 := e.ObjectOld.(*v1alpha1.ChargerSimulation)
 			n, ok2 := e.ObjectNew.(*v1alpha1.ChargerSimulation)
-			return ok1 && ok2 && !equality.Semantic.DeepEqual(o.Status, n.Status)
+			return ok1 && ok2 && !equality.Semantic.DeepEqual(reconciledStatus(o.Status), reconciledStatus(n.Status))
 		},
 		CreateFunc:  func(event.CreateEvent) bool { return false },
 		DeleteFunc:  func(event.DeleteEvent) bool { return false },
 		GenericFunc: func(event.GenericEvent) bool { return false },
 	}
+}
+
+// reconciledStatus is st without the fields other writers than the reconciler own.
+func reconciledStatus(st v1alpha1.ChargerSimulationStatus) v1alpha1.ChargerSimulationStatus {
+	st.Audit, st.Progress = nil, nil
+	return st
 }
 
 // observation is what one reconcile learned, summarised into conditions at the end.
@@ -369,7 +382,20 @@ func (r *Reconciler) reconcileListener(ctx context.Context, d *desired, obs *obs
 	obs.components[Listener] = observeStatefulSet(live, sim.Spec.Listener.DesiredReplicas(), selectorString(sim.Name, Listener))
 	// Operators before the StatefulSet ran the listener as a Deployment of the same name. It
 	// goes once its successor exists, so that a subscriber is there all along.
-	return errors.Join(svcErr, r.deleteOwned(ctx, sim, workloadName(sim.Name, Listener), &appsv1.Deployment{}))
+	return errors.Join(svcErr, r.deleteOwned(ctx, sim, workloadName(sim.Name, Listener), &appsv1.Deployment{}),
+		r.reconcilePDB(ctx, d, Listener, sim.Spec.Listener.PodDisruptionBudget))
+}
+
+// reconcilePDB applies component c's PodDisruptionBudget, or deletes the simulation's own
+// when the spec asks for none. It comes after the workload: a budget protects running pods,
+// and one that cannot be applied does not hold the workload back.
+func (r *Reconciler) reconcilePDB(ctx context.Context, d *desired, c Component, spec *v1alpha1.PodDisruptionBudgetSpec) error {
+	pdb := d.podDisruptionBudget(c, spec)
+	if pdb == nil {
+		return r.deleteOwned(ctx, d.sim, workloadName(d.sim.Name, c), &policyv1.PodDisruptionBudget{})
+	}
+	_, err := applyChild(ctx, r, d.sim, pdb, &policyv1.PodDisruptionBudget{})
+	return err
 }
 
 func (r *Reconciler) reconcileAPI(ctx context.Context, d *desired, obs *observation) error {
@@ -385,7 +411,7 @@ func (r *Reconciler) reconcileAPI(ctx context.Context, d *desired, obs *observat
 		return errors.Join(svcErr, err)
 	}
 	obs.components[API] = observeDeployment(live, sim.Spec.API.DesiredReplicas(), selectorString(sim.Name, API))
-	return svcErr
+	return errors.Join(svcErr, r.reconcilePDB(ctx, d, API, sim.Spec.API.PodDisruptionBudget))
 }
 
 // applyConfig is what every client-go apply configuration offers.

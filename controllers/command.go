@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -72,6 +73,7 @@ type Config struct {
 	KubeAPIBurst            int           // --kube-api-burst
 	ShutdownTimeout         time.Duration // --shutdown-timeout
 	AuditInterval           time.Duration // --audit-interval
+	ProgressInterval        time.Duration // --progress-interval
 
 	// RestConfig, when set, is used instead of --kubeconfig / in-cluster discovery (tests).
 	RestConfig *rest.Config
@@ -100,6 +102,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 100, "burst of requests to the API server")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "grace period for running reconciles on shutdown")
 	fs.DurationVar(&c.AuditInterval, "audit-interval", DefaultAuditEvery, "audit every simulation this often through its API (last 5 minutes, ending 30s ago) into status.audit; 0 disables it")
+	fs.DurationVar(&c.ProgressInterval, "progress-interval", DefaultProgressEvery, "read every simulation's pipeline progress (published, stored, rejected, lag) this often from its API and publisher pods into status.progress; 0 disables it")
 }
 
 // runningInCluster reports whether the process runs in a pod (the in-cluster configuration is
@@ -126,6 +129,8 @@ func (c *Config) Validate() error {
 		return cli.Invalid("resync-interval", c.ResyncInterval, "must be ≥ 0 (0 disables it)")
 	case c.AuditInterval < 0:
 		return cli.Invalid("audit-interval", c.AuditInterval, "must be ≥ 0 (0 disables it)")
+	case c.ProgressInterval < 0:
+		return cli.Invalid("progress-interval", c.ProgressInterval, "must be ≥ 0 (0 disables it)")
 	case c.KubeAPIQPS <= 0:
 		return cli.Invalid("kube-api-qps", c.KubeAPIQPS, "must be > 0")
 	case c.KubeAPIBurst < 1:
@@ -193,10 +198,11 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, er
 		// large and never needed, so they are dropped before objects enter the cache.
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&appsv1.Deployment{}:  {Label: managed},
-			&appsv1.StatefulSet{}: {Label: managed},
-			&corev1.Service{}:     {Label: managed},
-			&corev1.ConfigMap{}:   {Label: managed},
+			&appsv1.Deployment{}:            {Label: managed},
+			&appsv1.StatefulSet{}:           {Label: managed},
+			&corev1.Service{}:               {Label: managed},
+			&corev1.ConfigMap{}:             {Label: managed},
+			&policyv1.PodDisruptionBudget{}: {Label: managed},
 			// Pods carry the labels of their template: only the simulations' pods are cached.
 			&corev1.Pod{}: {Label: managed},
 		},
@@ -257,6 +263,12 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, er
 		aud := &Auditor{Client: mgr.GetClient(), Recorder: r.Recorder, Log: logger.WithName("audit"), Every: cfg.AuditInterval}
 		if err := mgr.Add(aud); err != nil {
 			return nil, fmt.Errorf("add auditor: %w", err)
+		}
+	}
+	if cfg.ProgressInterval > 0 {
+		prog := &Progress{Client: mgr.GetClient(), Log: logger.WithName("progress"), Every: cfg.ProgressInterval}
+		if err := mgr.Add(prog); err != nil {
+			return nil, fmt.Errorf("add progress probe: %w", err)
 		}
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {

@@ -21,6 +21,7 @@ import (
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 
 	"github.com/chargesim/chargesim/api/v1alpha1"
 	"github.com/chargesim/chargesim/components/publisher"
@@ -623,6 +624,9 @@ func (d *desired) deployment(c Component, replicas int32, tmpl *corev1ac.PodTemp
 
 func (d *desired) service(c Component, typ corev1.ServiceType, headless bool, ports ...*corev1ac.ServicePortApplyConfiguration) *corev1ac.ServiceApplyConfiguration {
 	sim := d.sim
+	if typ == "" {
+		typ = corev1.ServiceTypeClusterIP
+	}
 	spec := corev1ac.ServiceSpec().
 		WithType(typ).
 		WithSelector(selectorLabels(sim.Name, c)).
@@ -631,6 +635,52 @@ func (d *desired) service(c Component, typ corev1.ServiceType, headless bool, po
 		spec.WithClusterIP(corev1.ClusterIPNone)
 	}
 	return corev1ac.Service(workloadName(sim.Name, c), sim.Namespace).
+		WithLabels(objectLabels(sim.Name, c)).
+		WithOwnerReferences(ownerRef(sim)).
+		WithSpec(spec)
+}
+
+// withServiceOptions adds the user's Service options to svc: annotations (the operator's own
+// labels are untouched), and the type-specific fields, which the CRD admits only with a type
+// that has them. nodePort applies to the Service's first port, the component's main one (MQTT,
+// HTTP).
+func withServiceOptions(svc *corev1ac.ServiceApplyConfiguration, o *v1alpha1.ServiceOptions) {
+	if o == nil {
+		return
+	}
+	if len(o.Annotations) > 0 {
+		svc.WithAnnotations(o.Annotations)
+	}
+	if o.NodePort != 0 && len(svc.Spec.Ports) > 0 {
+		svc.Spec.Ports[0].WithNodePort(o.NodePort)
+	}
+	if o.ExternalTrafficPolicy != "" {
+		svc.Spec.WithExternalTrafficPolicy(o.ExternalTrafficPolicy)
+	}
+	if len(o.LoadBalancerSourceRanges) > 0 {
+		svc.Spec.WithLoadBalancerSourceRanges(o.LoadBalancerSourceRanges...)
+	}
+	if o.LoadBalancerClass != nil {
+		svc.Spec.WithLoadBalancerClass(*o.LoadBalancerClass)
+	}
+}
+
+// podDisruptionBudget is component c's PodDisruptionBudget, or nil when the spec asks for none.
+// It selects exactly the component's pods (the workload's selector).
+func (d *desired) podDisruptionBudget(c Component, p *v1alpha1.PodDisruptionBudgetSpec) *policyv1ac.PodDisruptionBudgetApplyConfiguration {
+	if p == nil {
+		return nil
+	}
+	sim := d.sim
+	spec := policyv1ac.PodDisruptionBudgetSpec().
+		WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(sim.Name, c)))
+	if p.MinAvailable != nil {
+		spec.WithMinAvailable(*p.MinAvailable)
+	}
+	if p.MaxUnavailable != nil {
+		spec.WithMaxUnavailable(*p.MaxUnavailable)
+	}
+	return policyv1ac.PodDisruptionBudget(workloadName(sim.Name, c), sim.Namespace).
 		WithLabels(objectLabels(sim.Name, c)).
 		WithOwnerReferences(ownerRef(sim)).
 		WithSpec(spec)
@@ -659,8 +709,14 @@ func (d *desired) brokerObjects() (*appsv1ac.DeploymentApplyConfiguration, *core
 	tmpl.Spec.Containers[0].WithVolumeMounts(corev1ac.VolumeMount().WithName("broker-data").WithMountPath(brokerDataDir))
 	tmpl.Spec.WithVolumes(corev1ac.Volume().WithName("broker-data").WithEmptyDir(corev1ac.EmptyDirVolumeSource()))
 	dep := d.deployment(Broker, 1, tmpl)
-	svc := d.service(Broker, corev1.ServiceTypeClusterIP, false,
+	var typ corev1.ServiceType
+	var opts *v1alpha1.ServiceOptions
+	if m := d.sim.Spec.Broker.Managed; m != nil {
+		typ, opts = m.ServiceType, m.Service
+	}
+	svc := d.service(Broker, typ, false,
 		servicePort(MQTTPortName, mqttPort, MQTTPortName), servicePort(MetricsPortName, opsPort, MetricsPortName))
+	withServiceOptions(svc, opts)
 	return dep, svc
 }
 
@@ -755,11 +811,8 @@ func (d *desired) apiObjects() (*appsv1ac.DeploymentApplyConfiguration, *corev1a
 	// run` does; the operator's status.audit asks the same API (Auditor).
 	env = append(env, corev1ac.EnvVar().WithName(envAuditEvery).WithValue(apiAuditEvery.String()))
 	dep := d.deployment(API, sim.Spec.API.DesiredReplicas(), d.pod(API, apiPort, sim.Spec.API.Resources, env, vols))
-	typ := sim.Spec.API.ServiceType
-	if typ == "" {
-		typ = corev1.ServiceTypeClusterIP
-	}
-	svc := d.service(API, typ, false, servicePort(HTTPPortName, sim.Spec.API.ServicePort(), HTTPPortName))
+	svc := d.service(API, sim.Spec.API.ServiceType, false, servicePort(HTTPPortName, sim.Spec.API.ServicePort(), HTTPPortName))
+	withServiceOptions(svc, sim.Spec.API.Service)
 	return dep, svc
 }
 

@@ -3,6 +3,7 @@ package controllers
 import (
 	"encoding/json"
 	"maps"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -10,7 +11,9 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
@@ -508,6 +511,17 @@ func TestStatusChangedPredicate(t *testing.T) {
 	if !p.Update(event.UpdateEvent{ObjectOld: old, ObjectNew: cond}) {
 		t.Error("a condition change does not trigger a reconcile")
 	}
+	for name, mutate := range map[string]func(*v1alpha1.ChargerSimulationStatus){
+		"status.progress": func(st *v1alpha1.ChargerSimulationStatus) { st.Progress = &v1alpha1.ProgressStatus{Stored: 5} },
+		"status.audit":    func(st *v1alpha1.ChargerSimulationStatus) { st.Audit = &v1alpha1.AuditStatus{Stored: 5} },
+	} {
+		probe := old.DeepCopy()
+		probe.ResourceVersion = "3"
+		mutate(&probe.Status)
+		if p.Update(event.UpdateEvent{ObjectOld: old, ObjectNew: probe}) {
+			t.Errorf("a change of %s only (another writer's, every probe) triggers a reconcile", name)
+		}
+	}
 	fin := old.DeepCopy()
 	fin.Finalizers = []string{"example.com/hold"}
 	if p.Update(event.UpdateEvent{ObjectOld: old, ObjectNew: fin}) {
@@ -570,6 +584,93 @@ func TestRecommendedLabels(t *testing.T) {
 	for c, tmpl := range tmpls {
 		if tmpl.Labels[LabelPartOf] != "chargesim" || tmpl.Labels[LabelVersion] != "v1.2.3" {
 			t.Errorf("%s: labels %v", c, tmpl.Labels)
+		}
+	}
+}
+
+// Service options, table-driven: the spec's options in; the API and broker Services out. The
+// operator's labels, selector and ports stay; nodePort lands on the main port.
+func TestServiceOptions(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(*v1alpha1.ChargerSimulation)
+		check  func(t *testing.T, api, broker *corev1.Service)
+	}{
+		{"defaults: ClusterIP, nothing else", func(*v1alpha1.ChargerSimulation) {}, func(t *testing.T, api, broker *corev1.Service) {
+			for _, s := range []*corev1.Service{api, broker} {
+				if s.Spec.Type != corev1.ServiceTypeClusterIP || len(s.Annotations) != 0 || s.Spec.ExternalTrafficPolicy != "" ||
+					s.Spec.LoadBalancerSourceRanges != nil || s.Spec.LoadBalancerClass != nil || s.Spec.Ports[0].NodePort != 0 {
+					t.Errorf("%s: %+v %+v", s.Name, s.Annotations, s.Spec)
+				}
+			}
+		}},
+		{"API LoadBalancer with every option", func(s *v1alpha1.ChargerSimulation) {
+			s.Spec.API.ServiceType = corev1.ServiceTypeLoadBalancer
+			s.Spec.API.Service = &v1alpha1.ServiceOptions{
+				Annotations: map[string]string{"service.beta.kubernetes.io/aws-load-balancer-internal": "true"},
+				NodePort:    31080, ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
+				LoadBalancerSourceRanges: []string{"203.0.113.0/24", "2001:db8::/32"}, LoadBalancerClass: ptr.To("example.com/lb"),
+			}
+		}, func(t *testing.T, api, broker *corev1.Service) {
+			if api.Spec.Type != corev1.ServiceTypeLoadBalancer || api.Annotations["service.beta.kubernetes.io/aws-load-balancer-internal"] != "true" ||
+				api.Spec.Ports[0].NodePort != 31080 || api.Spec.ExternalTrafficPolicy != corev1.ServiceExternalTrafficPolicyLocal ||
+				len(api.Spec.LoadBalancerSourceRanges) != 2 || ptr.Deref(api.Spec.LoadBalancerClass, "") != "example.com/lb" {
+				t.Errorf("api: %+v %+v", api.Annotations, api.Spec)
+			}
+			if api.Labels[LabelSimulation] != "fleet" || !reflect.DeepEqual(api.Spec.Selector, selectorLabels("fleet", API)) || api.Spec.Ports[0].Name != HTTPPortName {
+				t.Errorf("the operator's labels, selector or port changed: %+v %+v", api.Labels, api.Spec)
+			}
+			if broker.Spec.Type != corev1.ServiceTypeClusterIP || len(broker.Annotations) != 0 {
+				t.Errorf("the API's options reached the broker: %+v", broker.Spec)
+			}
+		}},
+		{"broker NodePort: the node port is MQTT's", func(s *v1alpha1.ChargerSimulation) {
+			s.Spec.Broker.Managed = &v1alpha1.ManagedBrokerSpec{ServiceType: corev1.ServiceTypeNodePort,
+				Service: &v1alpha1.ServiceOptions{NodePort: 31883, Annotations: map[string]string{"a": "b"}}}
+		}, func(t *testing.T, api, broker *corev1.Service) {
+			if broker.Spec.Type != corev1.ServiceTypeNodePort || broker.Spec.Ports[0].Name != MQTTPortName ||
+				broker.Spec.Ports[0].NodePort != 31883 || broker.Spec.Ports[1].NodePort != 0 || broker.Annotations["a"] != "b" {
+				t.Errorf("broker: %+v %+v", broker.Annotations, broker.Spec)
+			}
+			if api.Spec.Type != corev1.ServiceTypeClusterIP || len(api.Annotations) != 0 {
+				t.Errorf("the broker's options reached the API: %+v", api.Spec)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sim := testSim()
+			tc.mutate(sim)
+			d := newDesired(sim, "img:1", managedBrokerURL(sim), testSecrets(sim))
+			_, asvc := d.apiObjects()
+			_, bsvc := d.brokerObjects()
+			tc.check(t, decode[corev1.Service](t, asvc), decode[corev1.Service](t, bsvc))
+		})
+	}
+}
+
+// PodDisruptionBudgets: none unless asked for; one of minAvailable or maxUnavailable, selecting
+// exactly the component's pods, owned by the simulation.
+func TestPodDisruptionBudgets(t *testing.T) {
+	sim := testSim()
+	d := newDesired(sim, "img:1", managedBrokerURL(sim), testSecrets(sim))
+	if d.podDisruptionBudget(Listener, sim.Spec.Listener.PodDisruptionBudget) != nil {
+		t.Fatal("a budget nobody asked for")
+	}
+	for _, tc := range []struct {
+		c    Component
+		spec v1alpha1.PodDisruptionBudgetSpec
+	}{
+		{Listener, v1alpha1.PodDisruptionBudgetSpec{MinAvailable: ptr.To(intstr.FromInt32(1))}},
+		{API, v1alpha1.PodDisruptionBudgetSpec{MaxUnavailable: ptr.To(intstr.FromString("50%"))}},
+	} {
+		pdb := decode[policyv1.PodDisruptionBudget](t, d.podDisruptionBudget(tc.c, &tc.spec))
+		if pdb.Name != workloadName("fleet", tc.c) || pdb.Namespace != "ns" || len(pdb.OwnerReferences) != 1 ||
+			!ptr.Deref(pdb.OwnerReferences[0].Controller, false) || pdb.Labels[LabelManagedBy] != ManagedByValue {
+			t.Errorf("%s: metadata %+v", tc.c, pdb.ObjectMeta)
+		}
+		if !reflect.DeepEqual(pdb.Spec.Selector.MatchLabels, selectorLabels("fleet", tc.c)) ||
+			!reflect.DeepEqual(pdb.Spec.MinAvailable, tc.spec.MinAvailable) || !reflect.DeepEqual(pdb.Spec.MaxUnavailable, tc.spec.MaxUnavailable) {
+			t.Errorf("%s: spec %+v", tc.c, pdb.Spec)
 		}
 	}
 }

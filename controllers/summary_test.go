@@ -67,6 +67,20 @@ func TestSummarizeStatus(t *testing.T) {
 			want{metav1.ConditionFalse, metav1.ConditionFalse, metav1.ConditionTrue, v1alpha1.ReasonRolloutStalled, "progress deadline exceeded", []string{"RolloutStalled"}, time.Second}},
 		{"transient error: no event, no Ready flip", ready, observation{transient: errors.New("apply: timeout"), components: allDone()},
 			want{metav1.ConditionTrue, metav1.ConditionTrue, metav1.ConditionFalse, v1alpha1.ReasonAvailable, "", nil, 0}},
+		{"stuck pod: stalled with the pod's reason", ready, observation{components: with(Listener, &componentObservation{status: v1alpha1.ComponentStatus{DesiredReplicas: 1, Replicas: 1},
+			stalled: "pod l-0: container listener: ImagePullBackOff: back-off", stalledReason: "ImagePullBackOff"})},
+			want{metav1.ConditionFalse, metav1.ConditionFalse, metav1.ConditionTrue, "ImagePullBackOff", "pod l-0: container listener: ImagePullBackOff", []string{"ImagePullBackOff"}, time.Second}},
+		{"a pod that may still get there: looked at again at its deadline", ready, observation{recheck: 90 * time.Second,
+			components: with(Publisher, &componentObservation{status: v1alpha1.ComponentStatus{DesiredReplicas: 1, Replicas: 1}})},
+			want{metav1.ConditionFalse, metav1.ConditionTrue, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady, "publisher 0/1 ready", nil, 90 * time.Second}},
+		{"still degraded, another message: a new event", degradedSecret, observation{degraded: &configError{reason: v1alpha1.ReasonSecretNotFound, message: "Secret other not found"}, components: allDone()},
+			want{metav1.ConditionFalse, metav1.ConditionFalse, metav1.ConditionTrue, v1alpha1.ReasonSecretNotFound, "Secret other not found", []string{"SecretNotFound"}, 10 * time.Second}},
+		{"degraded and a transient error: the terminal one speaks", ready, observation{degraded: &configError{reason: v1alpha1.ReasonNameConflict, message: "Service x exists"},
+			transient: errors.New("timeout"), components: allDone()},
+			want{metav1.ConditionFalse, metav1.ConditionFalse, metav1.ConditionTrue, v1alpha1.ReasonNameConflict, "Service x exists", []string{"NameConflict"}, time.Second}},
+		{"transient error mid-rollout: still reconciling, no event", nil, observation{transient: errors.New("conflict"),
+			components: with(API, &componentObservation{status: v1alpha1.ComponentStatus{DesiredReplicas: 2, Replicas: 2, ReadyReplicas: 1}})},
+			want{metav1.ConditionFalse, metav1.ConditionTrue, metav1.ConditionFalse, v1alpha1.ReasonComponentsNotReady, "api 1/2 ready", nil, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sim := &v1alpha1.ChargerSimulation{ObjectMeta: metav1.ObjectMeta{Name: "s", Namespace: "n", Generation: 4}}
@@ -142,5 +156,32 @@ func TestPodStuck(t *testing.T) {
 		if reason != tc.reason || recheck != tc.recheck {
 			t.Errorf("%s: reason %q recheck %s, want %q %s", tc.name, reason, recheck, tc.reason, tc.recheck)
 		}
+	}
+}
+
+// A suspended simulation is Ready with reason Suspended; the summary never touches the fields
+// other writers own (status.audit, status.progress).
+func TestSummarizeStatusSuspendedKeepsProbes(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	sim := &v1alpha1.ChargerSimulation{ObjectMeta: metav1.ObjectMeta{Name: "s", Namespace: "n", Generation: 2},
+		Spec: v1alpha1.ChargerSimulationSpec{Suspend: true}}
+	sim.Status.Progress = &v1alpha1.ProgressStatus{Stored: 9, Error: "stats: timeout"}
+	sim.Status.Audit = &v1alpha1.AuditStatus{Missing: 1}
+	done := &componentObservation{status: v1alpha1.ComponentStatus{DesiredReplicas: 1, Replicas: 1, ReadyReplicas: 1}, updated: 1, complete: true}
+	obs := &observation{components: map[Component]*componentObservation{Broker: done, Listener: done, API: done,
+		Publisher: {status: v1alpha1.ComponentStatus{}, complete: true}}}
+	res, evs := summarizeStatus(sim, obs, now)
+	c := meta.FindStatusCondition(sim.Status.Conditions, v1alpha1.ConditionReady)
+	if c == nil || c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonSuspended {
+		t.Errorf("Ready %+v", c)
+	}
+	if len(evs) != 1 || evs[0].reason != v1alpha1.ReasonAvailable || res.RequeueAfter != 0 {
+		t.Errorf("events %+v, requeue %s", evs, res.RequeueAfter)
+	}
+	if sim.Status.Progress == nil || sim.Status.Progress.Stored != 9 || sim.Status.Audit == nil || sim.Status.Audit.Missing != 1 {
+		t.Errorf("progress %+v, audit %+v", sim.Status.Progress, sim.Status.Audit)
+	}
+	if sim.Status.SessionsPerSecond != "0" {
+		t.Errorf("sessionsPerSecond %q while suspended", sim.Status.SessionsPerSecond)
 	}
 }

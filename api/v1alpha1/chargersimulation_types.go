@@ -3,6 +3,7 @@ package v1alpha1
 import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // Condition types of a ChargerSimulation. Reconciling and Stalled are the kstatus conditions
@@ -319,6 +320,9 @@ type PodOptions struct {
 }
 
 // ManagedBrokerSpec tunes the in-namespace broker.
+// +kubebuilder:validation:XValidation:rule="!has(self.service) || !has(self.service.nodePort) || (has(self.serviceType) && self.serviceType != 'ClusterIP')",message="broker.managed.service.nodePort needs broker.managed.serviceType NodePort or LoadBalancer (a ClusterIP Service has no node port)",fieldPath=".service.nodePort"
+// +kubebuilder:validation:XValidation:rule="!has(self.service) || !has(self.service.externalTrafficPolicy) || (has(self.serviceType) && self.serviceType != 'ClusterIP')",message="broker.managed.service.externalTrafficPolicy needs broker.managed.serviceType NodePort or LoadBalancer (it governs traffic from outside the cluster)",fieldPath=".service.externalTrafficPolicy"
+// +kubebuilder:validation:XValidation:rule="!has(self.service) || ((!has(self.service.loadBalancerSourceRanges) || size(self.service.loadBalancerSourceRanges) == 0) && !has(self.service.loadBalancerClass)) || (has(self.serviceType) && self.serviceType == 'LoadBalancer')",message="broker.managed.service.loadBalancerSourceRanges and loadBalancerClass need broker.managed.serviceType LoadBalancer",fieldPath=".service"
 type ManagedBrokerSpec struct {
 	// resources of the broker container; empty means small requests and a memory limit.
 	// +optional
@@ -327,6 +331,17 @@ type ManagedBrokerSpec struct {
 	// pod sets scheduling and metadata options of this component's pods.
 	// +optional
 	Pod *PodOptions `json:"pod,omitempty"`
+
+	// serviceType of the broker Service: NodePort or LoadBalancer let MQTT clients outside the
+	// cluster reach the broker (its MQTT port; nodePort applies to it).
+	// +kubebuilder:validation:Enum=ClusterIP;NodePort;LoadBalancer
+	// +kubebuilder:default=ClusterIP
+	// +optional
+	ServiceType corev1.ServiceType `json:"serviceType,omitempty"`
+
+	// service sets annotations and the type-specific options of the broker Service.
+	// +optional
+	Service *ServiceOptions `json:"service,omitempty"`
 }
 
 // MongoSpec is the store.
@@ -409,6 +424,12 @@ type ListenerSpec struct {
 	// +optional
 	BatchSize int32 `json:"batchSize,omitempty"`
 
+	// podDisruptionBudget, when set, gives the listener pods a PodDisruptionBudget, so that a
+	// node drain does not take every subscriber at once; unset, none exists (the operator
+	// deletes its own).
+	// +optional
+	PodDisruptionBudget *PodDisruptionBudgetSpec `json:"podDisruptionBudget,omitempty"`
+
 	// flushInterval is the longest a session waits for its batch (a duration, at least 10ms).
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
@@ -419,6 +440,9 @@ type ListenerSpec struct {
 }
 
 // APISpec runs the REST API and its Service.
+// +kubebuilder:validation:XValidation:rule="!has(self.service) || !has(self.service.nodePort) || (has(self.serviceType) && self.serviceType != 'ClusterIP')",message="api.service.nodePort needs api.serviceType NodePort or LoadBalancer (a ClusterIP Service has no node port)",fieldPath=".service.nodePort"
+// +kubebuilder:validation:XValidation:rule="!has(self.service) || !has(self.service.externalTrafficPolicy) || (has(self.serviceType) && self.serviceType != 'ClusterIP')",message="api.service.externalTrafficPolicy needs api.serviceType NodePort or LoadBalancer (it governs traffic from outside the cluster)",fieldPath=".service.externalTrafficPolicy"
+// +kubebuilder:validation:XValidation:rule="!has(self.service) || ((!has(self.service.loadBalancerSourceRanges) || size(self.service.loadBalancerSourceRanges) == 0) && !has(self.service.loadBalancerClass)) || (has(self.serviceType) && self.serviceType == 'LoadBalancer')",message="api.service.loadBalancerSourceRanges and loadBalancerClass need api.serviceType LoadBalancer",fieldPath=".service"
 type APISpec struct {
 	// replicas of the API.
 	// +kubebuilder:validation:Minimum=1
@@ -447,6 +471,67 @@ type APISpec struct {
 	// +kubebuilder:default=8080
 	// +optional
 	Port int32 `json:"port,omitempty"`
+
+	// service sets annotations and the type-specific options of the API Service.
+	// +optional
+	Service *ServiceOptions `json:"service,omitempty"`
+
+	// podDisruptionBudget, when set, gives the API pods a PodDisruptionBudget, so that a node
+	// drain leaves enough of them serving; unset, none exists (the operator deletes its own).
+	// +optional
+	PodDisruptionBudget *PodDisruptionBudgetSpec `json:"podDisruptionBudget,omitempty"`
+}
+
+// ServiceOptions are the options of a Service that clients outside the simulation reach a
+// component through: annotations (a cloud load balancer's settings, external-dns) and the
+// options of the NodePort and LoadBalancer types. The Service's labels, selector and ports stay
+// the operator's.
+type ServiceOptions struct {
+	// annotations added to the Service.
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// nodePort of the Service's main port (NodePort and LoadBalancer types); unset, the
+	// cluster picks one. It must lie in the cluster's node port range (30000-32767 by default).
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +optional
+	NodePort int32 `json:"nodePort,omitempty"`
+	// externalTrafficPolicy (NodePort and LoadBalancer types): Local keeps the client's source
+	// address and avoids a second hop, Cluster (the cluster's default) spreads over all nodes.
+	// +kubebuilder:validation:Enum=Cluster;Local
+	// +optional
+	ExternalTrafficPolicy corev1.ServiceExternalTrafficPolicy `json:"externalTrafficPolicy,omitempty"`
+	// loadBalancerSourceRanges are the client CIDRs a LoadBalancer admits (if the cloud
+	// provider supports it); empty admits everyone.
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=49
+	// +kubebuilder:validation:XValidation:rule="self.all(r, r.matches('^[0-9]{1,3}([.][0-9]{1,3}){3}/[0-9]{1,2}$') || r.matches('^[0-9a-fA-F:]*:[0-9a-fA-F:.]*/[0-9]{1,3}$'))",message="loadBalancerSourceRanges must be CIDRs such as 203.0.113.0/24 or 2001:db8::/32"
+	// +listType=atomic
+	// +optional
+	LoadBalancerSourceRanges []string `json:"loadBalancerSourceRanges,omitempty"`
+	// loadBalancerClass selects the load balancer implementation (LoadBalancer type). The API
+	// server does not let it change: changing it makes the operator recreate the Service.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	LoadBalancerClass *string `json:"loadBalancerClass,omitempty"`
+}
+
+// PodDisruptionBudgetSpec is a component's PodDisruptionBudget: exactly one of minAvailable
+// and maxUnavailable, a number of pods or a percentage of the replicas ("50%").
+// +kubebuilder:validation:XValidation:rule="has(self.minAvailable) != has(self.maxUnavailable)",message="podDisruptionBudget takes exactly one of minAvailable and maxUnavailable"
+type PodDisruptionBudgetSpec struct {
+	// minAvailable is how many pods must stay available during a voluntary disruption (a node
+	// drain). As many as there are replicas blocks drains until a replica is added.
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')",message="minAvailable must be a number of pods (0 or more) or a percentage such as 50%"
+	// +optional
+	MinAvailable *intstr.IntOrString `json:"minAvailable,omitempty"`
+	// maxUnavailable is how many pods a voluntary disruption may take down at once.
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')",message="maxUnavailable must be a number of pods (0 or more) or a percentage such as 50%"
+	// +optional
+	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
 }
 
 // ComponentStatus is what the operator last saw of one component's workload.
@@ -506,6 +591,47 @@ type ChargerSimulationStatus struct {
 	// stored ones. Missing sessions raise an AuditIncomplete event; they do not change Ready.
 	// +optional
 	Audit *AuditStatus `json:"audit,omitempty"`
+
+	// progress is whether data flows through the pipeline, as the simulation's own components
+	// last reported it (every --progress-interval): published by the publisher pods, stored
+	// and rejected in the store (GET /api/v1/stats of the API), and the lag of the newest
+	// stored session. A probe that fails keeps the last figures with an error; it changes no
+	// condition and raises no event.
+	// +optional
+	Progress *ProgressStatus `json:"progress,omitempty"`
+}
+
+// ProgressStatus is the pipeline's progress as its components report it.
+type ProgressStatus struct {
+	// published is the number of sessions the broker acknowledged to the running publisher
+	// pods (chargesim_publisher_sessions_published_total summed over them). It counts since
+	// each pod started, so it restarts with the pods; absent when a pod could not be asked.
+	// +optional
+	Published *int64 `json:"published,omitempty"`
+	// stored is the number of sessions in the store.
+	// +optional
+	Stored int64 `json:"stored"`
+	// rejected is the number of messages the listeners kept aside as invalid.
+	// +optional
+	Rejected int64 `json:"rejected"`
+	// lastSessionTime is when the newest stored session ended.
+	// +optional
+	LastSessionTime *metav1.Time `json:"lastSessionTime,omitempty"`
+	// lag is how old the newest stored session was when the figures were taken (lastTime −
+	// lastSessionTime): a few seconds while data flows; growing while it does not (or the
+	// simulation is suspended). Absent while nothing is stored.
+	// +optional
+	Lag *metav1.Duration `json:"lag,omitempty"`
+	// lastTime is when these figures were obtained.
+	// +optional
+	LastTime metav1.Time `json:"lastTime,omitempty"`
+	// error is why the latest attempt failed (the figures above are then from lastTime);
+	// empty when it succeeded.
+	// +optional
+	Error string `json:"error,omitempty"`
+	// lastAttemptTime is when the operator last asked.
+	// +optional
+	LastAttemptTime metav1.Time `json:"lastAttemptTime,omitempty"`
 }
 
 // AuditStatus is the result of the last audit of a recent window.
@@ -562,6 +688,10 @@ type AuditStatus struct {
 // +kubebuilder:printcolumn:name="Sessions/s",type=string,JSONPath=`.status.sessionsPerSecond`,description="configured session rate of the fleet"
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Published",type=integer,JSONPath=`.status.progress.published`,description="sessions the broker acknowledged to the running publisher pods"
+// +kubebuilder:printcolumn:name="Stored",type=integer,JSONPath=`.status.progress.stored`,description="sessions in the store"
+// +kubebuilder:printcolumn:name="Rejected",type=integer,JSONPath=`.status.progress.rejected`,description="invalid messages kept aside by the listeners"
+// +kubebuilder:printcolumn:name="Lag",type=string,JSONPath=`.status.progress.lag`,description="age of the newest stored session when last measured"
 // +kubebuilder:printcolumn:name="Publishers",type=integer,JSONPath=`.status.publisher.readyReplicas`,priority=1
 // +kubebuilder:printcolumn:name="Listeners",type=integer,JSONPath=`.status.listener.readyReplicas`,priority=1
 // +kubebuilder:printcolumn:name="API",type=string,JSONPath=`.status.apiAddress`,priority=1
