@@ -228,6 +228,94 @@ func TestSuspendKeepsShardCount(t *testing.T) {
 	}
 }
 
+// volumeNamed finds a volume of the pod and the first container's mount of it.
+func volumeNamed(ps corev1.PodSpec, name string) (*corev1.Volume, *corev1.VolumeMount) {
+	var v *corev1.Volume
+	var m *corev1.VolumeMount
+	for i := range ps.Volumes {
+		if ps.Volumes[i].Name == name {
+			v = &ps.Volumes[i]
+		}
+	}
+	for i := range ps.Containers[0].VolumeMounts {
+		if ps.Containers[0].VolumeMounts[i].Name == name {
+			m = &ps.Containers[0].VolumeMounts[i]
+		}
+	}
+	return v, m
+}
+
+// TestManagedBrokerCredentials: the managed broker requires the generated credentials (its
+// password file a Secret volume without subPath, so that the kubelet updates it in place);
+// publisher and listener get username and password; the API gets nothing of them. A new
+// client password rolls the clients, new accepted passwords do not roll the broker.
+func TestManagedBrokerCredentials(t *testing.T) {
+	sim := testSim()
+	creds := BrokerCredentialsName(sim.Name)
+	templates, err := PodTemplates(sim, "img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bt := templates[Broker].Spec
+	env := envMap(bt.Containers[0])
+	if u := env[envBrokerUsername]; u.ValueFrom == nil || u.ValueFrom.SecretKeyRef == nil ||
+		u.ValueFrom.SecretKeyRef.Name != creds || u.ValueFrom.SecretKeyRef.Key != CredentialsUsernameKey {
+		t.Errorf("broker username: %+v", u)
+	}
+	vol, mnt := volumeNamed(bt, "broker-credentials")
+	if vol == nil || vol.Secret == nil || vol.Secret.SecretName != creds || len(vol.Secret.Items) != 1 ||
+		vol.Secret.Items[0].Key != CredentialsAcceptedKey || mnt == nil || mnt.SubPath != "" || !mnt.ReadOnly ||
+		env[envBrokerPasswordFile].Value != mnt.MountPath+"/"+vol.Secret.Items[0].Path {
+		t.Errorf("broker password file: volume %+v mount %+v env %+v", vol, mnt, env[envBrokerPasswordFile])
+	}
+	for _, c := range []Component{Publisher, Listener} {
+		ps := templates[c].Spec
+		env := envMap(ps.Containers[0])
+		if u := env[envMQTTUsername]; u.ValueFrom == nil || u.ValueFrom.SecretKeyRef == nil || u.ValueFrom.SecretKeyRef.Name != creds {
+			t.Errorf("%s username: %+v", c, u)
+		}
+		vol, mnt := volumeNamed(ps, "mqtt-credentials")
+		if vol == nil || vol.Secret.SecretName != creds || vol.Secret.Items[0].Key != CredentialsPasswordKey || mnt == nil ||
+			env[envMQTTPassword].Value != mnt.MountPath+"/"+vol.Secret.Items[0].Path {
+			t.Errorf("%s password file: volume %+v mount %+v", c, vol, mnt)
+		}
+	}
+	b, err := json.Marshal(templates[API])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), creds) {
+		t.Errorf("the API's pod references the broker credentials: %s", b)
+	}
+
+	base := testSecrets(sim)
+	hash := func(uses []secretUse) map[Component]string {
+		return newDesired(sim, "img", managedBrokerURL(sim), uses).configHash
+	}
+	before := hash(base)
+	bump := func(key string) map[Component]string {
+		uses := append([]secretUse(nil), base...)
+		for i := range uses {
+			if uses[i].name == creds && uses[i].key == key {
+				uses[i].digest += "-rotated"
+			}
+		}
+		return hash(uses)
+	}
+	afterAccepted := bump(CredentialsAcceptedKey)
+	for _, c := range []Component{Broker, Publisher, Listener, API} {
+		if afterAccepted[c] != before[c] {
+			t.Errorf("new accepted passwords roll the %s", c)
+		}
+	}
+	afterPassword := bump(CredentialsPasswordKey)
+	for c, want := range map[Component]bool{Broker: false, Publisher: true, Listener: true, API: false} {
+		if (afterPassword[c] != before[c]) != want {
+			t.Errorf("new client password: %s rolls = %v, want %v", c, afterPassword[c] != before[c], want)
+		}
+	}
+}
+
 func TestPodHardening(t *testing.T) {
 	sim := testSim()
 	d := newDesired(sim, "img", managedBrokerURL(sim), testSecrets(sim))
@@ -244,9 +332,9 @@ func TestPodHardening(t *testing.T) {
 	// The managed broker persists what it acknowledged to a writable volume (its root fs is
 	// read-only): a killed broker container loses no queued message.
 	bt := templates[Broker].Spec
+	vol, mnt := volumeNamed(bt, "broker-data")
 	if e := envMap(bt.Containers[0])[envBrokerDataDir]; e.Value != brokerDataDir ||
-		len(bt.Volumes) != 1 || bt.Volumes[0].EmptyDir == nil ||
-		len(bt.Containers[0].VolumeMounts) != 1 || bt.Containers[0].VolumeMounts[0].MountPath != brokerDataDir || bt.Containers[0].VolumeMounts[0].ReadOnly {
+		vol == nil || vol.EmptyDir == nil || mnt == nil || mnt.MountPath != brokerDataDir || mnt.ReadOnly {
 		t.Errorf("broker data dir: env %+v volumes %+v mounts %+v", e, bt.Volumes, bt.Containers[0].VolumeMounts)
 	}
 	if e := envMap(templates[API].Spec.Containers[0])[envAuditEvery]; e.Value != "1m0s" {
