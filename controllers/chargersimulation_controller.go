@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -90,6 +91,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.StatefulSet{}).
 		Owns(&corev1.Service{}).
 		Owns(&corev1.ConfigMap{}).
+		Owns(&networkingv1.NetworkPolicy{}).
 		// The metadata of every Secret (never the data: a PartialObjectMetadata informer), mapped
 		// to the simulations that reference it by name (secretIndex): a Secret created, rotated
 		// or deleted is noticed at once, not at the next resync or backoff.
@@ -202,6 +204,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 		r.reconcileListener, // before the publisher, which waits for it the first time
 		r.reconcilePublisher,
 		r.reconcileAPI,
+		r.reconcileNetworkPolicies,
 	} {
 		if err := step(ctx, d, obs); err != nil {
 			errs = append(errs, err)

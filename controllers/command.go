@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -187,10 +188,11 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, er
 		// large and never needed, so they are dropped before objects enter the cache.
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&appsv1.Deployment{}:  {Label: managed},
-			&appsv1.StatefulSet{}: {Label: managed},
-			&corev1.Service{}:     {Label: managed},
-			&corev1.ConfigMap{}:   {Label: managed},
+			&appsv1.Deployment{}:          {Label: managed},
+			&appsv1.StatefulSet{}:         {Label: managed},
+			&corev1.Service{}:             {Label: managed},
+			&corev1.ConfigMap{}:           {Label: managed},
+			&networkingv1.NetworkPolicy{}: {Label: managed},
 			// Pods carry the labels of their template: only the simulations' pods are cached.
 			&corev1.Pod{}: {Label: managed},
 		},

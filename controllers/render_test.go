@@ -10,7 +10,10 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
@@ -659,5 +662,82 @@ func TestRecommendedLabels(t *testing.T) {
 		if tmpl.Labels[LabelPartOf] != "chargesim" || tmpl.Labels[LabelVersion] != "v1.2.3" {
 			t.Errorf("%s: labels %v", c, tmpl.Labels)
 		}
+	}
+}
+
+// TestNetworkPolicies: the broker admits MQTT from this simulation's publisher and listener
+// pods only, and metrics from metricsFrom (anyone when empty); the API policy exists only with
+// apiFrom; external brokers and enabled=false get none.
+func TestNetworkPolicies(t *testing.T) {
+	sim := testSim()
+	pols, err := NetworkPolicies(sim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pols) != 1 || pols[0].Name != sim.Name+"-broker" {
+		t.Fatalf("default: %+v, want only the broker's", pols)
+	}
+	p := pols[0]
+	templates, err := PodTemplates(sim, "img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := func(ls *metav1.LabelSelector, l map[string]string) bool {
+		s, err := metav1.LabelSelectorAsSelector(ls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Matches(labels.Set(l))
+	}
+	if !sel(&p.Spec.PodSelector, templates[Broker].Labels) || sel(&p.Spec.PodSelector, templates[API].Labels) {
+		t.Errorf("policy selects the wrong pods: %+v", p.Spec.PodSelector)
+	}
+	if len(p.Spec.Ingress) != 2 {
+		t.Fatalf("ingress rules: %+v", p.Spec.Ingress)
+	}
+	mqtt, metrics := p.Spec.Ingress[0], p.Spec.Ingress[1]
+	if len(mqtt.Ports) != 1 || mqtt.Ports[0].Port.IntValue() != mqttPort || len(mqtt.From) != 1 {
+		t.Fatalf("mqtt rule: %+v", mqtt)
+	}
+	for c, want := range map[Component]bool{Publisher: true, Listener: true, API: false, Broker: false} {
+		if got := sel(mqtt.From[0].PodSelector, templates[c].Labels); got != want {
+			t.Errorf("mqtt from %s: %v, want %v", c, got, want)
+		}
+	}
+	other := testSim()
+	other.Name = "other"
+	otherTemplates, err := PodTemplates(other, "img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel(mqtt.From[0].PodSelector, otherTemplates[Publisher].Labels) {
+		t.Error("another simulation's publisher may reach the broker")
+	}
+	if len(metrics.Ports) != 1 || metrics.Ports[0].Port.IntValue() != opsPort || len(metrics.From) != 0 {
+		t.Errorf("metrics rule without metricsFrom should admit anyone on %d: %+v", opsPort, metrics)
+	}
+
+	peer := networkingv1.NetworkPolicyPeer{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "monitoring"}}}
+	sim.Spec.NetworkPolicy.MetricsFrom = []networkingv1.NetworkPolicyPeer{peer}
+	sim.Spec.NetworkPolicy.APIFrom = []networkingv1.NetworkPolicyPeer{peer}
+	pols, err = NetworkPolicies(sim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pols) != 2 || !equality.Semantic.DeepEqual(pols[0].Spec.Ingress[1].From, []networkingv1.NetworkPolicyPeer{peer}) ||
+		pols[1].Name != sim.Name+"-api" || !equality.Semantic.DeepEqual(pols[1].Spec.Ingress[0].From, []networkingv1.NetworkPolicyPeer{peer}) ||
+		pols[1].Spec.Ingress[0].Ports[0].Port.IntValue() != apiPort {
+		t.Errorf("with metricsFrom and apiFrom: %+v", pols)
+	}
+
+	off := false
+	sim.Spec.NetworkPolicy.Enabled = &off
+	if pols, _ := NetworkPolicies(sim); len(pols) != 0 {
+		t.Errorf("disabled: %+v", pols)
+	}
+	ext := testSim()
+	ext.Spec.Broker.URL = "tcp://mosquitto:1883"
+	if pols, _ := NetworkPolicies(ext); len(pols) != 0 {
+		t.Errorf("external broker: %+v", pols)
 	}
 }
