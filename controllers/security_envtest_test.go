@@ -278,7 +278,7 @@ func TestNetworkPolicyRendered(t *testing.T) {
 	eventually(t, "policies removed", func() error {
 		for _, n := range []string{"np-broker", "np-api"} {
 			if err := k8s.Get(ctx, key(ns, n), &networkingv1.NetworkPolicy{}); !apierrors.IsNotFound(err) {
-				return fmt.Errorf("%s: %v", n, err)
+				return fmt.Errorf("%s: %w", n, err)
 			}
 		}
 		return nil

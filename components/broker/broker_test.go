@@ -167,7 +167,7 @@ func TestAuthentication(t *testing.T) {
 // refused connects with the given credentials and fails the test if the broker lets it in.
 func refused(t *testing.T, url, user, pass string) {
 	t.Helper()
-	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("bad-"+user+"-"+pass).
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("bad-" + user + "-" + pass).
 		SetUsername(user).SetPassword(pass).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
 	tok := c.Connect()
 	tok.WaitTimeout(10 * time.Second)
