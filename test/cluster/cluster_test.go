@@ -538,7 +538,16 @@ func (a *auditCounts) add(b auditCounts) {
 func (e *env) audit(api string, from, to time.Time, charger string) auditCounts {
 	e.t.Helper()
 	q := fmt.Sprintf("from=%s&to=%s&charger=%s", from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339), charger)
-	b, err := e.get("http://" + api + "/api/v1/audit?" + q)
+	// The API answers 503 ("retry in 1 s") while its own audits and the operator's hold the
+	// store's audit slots: retried for up to a minute, as a client is told to.
+	var b []byte
+	var err error
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		b, err = e.get("http://" + api + "/api/v1/audit?" + q)
+		if err == nil || !strings.Contains(err.Error(), "503") || time.Now().After(deadline) {
+			break
+		}
+	}
 	var c auditCounts
 	if err == nil {
 		err = json.Unmarshal(b, &c)
