@@ -114,9 +114,9 @@ func (a *Auditor) AuditOne(ctx context.Context, sim *v1alpha1.ChargerSimulation,
 	from := to.Add(-a.window())
 	rep, auditErr := a.fetch(ctx, sim, from, to)
 	st := nextAuditStatus(sim.Status.Audit, rep, auditErr, now)
-	patch, err := json.Marshal(map[string]any{"status": map[string]any{"audit": st}})
+	patch, err := auditPatch(st)
 	if err != nil {
-		return fmt.Errorf("audit: marshal status: %w", err)
+		return err
 	}
 	if err := a.Client.Status().Patch(ctx, sim, client.RawPatch(types.MergePatchType, patch)); err != nil {
 		return fmt.Errorf("audit: patch status of %s/%s: %w", sim.Namespace, sim.Name, err)
@@ -204,6 +204,30 @@ func (a *Auditor) fetch(ctx context.Context, sim *v1alpha1.ChargerSimulation, fr
 		return rep, fmt.Errorf("GET %s: decode report: %w", req.URL.Redacted(), err)
 	}
 	return rep, nil
+}
+
+// auditPatch is the merge patch that makes status.audit st. Fields st leaves empty (omitempty)
+// are sent as null: a merge patch leaves out fields alone, and the error of a failed attempt
+// (or the missing keys of an incomplete window) would otherwise outlive the next success.
+func auditPatch(st *v1alpha1.AuditStatus) ([]byte, error) {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return nil, fmt.Errorf("audit: marshal status: %w", err)
+	}
+	m := map[string]any{}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("audit: marshal status: %w", err)
+	}
+	for _, k := range []string{"error", "missingKeys"} {
+		if _, ok := m[k]; !ok {
+			m[k] = nil
+		}
+	}
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"audit": m}})
+	if err != nil {
+		return nil, fmt.Errorf("audit: marshal status: %w", err)
+	}
+	return patch, nil
 }
 
 // nextAuditStatus is status.audit after an audit at now: the report's counts, or, when the
