@@ -204,6 +204,30 @@ func (a *Auditor) fetch(ctx context.Context, sim *v1alpha1.ChargerSimulation, fr
 	return rep, nil
 }
 
+// auditPatch is the merge patch that makes status.audit st. Fields st leaves empty (omitempty)
+// are sent as null: a merge patch leaves out fields alone, and the error of a failed attempt
+// (or the missing keys of an incomplete window) would otherwise outlive the next success.
+func auditPatch(st *v1alpha1.AuditStatus) ([]byte, error) {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return nil, fmt.Errorf("audit: marshal status: %w", err)
+	}
+	m := map[string]any{}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("audit: marshal status: %w", err)
+	}
+	for _, k := range []string{"error", "missingKeys"} {
+		if _, ok := m[k]; !ok {
+			m[k] = nil
+		}
+	}
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"audit": m}})
+	if err != nil {
+		return nil, fmt.Errorf("audit: marshal status: %w", err)
+	}
+	return patch, nil
+}
+
 // nextAuditStatus is status.audit after an audit at now: the report's counts, or, when the
 // audit failed, the previous counts with the error.
 func nextAuditStatus(prev *v1alpha1.AuditStatus, rep audit.Report, err error, now time.Time) *v1alpha1.AuditStatus {

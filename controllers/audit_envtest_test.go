@@ -213,4 +213,15 @@ func TestAuditIntoStatus(t *testing.T) {
 	if a := getSim(t, ns, "aud").Status.Audit; a == nil || a.Error == "" || !a.Complete || a.Stored != int64(len(docs)) {
 		t.Fatalf("status.audit after a failure: %+v", a)
 	}
+
+	// The API answers again: the next success clears the error (a merge patch that left the
+	// field out kept it for ever, and the cluster test waited for it in vain).
+	api = httptest.NewServer(srv.Handler())
+	t.Cleanup(api.Close)
+	if err := a.AuditOne(ctx, getSim(t, ns, "aud"), now.Add(3*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if a := getSim(t, ns, "aud").Status.Audit; a == nil || a.Error != "" || !a.Complete {
+		t.Fatalf("status.audit after a failure and a success: %+v", a)
+	}
 }

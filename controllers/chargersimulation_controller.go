@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -33,23 +34,27 @@ import (
 )
 
 // Least privilege: children are written only with server-side apply (create + patch) and the
-// managed broker is deleted when the spec switches to an external one; Secrets are only read
-// one by one (get), never listed or watched; status is merge-patched.
+// managed broker is deleted when the spec switches to an external one; status is merge-patched.
+// Secrets: get (read one by one, never cached), list + watch for the metadata-only watch (the
+// operator's cache holds Secrets' metadata, never their data: RBAC cannot tell the two apart,
+// the code does), create + update for the managed broker's generated credentials only.
 // +kubebuilder:rbac:groups=chargesim.io,resources=chargersimulations,verbs=get;list;watch
 // +kubebuilder:rbac:groups=chargesim.io,resources=chargersimulations/status,verbs=patch
 // +kubebuilder:rbac:groups=chargesim.io,resources=chargersimulations/finalizers,verbs=update
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=services;configmaps,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconciler turns a ChargerSimulation into its ConfigMap, broker, publisher, listener and API
 // workloads, and reports what it sees in the simulation's status.
 //
-// Only the children (label app.kubernetes.io/managed-by=chargesim-operator) are cached; Secrets
-// are read through APIReader and never cached.
+// Only the children (label app.kubernetes.io/managed-by=chargesim-operator) are cached, and
+// the metadata of Secrets (names, resourceVersions: to notice a referenced Secret created or
+// changed at once); Secret data is read through APIReader and never cached.
 type Reconciler struct {
 	Client    client.Client
 	APIReader client.Reader
@@ -58,17 +63,24 @@ type Reconciler struct {
 
 	// DefaultImage runs the components of simulations that name no image.
 	DefaultImage string
-	// ResyncInterval re-reads the referenced Secrets of a healthy simulation this often, to
-	// roll its pods when a Secret's content changes (Secrets are not watched).
+	// ResyncInterval re-reads the referenced Secrets of a healthy simulation this often, a
+	// safety net behind the metadata watch of Secrets (a missed event).
 	ResyncInterval time.Duration
 	// MaxConcurrentReconciles bounds parallel reconciles.
 	MaxConcurrentReconciles int
+	// CredentialPropagation is how long a rotation of the managed broker's credentials waits
+	// between making the broker accept the new password and rolling the clients onto it: the
+	// time a kubelet may take to update the broker's mounted Secret (0: 2 minutes).
+	CredentialPropagation time.Duration
 }
 
 // SetupWithManager registers the controller. Changes of any owned child trigger a reconcile,
 // which is what corrects drift and tracks readiness; so do changes of a simulation's spec,
 // labels, annotations and status (statusChanged).
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1alpha1.ChargerSimulation{}, secretIndex, secretNames); err != nil {
+		return fmt.Errorf("index simulations by Secret: %w", err)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("chargersimulation").
 		For(&v1alpha1.ChargerSimulation{}, builder.WithPredicates(predicate.Or(
@@ -82,6 +94,11 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Service{}).
 		Owns(&corev1.ConfigMap{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
+		Owns(&networkingv1.NetworkPolicy{}).
+		// The metadata of every Secret (never the data: a PartialObjectMetadata informer), mapped
+		// to the simulations that reference it by name (secretIndex): a Secret created, rotated
+		// or deleted is noticed at once, not at the next resync or backoff.
+		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.secretToSimulations)).
 		// Pods are owned by ReplicaSets and StatefulSets, not by the simulation: they are mapped
 		// to it by label, so that a pod stuck in ImagePullBackOff or Unschedulable is reported.
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToSimulation)).
@@ -183,6 +200,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 		}
 	}()
 
+	wait, err := r.ensureBrokerCredentials(ctx, sim)
+	if err != nil {
+		return r.fail(obs, err)
+	}
+	if wait > 0 {
+		obs.recheck = wait
+	}
 	d, err := r.resolve(ctx, sim)
 	if err != nil {
 		return r.fail(obs, err)
@@ -193,6 +217,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 		r.reconcileListener, // before the publisher, which waits for it the first time
 		r.reconcilePublisher,
 		r.reconcileAPI,
+		r.reconcileNetworkPolicies,
 	} {
 		if err := step(ctx, d, obs); err != nil {
 			errs = append(errs, err)
@@ -200,6 +225,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	}
 	if len(errs) == 0 {
 		if err := r.collectConfigMaps(ctx, d, obs); err != nil {
+			errs = append(errs, err)
+		}
+		if err := r.finishRotation(ctx, sim, obs); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -872,8 +900,8 @@ const conflictRetry = time.Second
 
 // degradedBackoff is how long to wait before looking again at a simulation that has been
 // degraded for the given time: about as long again, so retries double from 1s, capped at a
-// minute. The operator does not watch Secrets (that would cache every Secret of the cluster),
-// so this is how it notices a Secret that appears or is fixed.
+// minute. A Secret that appears or is fixed is noticed at once through the metadata watch;
+// this covers what no event announces (a workload the user fixes by other means).
 func degradedBackoff(degradedFor time.Duration) time.Duration {
 	return min(max(degradedFor, time.Second), time.Minute)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -74,6 +75,7 @@ type Config struct {
 	ShutdownTimeout         time.Duration // --shutdown-timeout
 	AuditInterval           time.Duration // --audit-interval
 	ProgressInterval        time.Duration // --progress-interval
+	CredentialPropagation   time.Duration // --credential-propagation
 
 	// RestConfig, when set, is used instead of --kubeconfig / in-cluster discovery (tests).
 	RestConfig *rest.Config
@@ -101,6 +103,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", 50, "sustained requests per second to the API server")
 	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 100, "burst of requests to the API server")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "grace period for running reconciles on shutdown")
+	fs.DurationVar(&c.CredentialPropagation, "credential-propagation", defaultCredentialDelay, "a rotation of a managed broker's credentials waits this long between making the broker accept the new password and rolling the clients onto it (the time a kubelet takes to update a mounted Secret)")
 	fs.DurationVar(&c.AuditInterval, "audit-interval", DefaultAuditEvery, "audit every simulation this often through its API (last 5 minutes, ending 30s ago) into status.audit; 0 disables it")
 	fs.DurationVar(&c.ProgressInterval, "progress-interval", DefaultProgressEvery, "read every simulation's pipeline progress (published, stored, rejected, lag) this often from its API and publisher pods into status.progress; 0 disables it")
 }
@@ -127,6 +130,8 @@ func (c *Config) Validate() error {
 		return cli.Invalid("max-concurrent-reconciles", c.MaxConcurrentReconciles, "must be ≥ 1")
 	case c.ResyncInterval < 0:
 		return cli.Invalid("resync-interval", c.ResyncInterval, "must be ≥ 0 (0 disables it)")
+	case c.CredentialPropagation < 0:
+		return cli.Invalid("credential-propagation", c.CredentialPropagation, "must be ≥ 0")
 	case c.AuditInterval < 0:
 		return cli.Invalid("audit-interval", c.AuditInterval, "must be ≥ 0 (0 disables it)")
 	case c.ProgressInterval < 0:
@@ -203,6 +208,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, er
 			&corev1.Service{}:               {Label: managed},
 			&corev1.ConfigMap{}:             {Label: managed},
 			&policyv1.PodDisruptionBudget{}: {Label: managed},
+			&networkingv1.NetworkPolicy{}:   {Label: managed},
 			// Pods carry the labels of their template: only the simulations' pods are cached.
 			&corev1.Pod{}: {Label: managed},
 		},
@@ -255,6 +261,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Operator, er
 		DefaultImage:            cfg.DefaultImage,
 		ResyncInterval:          cfg.ResyncInterval,
 		MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
+		CredentialPropagation:   cfg.CredentialPropagation,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("set up controller: %w", err)

@@ -307,7 +307,9 @@ func TestCreateRendersChildren(t *testing.T) {
 	if e := envOf(lsts.Spec.Template.Spec.Containers[0])["CHARGESIM_MONGO_URI_FILE"]; e.Value != "/var/run/secrets/chargesim/mongo-uri/uri" {
 		t.Errorf("listener mongo uri file %q", e.Value)
 	}
-	if v := lsts.Spec.Template.Spec.Volumes; len(v) != 1 || v[0].Secret.SecretName != "mongo" || v[0].Secret.Items[0].Key != "uri" {
+	// The managed broker's generated password and the store's URI.
+	if v := lsts.Spec.Template.Spec.Volumes; len(v) != 2 || v[0].Secret.SecretName != controllers.BrokerCredentialsName("fleet") ||
+		v[0].Secret.Items[0].Key != controllers.CredentialsPasswordKey || v[1].Secret.SecretName != "mongo" || v[1].Secret.Items[0].Key != "uri" {
 		t.Errorf("listener volumes %+v", v)
 	}
 	for svc, port := range map[string]int32{"fleet-broker": 1883, "fleet-api": 80, "fleet-publisher": 9090, "fleet-listener": 9090} {

@@ -11,8 +11,11 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -231,6 +234,94 @@ func TestSuspendKeepsShardCount(t *testing.T) {
 	}
 }
 
+// volumeNamed finds a volume of the pod and the first container's mount of it.
+func volumeNamed(ps corev1.PodSpec, name string) (*corev1.Volume, *corev1.VolumeMount) {
+	var v *corev1.Volume
+	var m *corev1.VolumeMount
+	for i := range ps.Volumes {
+		if ps.Volumes[i].Name == name {
+			v = &ps.Volumes[i]
+		}
+	}
+	for i := range ps.Containers[0].VolumeMounts {
+		if ps.Containers[0].VolumeMounts[i].Name == name {
+			m = &ps.Containers[0].VolumeMounts[i]
+		}
+	}
+	return v, m
+}
+
+// TestManagedBrokerCredentials: the managed broker requires the generated credentials (its
+// password file a Secret volume without subPath, so that the kubelet updates it in place);
+// publisher and listener get username and password; the API gets nothing of them. A new
+// client password rolls the clients, new accepted passwords do not roll the broker.
+func TestManagedBrokerCredentials(t *testing.T) {
+	sim := testSim()
+	creds := BrokerCredentialsName(sim.Name)
+	templates, err := PodTemplates(sim, "img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bt := templates[Broker].Spec
+	env := envMap(bt.Containers[0])
+	if u := env[envBrokerUsername]; u.ValueFrom == nil || u.ValueFrom.SecretKeyRef == nil ||
+		u.ValueFrom.SecretKeyRef.Name != creds || u.ValueFrom.SecretKeyRef.Key != CredentialsUsernameKey {
+		t.Errorf("broker username: %+v", u)
+	}
+	vol, mnt := volumeNamed(bt, "broker-credentials")
+	if vol == nil || vol.Secret == nil || vol.Secret.SecretName != creds || len(vol.Secret.Items) != 1 ||
+		vol.Secret.Items[0].Key != CredentialsAcceptedKey || mnt == nil || mnt.SubPath != "" || !mnt.ReadOnly ||
+		env[envBrokerPasswordFile].Value != mnt.MountPath+"/"+vol.Secret.Items[0].Path {
+		t.Errorf("broker password file: volume %+v mount %+v env %+v", vol, mnt, env[envBrokerPasswordFile])
+	}
+	for _, c := range []Component{Publisher, Listener} {
+		ps := templates[c].Spec
+		env := envMap(ps.Containers[0])
+		if u := env[envMQTTUsername]; u.ValueFrom == nil || u.ValueFrom.SecretKeyRef == nil || u.ValueFrom.SecretKeyRef.Name != creds {
+			t.Errorf("%s username: %+v", c, u)
+		}
+		vol, mnt := volumeNamed(ps, "mqtt-credentials")
+		if vol == nil || vol.Secret.SecretName != creds || vol.Secret.Items[0].Key != CredentialsPasswordKey || mnt == nil ||
+			env[envMQTTPassword].Value != mnt.MountPath+"/"+vol.Secret.Items[0].Path {
+			t.Errorf("%s password file: volume %+v mount %+v", c, vol, mnt)
+		}
+	}
+	b, err := json.Marshal(templates[API])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), creds) {
+		t.Errorf("the API's pod references the broker credentials: %s", b)
+	}
+
+	base := testSecrets(sim)
+	hash := func(uses []secretUse) map[Component]string {
+		return newDesired(sim, "img", managedBrokerURL(sim), uses).configHash
+	}
+	before := hash(base)
+	bump := func(key string) map[Component]string {
+		uses := append([]secretUse(nil), base...)
+		for i := range uses {
+			if uses[i].name == creds && uses[i].key == key {
+				uses[i].digest += "-rotated"
+			}
+		}
+		return hash(uses)
+	}
+	afterAccepted := bump(CredentialsAcceptedKey)
+	for _, c := range []Component{Broker, Publisher, Listener, API} {
+		if afterAccepted[c] != before[c] {
+			t.Errorf("new accepted passwords roll the %s", c)
+		}
+	}
+	afterPassword := bump(CredentialsPasswordKey)
+	for c, want := range map[Component]bool{Broker: false, Publisher: true, Listener: true, API: false} {
+		if (afterPassword[c] != before[c]) != want {
+			t.Errorf("new client password: %s rolls = %v, want %v", c, afterPassword[c] != before[c], want)
+		}
+	}
+}
+
 func TestPodHardening(t *testing.T) {
 	sim := testSim()
 	d := newDesired(sim, "img", managedBrokerURL(sim), testSecrets(sim))
@@ -247,9 +338,9 @@ func TestPodHardening(t *testing.T) {
 	// The managed broker persists what it acknowledged to a writable volume (its root fs is
 	// read-only): a killed broker container loses no queued message.
 	bt := templates[Broker].Spec
+	vol, mnt := volumeNamed(bt, "broker-data")
 	if e := envMap(bt.Containers[0])[envBrokerDataDir]; e.Value != brokerDataDir ||
-		len(bt.Volumes) != 1 || bt.Volumes[0].EmptyDir == nil ||
-		len(bt.Containers[0].VolumeMounts) != 1 || bt.Containers[0].VolumeMounts[0].MountPath != brokerDataDir || bt.Containers[0].VolumeMounts[0].ReadOnly {
+		vol == nil || vol.EmptyDir == nil || mnt == nil || mnt.MountPath != brokerDataDir || mnt.ReadOnly {
 		t.Errorf("broker data dir: env %+v volumes %+v mounts %+v", e, bt.Volumes, bt.Containers[0].VolumeMounts)
 	}
 	if e := envMap(templates[API].Spec.Containers[0])[envAuditEvery]; e.Value != "1m0s" {
@@ -672,5 +763,82 @@ func TestPodDisruptionBudgets(t *testing.T) {
 			!reflect.DeepEqual(pdb.Spec.MinAvailable, tc.spec.MinAvailable) || !reflect.DeepEqual(pdb.Spec.MaxUnavailable, tc.spec.MaxUnavailable) {
 			t.Errorf("%s: spec %+v", tc.c, pdb.Spec)
 		}
+	}
+}
+
+// TestNetworkPolicies: the broker admits MQTT from this simulation's publisher and listener
+// pods only, and metrics from metricsFrom (anyone when empty); the API policy exists only with
+// apiFrom; external brokers and enabled=false get none.
+func TestNetworkPolicies(t *testing.T) {
+	sim := testSim()
+	pols, err := NetworkPolicies(sim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pols) != 1 || pols[0].Name != sim.Name+"-broker" {
+		t.Fatalf("default: %+v, want only the broker's", pols)
+	}
+	p := pols[0]
+	templates, err := PodTemplates(sim, "img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := func(ls *metav1.LabelSelector, l map[string]string) bool {
+		s, err := metav1.LabelSelectorAsSelector(ls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Matches(labels.Set(l))
+	}
+	if !sel(&p.Spec.PodSelector, templates[Broker].Labels) || sel(&p.Spec.PodSelector, templates[API].Labels) {
+		t.Errorf("policy selects the wrong pods: %+v", p.Spec.PodSelector)
+	}
+	if len(p.Spec.Ingress) != 2 {
+		t.Fatalf("ingress rules: %+v", p.Spec.Ingress)
+	}
+	mqtt, metrics := p.Spec.Ingress[0], p.Spec.Ingress[1]
+	if len(mqtt.Ports) != 1 || mqtt.Ports[0].Port.IntValue() != mqttPort || len(mqtt.From) != 1 {
+		t.Fatalf("mqtt rule: %+v", mqtt)
+	}
+	for c, want := range map[Component]bool{Publisher: true, Listener: true, API: false, Broker: false} {
+		if got := sel(mqtt.From[0].PodSelector, templates[c].Labels); got != want {
+			t.Errorf("mqtt from %s: %v, want %v", c, got, want)
+		}
+	}
+	other := testSim()
+	other.Name = "other"
+	otherTemplates, err := PodTemplates(other, "img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel(mqtt.From[0].PodSelector, otherTemplates[Publisher].Labels) {
+		t.Error("another simulation's publisher may reach the broker")
+	}
+	if len(metrics.Ports) != 1 || metrics.Ports[0].Port.IntValue() != opsPort || len(metrics.From) != 0 {
+		t.Errorf("metrics rule without metricsFrom should admit anyone on %d: %+v", opsPort, metrics)
+	}
+
+	peer := networkingv1.NetworkPolicyPeer{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "monitoring"}}}
+	sim.Spec.NetworkPolicy.MetricsFrom = []networkingv1.NetworkPolicyPeer{peer}
+	sim.Spec.NetworkPolicy.APIFrom = []networkingv1.NetworkPolicyPeer{peer}
+	pols, err = NetworkPolicies(sim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pols) != 2 || !equality.Semantic.DeepEqual(pols[0].Spec.Ingress[1].From, []networkingv1.NetworkPolicyPeer{peer}) ||
+		pols[1].Name != sim.Name+"-api" || !equality.Semantic.DeepEqual(pols[1].Spec.Ingress[0].From, []networkingv1.NetworkPolicyPeer{peer}) ||
+		pols[1].Spec.Ingress[0].Ports[0].Port.IntValue() != apiPort {
+		t.Errorf("with metricsFrom and apiFrom: %+v", pols)
+	}
+
+	off := false
+	sim.Spec.NetworkPolicy.Enabled = &off
+	if pols, _ := NetworkPolicies(sim); len(pols) != 0 {
+		t.Errorf("disabled: %+v", pols)
+	}
+	ext := testSim()
+	ext.Spec.Broker.URL = "tcp://mosquitto:1883"
+	if pols, _ := NetworkPolicies(ext); len(pols) != 0 {
+		t.Errorf("external broker: %+v", pols)
 	}
 }

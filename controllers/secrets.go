@@ -10,7 +10,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/chargesim/chargesim/api/v1alpha1"
 )
@@ -22,6 +24,9 @@ type secretUse struct {
 	key        string
 	components []Component
 	digest     string // sha256 of the value, filled in by resolveSecrets
+	// hotReload: the components re-read it while running (the managed broker's accepted
+	// passwords), so a change must not roll them.
+	hotReload bool
 }
 
 func (s secretUse) usedBy(c Component) bool { return slices.Contains(s.components, c) }
@@ -38,10 +43,19 @@ func secretUses(sim *v1alpha1.ChargerSimulation) []secretUse {
 	if ref := s.Mongo.CASecretRef; ref != nil {
 		uses = append(uses, secretUse{field: "spec.mongo.caSecretRef", name: ref.Name, key: ref.KeyOrDefault(), components: mongo})
 	}
-	if ref := s.Broker.CredentialsSecretRef; ref != nil {
+	if ref := credentialsRef(sim); ref != nil {
+		field := "spec.broker.credentialsSecretRef"
+		if s.Broker.IsManaged() {
+			field = brokerCredentialsField
+			// The broker's username is an environment variable (fixed at start; it never
+			// changes); its passwords a file it re-reads, so a rotation does not restart it.
+			uses = append(uses,
+				secretUse{field: field, name: ref.Name, key: CredentialsUsernameKey, components: []Component{Broker}},
+				secretUse{field: field, name: ref.Name, key: CredentialsAcceptedKey, components: []Component{Broker}, hotReload: true})
+		}
 		uses = append(uses,
-			secretUse{field: "spec.broker.credentialsSecretRef", name: ref.Name, key: ref.UsernameKeyOrDefault(), components: mqtt},
-			secretUse{field: "spec.broker.credentialsSecretRef", name: ref.Name, key: ref.PasswordKeyOrDefault(), components: mqtt})
+			secretUse{field: field, name: ref.Name, key: ref.UsernameKeyOrDefault(), components: mqtt},
+			secretUse{field: field, name: ref.Name, key: ref.PasswordKeyOrDefault(), components: mqtt})
 	}
 	if t := s.Broker.TLS; t != nil {
 		uses = append(uses, secretUse{field: "spec.broker.tls.caSecretRef", name: t.CASecretRef.Name, key: t.CASecretRef.KeyOrDefault(), components: mqtt})
@@ -58,8 +72,9 @@ type configError struct {
 
 func (e *configError) Error() string { return e.message }
 
-// resolveSecrets reads each referenced Secret once, straight from the API server: the operator
-// may only `get` Secrets, and a Secret informer would cache every Secret of the cluster.
+// resolveSecrets reads each referenced Secret once, straight from the API server: a Secret
+// informer would cache the data of every Secret of the cluster (the operator's cache holds
+// only their metadata).
 func resolveSecrets(ctx context.Context, r client.Reader, sim *v1alpha1.ChargerSimulation) ([]secretUse, error) {
 	uses := secretUses(sim)
 	got := map[string]*corev1.Secret{}
@@ -87,4 +102,37 @@ func resolveSecrets(ctx context.Context, r client.Reader, sim *v1alpha1.ChargerS
 		u.digest = hex.EncodeToString(sum[:])
 	}
 	return uses, nil
+}
+
+// secretIndex indexes simulations by the names of the Secrets they reference.
+const secretIndex = "chargesim.io/secret-names"
+
+// secretNames is the index function of secretIndex.
+func secretNames(o client.Object) []string {
+	sim, ok := o.(*v1alpha1.ChargerSimulation)
+	if !ok {
+		return nil
+	}
+	var names []string
+	for _, u := range secretUses(sim) {
+		if !slices.Contains(names, u.name) {
+			names = append(names, u.name)
+		}
+	}
+	return names
+}
+
+// secretToSimulations maps a Secret (its metadata: the watch never sees data) to the
+// simulations of its namespace that reference it.
+func (r *Reconciler) secretToSimulations(ctx context.Context, o client.Object) []reconcile.Request {
+	var sims v1alpha1.ChargerSimulationList
+	if err := r.Client.List(ctx, &sims, client.InNamespace(o.GetNamespace()), client.MatchingFields{secretIndex: o.GetName()}); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "list simulations referencing a Secret", "secret", o.GetName(), "namespace", o.GetNamespace())
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(sims.Items))
+	for i := range sims.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: sims.Items[i].Namespace, Name: sims.Items[i].Name}})
+	}
+	return reqs
 }

@@ -13,9 +13,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -93,6 +95,9 @@ func runSuite(m *testing.M) int {
 		UserName: "system:serviceaccount:" + operatorNamespace + ":" + operatorSA,
 		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + operatorNamespace, "system:authenticated"},
 	}
+	// Every request the operator makes for Secrets is recorded: the cache must only ever list
+	// and watch their metadata (TestSecretCacheHoldsNoData).
+	opCfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return &secretRequests{next: rt} })
 	operatorRestConfig = opCfg
 	level := slog.LevelWarn
 	if os.Getenv("OPERATOR_DEBUG") != "" {
@@ -114,6 +119,7 @@ func runSuite(m *testing.M) int {
 		KubeAPIQPS:              200,
 		KubeAPIBurst:            400,
 		ShutdownTimeout:         5 * time.Second,
+		CredentialPropagation:   credentialPropagation,
 		RestConfig:              opCfg,
 	}, log, opReg)
 	if err != nil {
@@ -135,6 +141,35 @@ func runSuite(m *testing.M) int {
 		code = 1
 	}
 	return code
+}
+
+// credentialPropagation is the operator's wait between the phases of a credentials rotation.
+const credentialPropagation = 3 * time.Second
+
+// secretRequest is one request of the operator for Secrets: method, URL and Accept header.
+type secretRequest struct{ method, url, accept string }
+
+var (
+	secretReqMu sync.Mutex
+	secretReqs  []secretRequest
+)
+
+// secretRequests records the operator's requests for Secrets.
+type secretRequests struct{ next http.RoundTripper }
+
+func (s *secretRequests) RoundTrip(req *http.Request) (*http.Response, error) {
+	if strings.Contains(req.URL.Path, "/secrets") {
+		secretReqMu.Lock()
+		secretReqs = append(secretReqs, secretRequest{method: req.Method, url: req.URL.String(), accept: req.Header.Get("Accept")})
+		secretReqMu.Unlock()
+	}
+	return s.next.RoundTrip(req)
+}
+
+func recordedSecretRequests() []secretRequest {
+	secretReqMu.Lock()
+	defer secretReqMu.Unlock()
+	return append([]secretRequest(nil), secretReqs...)
 }
 
 // kubebuilderAssets finds etcd, kube-apiserver and kubectl: $KUBEBUILDER_ASSETS or bin/k8s.

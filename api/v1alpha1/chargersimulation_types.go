@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -154,6 +155,12 @@ type ChargerSimulationSpec struct {
 	// +optional
 	API APISpec `json:"api,omitempty"`
 
+	// networkPolicy restricts who may reach the simulation's pods (NetworkPolicies the
+	// operator renders; they take effect only with a CNI that enforces them).
+	// +kubebuilder:default={}
+	// +optional
+	NetworkPolicy NetworkPolicySpec `json:"networkPolicy,omitempty"`
+
 	// image of chargesim for every component; empty means the operator's --default-image.
 	// +kubebuilder:validation:MaxLength=512
 	// +kubebuilder:validation:XValidation:rule="!self.contains(' ')",message="image must not contain spaces"
@@ -178,6 +185,33 @@ type ChargerSimulationSpec struct {
 	// +kubebuilder:default=info
 	// +optional
 	LogLevel string `json:"logLevel,omitempty"`
+}
+
+// NetworkPolicySpec: the NetworkPolicies of a simulation. With a managed broker, the policy
+// <sim>-broker admits MQTT only from this simulation's publisher and listener pods, and the
+// broker's metrics port from metricsFrom (from anywhere when it is empty, so that Prometheus
+// scrapes without configuration). With apiFrom set, the policy <sim>-api admits the API's port
+// only from those peers.
+type NetworkPolicySpec struct {
+	// enabled renders the NetworkPolicies; false removes them.
+	// +kubebuilder:default=true
+	// +optional
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// metricsFrom are the peers (e.g. the monitoring namespace) that may reach the managed
+	// broker's metrics port (9090); empty means any.
+	// +kubebuilder:validation:MaxItems=32
+	// +listType=atomic
+	// +optional
+	MetricsFrom []networkingv1.NetworkPolicyPeer `json:"metricsFrom,omitempty"`
+
+	// apiFrom, when set, are the only peers that may reach the API's port (8080): your
+	// clients, an ingress controller, and the operator itself (its audit fills status.audit
+	// through the API). Empty: the API is not restricted.
+	// +kubebuilder:validation:MaxItems=32
+	// +listType=atomic
+	// +optional
+	APIFrom []networkingv1.NetworkPolicyPeer `json:"apiFrom,omitempty"`
 }
 
 // ChargingProfile is the AC/DC mix of the fleet and its prices.

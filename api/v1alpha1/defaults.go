@@ -156,3 +156,6 @@ func (a *APISpec) DesiredReplicas() int32 { return orInt32(a.Replicas, DefaultRe
 
 // ServicePort is api.port with its default.
 func (a *APISpec) ServicePort() int32 { return orInt32(a.Port, DefaultAPIPort) }
+
+// IsEnabled reports whether the operator renders NetworkPolicies (the default).
+func (n *NetworkPolicySpec) IsEnabled() bool { return n.Enabled == nil || *n.Enabled }

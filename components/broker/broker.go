@@ -9,6 +9,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
 	"errors"
@@ -17,7 +18,11 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"os"
+	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -52,7 +57,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.MQTTAddr, "mqtt-addr", ":1883", "MQTT TCP listen address")
 	fs.StringVar(&c.Username, "username", "", "when set, clients must authenticate with this username")
 	fs.StringVar(&c.Password, "password", "", "password for --username (prefer the environment or --password-file)")
-	fs.StringVar(&c.PasswordFile, "password-file", "", "file holding the password")
+	fs.StringVar(&c.PasswordFile, "password-file", "", "file holding the password, or several accepted ones one per line (during a rotation); re-read when it changes, so a mounted Secret can be rotated without restarting the broker")
 	fs.StringVar(&c.TLSCertFile, "tls-cert-file", "", "serve MQTT over TLS with this certificate (PEM)")
 	fs.StringVar(&c.TLSKeyFile, "tls-key-file", "", "key (PEM) for --tls-cert-file")
 	fs.IntVar(&c.MaxInflight, "max-inflight", math.MaxUint16, "QoS 1/2 messages held per client, 1-65535")
@@ -68,6 +73,9 @@ func (c *Config) Validate() error {
 	var err error
 	if c.Password, err = cli.ReadSecret("password", c.Password, c.PasswordFile); err != nil {
 		return err
+	}
+	if c.PasswordFile != "" && len(passwordLines(c.Password)) == 0 {
+		return cli.Invalid("password-file", c.PasswordFile, "holds no password")
 	}
 	if (c.Username == "") != (c.Password == "") {
 		return cli.Invalid("username", c.Username, "--username and --password go together")
@@ -110,7 +118,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Broker, erro
 		InlineClient:           true, // the route hook publishes through it
 		SysTopicResendInterval: 10,
 	})
-	if err := server.AddHook(&authHook{user: []byte(cfg.Username), pass: []byte(cfg.Password)}, nil); err != nil {
+	if err := server.AddHook(newAuthHook(cfg, log), nil); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
 	}
 	route := newRouteHook(server)
@@ -204,11 +212,55 @@ func (b *Broker) inflight() int {
 	return n
 }
 
-// authHook admits everyone when no username is configured, else only that user. Passwords
-// are compared in constant time.
+// authHook admits everyone when no username is configured, else only that user with one of
+// the accepted passwords. With --password-file the accepted passwords are the file's lines,
+// re-read at most once per reloadEvery when a client connects: a Secret volume is updated in
+// place by the kubelet, so the operator rotates the password without restarting the broker
+// (which would lose the queues of an emptyDir --data-dir). Connected clients are not
+// disconnected by a rotation; only new connections are checked.
+//
+// Username and passwords are compared as SHA-256 digests with subtle.ConstantTimeCompare, and
+// every accepted password is compared, so neither the timing of a refusal nor its length
+// tells a client how close it came.
 type authHook struct {
 	mqtt.HookBase
-	user, pass []byte
+	log  *slog.Logger
+	user [32]byte
+	open bool // no username: anonymous clients welcome (a laptop's `chargesim run`)
+	file string
+
+	mu       sync.Mutex
+	accepted [][32]byte
+	loaded   time.Time
+}
+
+// reloadEvery bounds how often the password file is read (at most once per connect burst).
+const reloadEvery = time.Second
+
+func newAuthHook(cfg Config, log *slog.Logger) *authHook {
+	h := &authHook{log: log, user: sha256.Sum256([]byte(cfg.Username)), open: cfg.Username == "", file: cfg.PasswordFile}
+	h.accepted = digests(passwordLines(cfg.Password))
+	h.loaded = time.Now()
+	return h
+}
+
+// passwordLines are the non-empty lines of a password file (or flag), trimmed.
+func passwordLines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func digests(pw []string) [][32]byte {
+	out := make([][32]byte, 0, len(pw))
+	for _, p := range pw {
+		out = append(out, sha256.Sum256([]byte(p)))
+	}
+	return out
 }
 
 func (h *authHook) ID() string { return "chargesim-auth" }
@@ -217,13 +269,58 @@ func (h *authHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
 }
 
+// passwords returns the accepted password digests, re-reading the file when it is due. A file
+// that cannot be read or is empty (mid-update) keeps the last good set: a broken mount must not
+// lock everyone out, nor let anyone in.
+func (h *authHook) passwords() [][32]byte {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.file == "" || time.Since(h.loaded) < reloadEvery {
+		return h.accepted
+	}
+	h.loaded = time.Now()
+	b, err := os.ReadFile(h.file)
+	if err != nil {
+		h.log.Warn("cannot re-read the password file, keeping the passwords read before", "file", h.file, "error", err.Error())
+		return h.accepted
+	}
+	next := digests(passwordLines(string(b)))
+	if len(next) == 0 {
+		h.log.Warn("password file holds no password, keeping the passwords read before", "file", h.file)
+		return h.accepted
+	}
+	if !sameDigests(next, h.accepted) {
+		// Never the passwords themselves, only how many are accepted now.
+		h.log.Info("accepted passwords reloaded", "file", h.file, "count", len(next))
+	}
+	h.accepted = next
+	return h.accepted
+}
+
+func sameDigests(a, b [][32]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
 func (h *authHook) OnConnectAuthenticate(_ *mqtt.Client, pk packets.Packet) bool {
-	if len(h.user) == 0 {
+	if h.open {
 		return true
 	}
-	u := subtle.ConstantTimeCompare(pk.Connect.Username, h.user)
-	p := subtle.ConstantTimeCompare(pk.Connect.Password, h.pass)
-	return u&p == 1
+	u := sha256.Sum256(pk.Connect.Username)
+	p := sha256.Sum256(pk.Connect.Password)
+	ok := subtle.ConstantTimeCompare(u[:], h.user[:])
+	match := 0
+	for _, a := range h.passwords() {
+		match |= subtle.ConstantTimeCompare(p[:], a[:])
+	}
+	return ok&match == 1
 }
 
 func (h *authHook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -162,6 +164,87 @@ func TestAuthentication(t *testing.T) {
 	}
 }
 
+// refused connects with the given credentials and fails the test if the broker lets it in.
+func refused(t *testing.T, url, user, pass string) {
+	t.Helper()
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("bad-" + user + "-" + pass).
+		SetUsername(user).SetPassword(pass).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
+	tok := c.Connect()
+	tok.WaitTimeout(10 * time.Second)
+	if tok.Error() == nil {
+		c.Disconnect(0)
+		t.Fatalf("user %q password %q accepted", user, pass)
+	}
+}
+
+// TestPasswordFileRotation is the managed broker's rotation as the operator drives it through
+// a mounted Secret: the file first holds the old password, then new and old (both accepted,
+// no restart), then only the new one (the old refused). A client connected with the old
+// password stays connected throughout and keeps delivering.
+func TestPasswordFileRotation(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "accepted")
+	write := func(content string) {
+		t.Helper()
+		// As the kubelet does: a new file renamed into place.
+		tmp := file + ".tmp"
+		if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, file); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("old-pass\n")
+	url, _ := startBroker(t, Config{Username: "sim", PasswordFile: file})
+	refused(t, url, "", "")
+	refused(t, url, "sim", "")
+	refused(t, url, "sim", "new-pass")
+	got := make(chan string, 10)
+	sub := connect(t, url, "sub-old", true, "sim", "old-pass", func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) })
+	wait(t, sub.Subscribe("t", 1, nil))
+
+	write("new-pass\nold-pass\n")
+	eventually(t, "the new password accepted", func() bool { return tryConnect(url, "sim", "new-pass") })
+	if !tryConnect(url, "sim", "old-pass") {
+		t.Fatal("old password refused while both are accepted")
+	}
+
+	write("new-pass\n")
+	eventually(t, "the old password refused", func() bool { return !tryConnect(url, "sim", "old-pass") })
+	refused(t, url, "sim", "old-pass")
+	refused(t, url, "other", "new-pass")
+	pub := connect(t, url, "pub-new", true, "sim", "new-pass", nil)
+	wait(t, pub.Publish("t", 1, false, "after rotation"))
+	select {
+	case m := <-got:
+		if m != "after rotation" {
+			t.Fatalf("got %q", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client connected with the old password lost its subscription")
+	}
+
+	// A file emptied mid-update keeps the last good set instead of locking everyone out.
+	write("")
+	time.Sleep(reloadEvery + 100*time.Millisecond)
+	if !tryConnect(url, "sim", "new-pass") {
+		t.Fatal("an empty password file locked the right password out")
+	}
+	refused(t, url, "sim", "")
+}
+
+func tryConnect(url, user, pass string) bool {
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("try").
+		SetUsername(user).SetPassword(pass).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
+	tok := c.Connect()
+	tok.WaitTimeout(10 * time.Second)
+	if tok.Error() != nil {
+		return false
+	}
+	c.Disconnect(0)
+	return true
+}
+
 func TestMetrics(t *testing.T) {
 	url, reg := startBroker(t, Config{})
 	pub := connect(t, url, "pub", true, "", "", nil)
@@ -191,6 +274,7 @@ func TestValidate(t *testing.T) {
 		{Config{MQTTAddr: ":1883", MaxInflight: 10, Username: "u"}, "--username"},
 		{Config{MQTTAddr: ":1883", MaxInflight: 10, TLSCertFile: "c.pem"}, "--tls-cert-file"},
 		{Config{MQTTAddr: ":1883", MaxInflight: 10, PasswordFile: "/does/not/exist"}, "--password-file"},
+		{Config{MQTTAddr: ":1883", MaxInflight: 10, Username: "u", PasswordFile: "/dev/null"}, "--password-file"},
 	} {
 		err := tc.cfg.Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -79,11 +79,12 @@ func startOperator(t testing.TB, kc, ns string, extra ...string) (op *proc, metr
 	t.Helper()
 	opKC := impersonatingKubeconfig(t, kc, "system:serviceaccount:"+ns+":"+operatorSA)
 	// The impersonation is in force: the ServiceAccount may patch a simulation's status, but not
-	// list Secrets, delete nodes or create ClusterRoles.
+	// delete Secrets (it lists and watches them for their metadata only: docs/operator.md),
+	// delete nodes or create ClusterRoles.
 	if r := kubectlResult(t, opKC, nil, "auth", "can-i", "patch", "chargersimulations.chargesim.io", "--subresource=status", "-n", ns); strings.TrimSpace(r.stdout) != "yes" {
 		t.Fatalf("chart ServiceAccount cannot patch ChargerSimulation status: %v", r)
 	}
-	for _, verb := range []string{"list secrets", "delete nodes", "create clusterroles"} {
+	for _, verb := range []string{"delete secrets", "patch secrets", "delete nodes", "create clusterroles"} {
 		v := strings.Fields(verb)
 		if r := kubectlResult(t, opKC, nil, "auth", "can-i", v[0], v[1], "-A"); strings.TrimSpace(r.stdout) != "no" {
 			t.Fatalf("chart ServiceAccount can %s: %v", verb, r)

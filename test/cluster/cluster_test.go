@@ -13,7 +13,9 @@ package cluster
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -139,14 +141,73 @@ func TestChartOnRealCluster(t *testing.T) {
 	t.Logf("minimal: /api/v1/stats sessions %d -> %d", s1, s2)
 
 	// ---- sessions through the port-forwarded broker: stored exactly once -----------------
+	// The managed broker refuses anonymous clients and wrong passwords; the operator's
+	// generated credentials (the Secret publisher and listener mount) get in.
 	broker := e.portForward("svc/minimal-broker", 1883)
-	pub := newClientPublisher(t, "tcp://"+broker, fmt.Sprintf("e2e-%d", time.Now().UnixNano()%1e9))
+	user, pass := e.brokerCredentials("minimal")
+	for _, c := range [][2]string{{"", ""}, {user, ""}, {user, pass + "x"}} {
+		if err := tryMQTT("tcp://"+broker, c[0], c[1]); err == nil {
+			t.Errorf("the managed broker accepted user %q with a password of %d characters", c[0], len(c[1]))
+		}
+	}
+	pub := newClientPublisher(t, "tcp://"+broker, fmt.Sprintf("e2e-%d", time.Now().UnixNano()%1e9), user, pass)
 	pub.publish(1, 100, 0)
 	pub.publish(1, 100, 0) // the same 100 again: redelivery must not store twice
 	e.waitCharger(api, pub.charger, 100)
 
 	// ---- monitoring: every component scraped through the chart's monitors ------------------
 	e.checkMonitoring(broker, api)
+
+	// ---- credentials rotated while sessions flow: nothing lost, the broker not restarted ----
+	brokerPod := e.podsWith("chargesim.io/simulation=minimal,app.kubernetes.io/component=broker")
+	if len(brokerPod) != 1 {
+		t.Fatalf("%d broker pods", len(brokerPod))
+	}
+	rotStart := time.Now().Truncate(time.Second)
+	e.must(e.kubectl("-n", namespace, "annotate", "chargersimulation/minimal", "--overwrite",
+		"chargesim.io/rotate-broker-credentials=e2e-"+strconv.FormatInt(rotStart.Unix(), 10)))
+	rotating := make(chan struct{})
+	go func() {
+		defer close(rotating)
+		// The test's client stays connected with the old password throughout.
+		pub.publish(101, 100, 300*time.Millisecond)
+	}()
+	e.waitForUpTo(6*time.Minute, "rotation complete (only the new password accepted)", func() (bool, string) {
+		out, _ := e.kubectl("-n", namespace, "get", "secret", "minimal-broker-credentials", "-o",
+			`jsonpath={.metadata.annotations.chargesim\.io/rotation-phase}`)
+		u, p := e.brokerCredentials("minimal")
+		acc := e.secretKey("minimal-broker-credentials", "accepted-passwords")
+		return out == "" && p != pass && strings.TrimSpace(acc) == p && u == user, "phase " + out
+	})
+	<-rotating
+	e.must(e.kubectl("-n", namespace, "wait", "--for=condition=Ready", "chargersimulation/minimal", "--timeout=180s"))
+	rotEnd := time.Now().Truncate(time.Second)
+	_, newPass := e.brokerCredentials("minimal")
+	if now := e.podsWith("chargesim.io/simulation=minimal,app.kubernetes.io/component=broker"); len(now) != 1 ||
+		now[0].Metadata.UID != brokerPod[0].Metadata.UID || e.restarts(now[0].Metadata.Name) != 0 {
+		t.Errorf("the broker pod was replaced or restarted by the rotation (its queues are on an emptyDir)")
+	}
+	e.waitFor("the broker re-read its password file", func() (bool, string) {
+		err := tryMQTT("tcp://"+broker, user, pass)
+		return err != nil && tryMQTT("tcp://"+broker, user, newPass) == nil, fmt.Sprint(err)
+	})
+	e.waitCharger(api, pub.charger, pub.distinct)
+	t.Logf("credentials rotated in %s while publishing; old password refused, new accepted", rotEnd.Sub(rotStart))
+	// The simulation's own publishers (rolled onto the new password) lost nothing either.
+	time.Sleep(20 * time.Second) // sessions that ended just before rotEnd reach the store
+	rotChargers, err := strconv.Atoi(strings.TrimSpace(e.must(e.kubectl("-n", namespace, "get", "chargersimulation/minimal", "-o", "jsonpath={.spec.chargers}"))))
+	if err != nil {
+		t.Fatalf("spec.chargers: %v", err)
+	}
+	var rot auditCounts
+	for c := 1; c <= rotChargers; c++ {
+		rot.add(e.audit(api, rotStart, rotEnd, strconv.Itoa(c)))
+	}
+	if rot.Expected == 0 || rot.Stored != rot.Expected || rot.Missing != 0 || rot.Unexpected != 0 || rot.Duplicates != 0 {
+		t.Errorf("audit of the rotation [%s, %s): %+v, want every expected session stored once",
+			rotStart.Format(time.RFC3339), rotEnd.Format(time.RFC3339), rot)
+	}
+	t.Logf("audit of the rotation: %d sessions expected, %d stored, 0 missing", rot.Expected, rot.Stored)
 
 	// ---- kubectl scale csim --------------------------------------------------------------
 	for _, n := range []int{3, 1} {
@@ -274,7 +335,12 @@ func (e *env) must(out string, err error) string {
 
 func (e *env) waitFor(what string, ok func() (bool, string)) {
 	e.t.Helper()
-	deadline := time.Now().Add(3 * time.Minute)
+	e.waitForUpTo(3*time.Minute, what, ok)
+}
+
+func (e *env) waitForUpTo(limit time.Duration, what string, ok func() (bool, string)) {
+	e.t.Helper()
+	deadline := time.Now().Add(limit)
 	last := ""
 	for time.Now().Before(deadline) {
 		var done bool
@@ -319,6 +385,7 @@ func (e *env) applySim(name, uri, spec string) {
 type pod struct {
 	Metadata struct {
 		Name string `json:"name"`
+		UID  string `json:"uid"`
 	} `json:"metadata"`
 	Spec struct {
 		ServiceAccountName string `json:"serviceAccountName"`
@@ -495,7 +562,16 @@ func (a *auditCounts) add(b auditCounts) {
 func (e *env) audit(api string, from, to time.Time, charger string) auditCounts {
 	e.t.Helper()
 	q := fmt.Sprintf("from=%s&to=%s&charger=%s", from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339), charger)
-	b, err := e.get("http://" + api + "/api/v1/audit?" + q)
+	// The API answers 503 ("retry in 1 s") while its own audits and the operator's hold the
+	// store's audit slots: retried for up to a minute, as a client is told to.
+	var b []byte
+	var err error
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		b, err = e.get("http://" + api + "/api/v1/audit?" + q)
+		if err == nil || !strings.Contains(err.Error(), "503") || time.Now().After(deadline) {
+			break
+		}
+	}
 	var c auditCounts
 	if err == nil {
 		err = json.Unmarshal(b, &c)
@@ -558,6 +634,47 @@ func (e *env) dump() {
 	}
 }
 
+// secretKey is one key of a Secret of the test namespace, decoded.
+func (e *env) secretKey(name, key string) string {
+	e.t.Helper()
+	out, err := e.kubectl("-n", namespace, "get", "secret", name, "-o", "jsonpath={.data."+strings.ReplaceAll(key, ".", `\.`)+"}")
+	if err != nil {
+		return ""
+	}
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(out))
+	if err != nil {
+		e.t.Fatalf("Secret %s key %s: %v", name, key, err)
+	}
+	return string(b)
+}
+
+// brokerCredentials reads the managed broker's credentials the operator generated for sim,
+// as its publisher and listener get them.
+func (e *env) brokerCredentials(sim string) (user, pass string) {
+	e.t.Helper()
+	name := sim + "-broker-credentials"
+	user, pass = e.secretKey(name, "username"), e.secretKey(name, "password")
+	if user == "" || pass == "" {
+		e.t.Fatalf("Secret %s: no username or password", name)
+	}
+	return user, pass
+}
+
+// tryMQTT connects once with the given credentials and disconnects: nil if the broker let it in.
+func tryMQTT(url, user, pass string) error {
+	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("e2e-try-%d", time.Now().UnixNano())).
+		SetUsername(user).SetPassword(pass).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10 * time.Second))
+	tok := c.Connect()
+	if !tok.WaitTimeout(20 * time.Second) {
+		return errors.New("connect timed out")
+	}
+	if err := tok.Error(); err != nil {
+		return err
+	}
+	c.Disconnect(50)
+	return nil
+}
+
 // clientPublisher publishes sessions of one charger of its own through the broker, QoS 1,
 // waiting for every PUBACK.
 type clientPublisher struct {
@@ -567,9 +684,9 @@ type clientPublisher struct {
 	distinct int // distinct sessions published so far (session IDs 1..distinct)
 }
 
-func newClientPublisher(t *testing.T, url, charger string) *clientPublisher {
+func newClientPublisher(t *testing.T, url, charger, user, pass string) *clientPublisher {
 	t.Helper()
-	opts := mqtt.NewClientOptions().AddBroker(url).SetClientID("e2e-client-" + charger).
+	opts := mqtt.NewClientOptions().AddBroker(url).SetClientID("e2e-client-" + charger).SetUsername(user).SetPassword(pass).
 		SetCleanSession(true).SetAutoReconnect(true).SetConnectRetry(true).SetConnectTimeout(10 * time.Second)
 	c := mqtt.NewClient(opts)
 	if tok := c.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
