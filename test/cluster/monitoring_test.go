@@ -39,6 +39,10 @@ var monitoringValues = []string{
 	"--set", "prometheusRule.window=1m",
 	"--set", "dashboards.enabled=true",
 	"--set", "operator.replicas=2",
+	// The operator's /metrics wants a token allowed to read it (HTTPS + TokenReview/SubjectAccessReview):
+	// the ServiceMonitor sends Prometheus' own, so its ServiceAccount is bound as a reader.
+	"--set", "metrics.readerServiceAccounts[0].name=prometheus",
+	"--set", "metrics.readerServiceAccounts[0].namespace=" + monNamespace,
 }
 
 // promSample is one element of an instant query's vector (or its scalar, with no labels).
