@@ -72,10 +72,16 @@ func (a *Auditor) NeedLeaderElection() bool { return true }
 
 // Start audits every simulation every a.Every until ctx ends.
 func (a *Auditor) Start(ctx context.Context) error {
-	if a.Every <= 0 {
+	return runEvery(ctx, a.Every, a.auditAll)
+}
+
+// runEvery calls fn every period until ctx ends (never when period is not positive). A call
+// that takes longer than period skips the ticks it missed rather than queueing them.
+func runEvery(ctx context.Context, period time.Duration, fn func(context.Context)) error {
+	if period <= 0 {
 		return nil
 	}
-	tick := time.NewTicker(a.Every)
+	tick := time.NewTicker(period)
 	defer tick.Stop()
 	for {
 		select {
@@ -83,7 +89,7 @@ func (a *Auditor) Start(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		}
-		a.auditAll(ctx)
+		fn(ctx)
 	}
 }
 
@@ -202,30 +208,6 @@ func (a *Auditor) fetch(ctx context.Context, sim *v1alpha1.ChargerSimulation, fr
 		return rep, fmt.Errorf("GET %s: decode report: %w", req.URL.Redacted(), err)
 	}
 	return rep, nil
-}
-
-// auditPatch is the merge patch that makes status.audit st. Fields st leaves empty (omitempty)
-// are sent as null: a merge patch leaves out fields alone, and the error of a failed attempt
-// (or the missing keys of an incomplete window) would otherwise outlive the next success.
-func auditPatch(st *v1alpha1.AuditStatus) ([]byte, error) {
-	b, err := json.Marshal(st)
-	if err != nil {
-		return nil, fmt.Errorf("audit: marshal status: %w", err)
-	}
-	m := map[string]any{}
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("audit: marshal status: %w", err)
-	}
-	for _, k := range []string{"error", "missingKeys"} {
-		if _, ok := m[k]; !ok {
-			m[k] = nil
-		}
-	}
-	patch, err := json.Marshal(map[string]any{"status": map[string]any{"audit": m}})
-	if err != nil {
-		return nil, fmt.Errorf("audit: marshal status: %w", err)
-	}
-	return patch, nil
 }
 
 // nextAuditStatus is status.audit after an audit at now: the report's counts, or, when the

@@ -83,19 +83,7 @@ func (p *Progress) NeedLeaderElection() bool { return true }
 
 // Start probes every simulation every p.Every until ctx ends.
 func (p *Progress) Start(ctx context.Context) error {
-	if p.Every <= 0 {
-		return nil
-	}
-	tick := time.NewTicker(p.Every)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-		}
-		p.probeAll(ctx)
-	}
+	return runEvery(ctx, p.Every, p.probeAll)
 }
 
 // probeAll probes the simulations one after the other (a missed tick is skipped, not queued).

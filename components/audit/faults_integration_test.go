@@ -5,21 +5,15 @@ package audit_test
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -45,130 +39,12 @@ import (
 // `make test` runs it at a few thousand sessions per fault; `make bench` (hack/bench.sh) with
 // -faults-100k at 100,000 sessions per fault and prints the table.
 
-const (
-	faultProcEnv = "CHARGESIM_AUDIT_TEST_PROC" // "listener" or "broker": run that command
-	faultArgsEnv = "CHARGESIM_AUDIT_TEST_ARGS" // its flags, a JSON array
-)
-
 var faults100k = flag.Bool("faults-100k", false, "run the audited fault matrix at 100,000 sessions per fault")
 
 func TestMain(m *testing.M) {
-	if kind := os.Getenv(faultProcEnv); kind != "" {
-		os.Exit(faultProcMain(kind))
-	}
+	testenv.RunChildIfAsked(map[string]func(context.Context, []string) error{"listener": listener.Command, "broker": broker.Command})
 	os.Exit(m.Run())
 }
-
-// faultProcMain is the child process: the same Command functions as the chargesim binary.
-func faultProcMain(kind string) int {
-	var args []string
-	if err := json.Unmarshal([]byte(os.Getenv(faultArgsEnv)), &args); err != nil {
-		fmt.Fprintln(os.Stderr, "args:", err)
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	run := map[string]func(context.Context, []string) error{"listener": listener.Command, "broker": broker.Command}[kind]
-	if run == nil {
-		fmt.Fprintln(os.Stderr, "unknown process kind", kind)
-		return 2
-	}
-	if err := run(ctx, args); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", kind, err)
-		return 1
-	}
-	return 0
-}
-
-// child is a listener or broker process serving /readyz and /metrics on httpAddr.
-type child struct {
-	kind, httpAddr, logPath string
-	args                    []string
-	cmd                     *exec.Cmd
-	exited                  chan struct{}
-}
-
-func startChild(tb testing.TB, kind, logPath string, args ...string) *child {
-	tb.Helper()
-	c := &child{kind: kind, httpAddr: freeAddr(tb), logPath: logPath, args: args}
-	c.start(tb)
-	tb.Cleanup(func() {
-		c.kill()
-		if tb.Failed() {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 6000 {
-				b = b[len(b)-6000:]
-			}
-			tb.Logf("%s log (tail):\n%s", kind, b)
-		}
-	})
-	return c
-}
-
-// start runs the process (again, with the same flags) and waits until it is ready.
-func (c *child) start(tb testing.TB) {
-	tb.Helper()
-	args := append(append([]string(nil), c.args...), "--http-addr="+c.httpAddr, "--log-format=text", "--shutdown-timeout=10s")
-	argsJSON, _ := json.Marshal(args)
-	c.cmd = exec.Command(os.Args[0]) //nolint:gosec // this test binary
-	c.cmd.Env = append(os.Environ(), faultProcEnv+"="+c.kind, faultArgsEnv+"="+string(argsJSON))
-	logf, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer logf.Close()
-	c.cmd.Stdout, c.cmd.Stderr = logf, logf
-	if err := c.cmd.Start(); err != nil {
-		tb.Fatalf("start %s: %v", c.kind, err)
-	}
-	exited := make(chan struct{})
-	c.exited = exited
-	cmd := c.cmd
-	go func() { _ = cmd.Wait(); close(exited) }()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if r, err := http.Get("http://" + c.httpAddr + "/readyz"); err == nil {
-			_ = r.Body.Close()
-			if r.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(c.logPath)
-			tb.Fatalf("%s exited before ready:\n%s", c.kind, b)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s not ready after 60s", c.kind)
-		}
-	}
-}
-
-// kill is a crash: SIGKILL, nothing flushed, nothing more acknowledged, no DISCONNECT.
-func (c *child) kill() {
-	_ = c.cmd.Process.Signal(syscall.SIGKILL)
-	<-c.exited
-}
-
-// metric reads one unlabelled sample from the process's /metrics (-1 when unreachable).
-func (c *child) metric(name string) float64 {
-	r, err := http.Get("http://" + c.httpAddr + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer r.Body.Close()
-	b, _ := io.ReadAll(r.Body)
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) == 2 && f[0] == name {
-			v, _ := strconv.ParseFloat(f[1], 64)
-			return v
-		}
-	}
-	return -1
-}
-
-func freeAddr(tb testing.TB) string { return "127.0.0.1:" + strconv.Itoa(testenv.FreePort(tb)) }
 
 // rig is one fault's pipeline: a fresh store, a broker, one listener process and the
 // publishers started so far.
@@ -179,9 +55,9 @@ type rig struct {
 	fdb      *testenv.FerretDB
 	st       *store.Store
 	mq       *testenv.Mosquitto // nil with the embedded broker
-	embedded *child             // the `chargesim broker` process
+	embedded *testenv.Child     // the `chargesim broker` process
 	url      string
-	lis      *child
+	lis      *testenv.Child
 	mu       sync.Mutex
 	pubs     []*pubRun
 }
@@ -212,13 +88,13 @@ func newRig(tb testing.TB, kind brokerKind, n, chargers int) *rig {
 	case withEmbedded:
 		// --data-dir: the managed broker's configuration (operator), so a restart keeps what it
 		// acknowledged.
-		mqttAddr := freeAddr(tb)
-		r.embedded = startChild(tb, "broker", filepath.Join(dir, "broker.log"),
+		mqttAddr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(tb))
+		r.embedded = testenv.StartChild(tb, "broker", filepath.Join(dir, "broker.log"),
 			"--mqtt-addr="+mqttAddr, "--data-dir="+filepath.Join(dir, "broker-data"))
 		r.url = "tcp://" + mqttAddr
 	}
 	// A fixed client ID: a restarted listener resumes the persistent session.
-	r.lis = startChild(tb, "listener", filepath.Join(dir, "listener.log"),
+	r.lis = testenv.StartChild(tb, "listener", filepath.Join(dir, "listener.log"),
 		"--mqtt-url="+r.url, "--mqtt-client-id=audit-fault-listener",
 		"--mongo-uri="+r.fdb.URI, "--mongo-database="+faultDB, "--flush-interval=20ms")
 	return r
@@ -361,8 +237,8 @@ func (r *rig) afterReplay() {
 // killListener kills the listener (kill -9) and starts it again under the same client ID.
 func (r *rig) killListener() {
 	r.tb.Helper()
-	r.lis.kill()
-	r.lis.start(r.tb)
+	r.lis.Kill()
+	r.lis.Start(r.tb)
 }
 
 func faultWait(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
@@ -470,9 +346,9 @@ var faultMatrix = []fault{
 	}},
 	{name: "embedded broker kill -9", broker: withEmbedded, run: func(r *rig) {
 		r.at(0.3)
-		r.embedded.kill()
+		r.embedded.Kill()
 		time.Sleep(2 * time.Second)
-		r.embedded.start(r.tb)
+		r.embedded.Start(r.tb)
 		r.afterReplay()
 	}},
 	{name: "store outage (FerretDB down 5s)", broker: withMosquitto, run: func(r *rig) {
@@ -514,7 +390,7 @@ var faultMatrix = []fault{
 		r.publisher(0, 1, behind(time.Second))
 	}, after: func(r *rig) {
 		// The listener received that second again: the fault did re-issue published slots.
-		if d := r.lis.metric(listener.MetricDuplicates); d < float64(9*r.chargers) {
+		if d := r.duplicates(); d < float64(9*r.chargers) {
 			r.tb.Errorf("the listener saw %g duplicates, want the ~%d sessions of the second the clock stepped back", d, 10*r.chargers)
 		}
 	}},
@@ -525,7 +401,7 @@ var faultMatrix = []fault{
 		c.offset.Store(int64(-time.Second))
 	}, after: func(r *rig) {
 		// A running process only waits for its clock to catch up: no slot fires twice.
-		if d := r.lis.metric(listener.MetricDuplicates); d != 0 {
+		if d := r.duplicates(); d != 0 {
 			r.tb.Errorf("the listener saw %g duplicates after a clock step back in a running publisher, want 0", d)
 		}
 	}},
@@ -605,4 +481,13 @@ func TestFaultsEndWithACleanAudit(t *testing.T) {
 	} else {
 		t.Log(b.String())
 	}
+}
+
+// duplicates is the listener's duplicates counter (the test fails when it cannot be read).
+func (r *rig) duplicates() float64 {
+	v, ok := r.lis.Metric(listener.MetricDuplicates)
+	if !ok {
+		r.tb.Fatalf("no %s on the listener's /metrics", listener.MetricDuplicates)
+	}
+	return v
 }

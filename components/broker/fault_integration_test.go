@@ -4,20 +4,13 @@ package broker_test
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -39,131 +32,22 @@ import (
 // child processes (this test binary re-executed as `chargesim listener` / `chargesim broker`),
 // so a kill -9 is a real crash.
 
-const (
-	procEnv = "CHARGESIM_BROKER_TEST_PROC" // "listener" or "broker": run that command
-	argsEnv = "CHARGESIM_BROKER_TEST_ARGS" // its flags, a JSON array
-)
-
 // sessions100k runs the fault tests at 100,000 sessions (`make bench` sets it).
 var sessions100k = flag.Bool("faults-100k", false, "run the broker fault tests with 100,000 sessions")
 
 func TestMain(m *testing.M) {
-	if kind := os.Getenv(procEnv); kind != "" {
-		os.Exit(procMain(kind))
-	}
+	testenv.RunChildIfAsked(map[string]func(context.Context, []string) error{"listener": listener.Command, "broker": broker.Command})
 	os.Exit(m.Run())
 }
 
-// procMain is the child process: the same Command functions as the chargesim binary.
-func procMain(kind string) int {
-	var args []string
-	if err := json.Unmarshal([]byte(os.Getenv(argsEnv)), &args); err != nil {
-		fmt.Fprintln(os.Stderr, "args:", err)
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	run := map[string]func(context.Context, []string) error{"listener": listener.Command, "broker": broker.Command}[kind]
-	if run == nil {
-		fmt.Fprintln(os.Stderr, "unknown process kind", kind)
-		return 2
-	}
-	if err := run(ctx, args); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", kind, err)
-		return 1
-	}
-	return 0
-}
-
-// proc is a child process serving /readyz and /metrics on httpAddr.
-type proc struct {
-	kind     string
-	cmd      *exec.Cmd
-	httpAddr string
-	exited   chan struct{}
-}
-
-func startProc(t *testing.T, kind, httpAddr, logPath string, args ...string) *proc {
+// metric reads one unlabelled sample from a child's /metrics (the test fails when it cannot).
+func metric(t *testing.T, c *testenv.Child, name string) float64 {
 	t.Helper()
-	args = append(args, "--http-addr="+httpAddr, "--log-format=text", "--shutdown-timeout=10s")
-	argsJSON, _ := json.Marshal(args)
-	p := &proc{kind: kind, httpAddr: httpAddr, exited: make(chan struct{})}
-	p.cmd = exec.Command(os.Args[0])
-	p.cmd.Env = append(os.Environ(), procEnv+"="+kind, argsEnv+"="+string(argsJSON))
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
+	v, ok := c.Metric(name)
+	if !ok {
+		t.Fatalf("%s: no metric %s", c.Kind, name)
 	}
-	defer logf.Close()
-	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", kind, err)
-	}
-	go func() { _ = p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 8000 {
-				b = b[len(b)-8000:]
-			}
-			t.Logf("%s log (tail):\n%s", kind, b)
-		}
-	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if r, err := http.Get("http://" + httpAddr + "/readyz"); err == nil {
-			_ = r.Body.Close()
-			if r.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		select {
-		case <-p.exited:
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("%s exited before ready:\n%s", kind, b)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not ready after 60s", kind)
-		}
-	}
-}
-
-// kill is a crash: SIGKILL, nothing flushed, no DISCONNECT.
-func (p *proc) kill() {
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.exited
-}
-
-// stop is an orderly shutdown: SIGTERM, then wait.
-func (p *proc) stop(t *testing.T) {
-	t.Helper()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s did not stop within 30s of SIGTERM", p.kind)
-	}
-}
-
-// metric reads one unlabelled sample from the process's /metrics.
-func (p *proc) metric(t *testing.T, name string) float64 {
-	t.Helper()
-	r, err := http.Get("http://" + p.httpAddr + "/metrics")
-	if err != nil {
-		t.Fatalf("scrape %s: %v", p.kind, err)
-	}
-	defer r.Body.Close()
-	b, _ := io.ReadAll(r.Body)
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) == 2 && f[0] == name {
-			v, _ := strconv.ParseFloat(f[1], 64)
-			return v
-		}
-	}
-	t.Fatalf("%s: no metric %s", p.kind, name)
-	return 0
+	return v
 }
 
 func addr(t testing.TB) string { return "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)) }
@@ -320,9 +204,9 @@ func faultSize(small int) int {
 
 // startListenerProc runs `chargesim listener` with a fixed client ID, so a restarted one
 // resumes the persistent session.
-func startListenerProc(t *testing.T, mqttURL string, fdb *testenv.FerretDB, db, logPath string) *proc {
+func startListenerProc(t *testing.T, mqttURL string, fdb *testenv.FerretDB, db, logPath string) *testenv.Child {
 	t.Helper()
-	return startProc(t, "listener", addr(t), logPath,
+	return testenv.StartChild(t, "listener", logPath,
 		"--mqtt-url="+mqttURL, "--mqtt-client-id=fault-listener",
 		"--mongo-uri="+fdb.URI, "--mongo-database="+db, "--flush-interval=20ms")
 }
@@ -396,7 +280,7 @@ func TestListenerKilledThriceMidStream(t *testing.T) {
 				waitFor(t, fmt.Sprintf("publisher %d/4 through", k), func() (bool, string) {
 					return f.acked.Load() >= int64(k*n/4), fmt.Sprintf("%d acknowledged", f.acked.Load())
 				})
-				l.kill()
+				l.Kill()
 				t.Logf("kill %d: %d acknowledged, %d stored, broker holds %v", k, f.acked.Load(), countStored(fdb, "faults"),
 					gauge(t, reg, "chargesim_broker_inflight_messages"))
 				l = startListenerProc(t, url, fdb, "faults", logPath)
@@ -425,34 +309,31 @@ func TestBrokerRestartedMidStream(t *testing.T) {
 	n := faultSize(8_000)
 	fdb := testenv.StartFerretDB(t)
 	dir := t.TempDir()
-	mqttAddr, httpAddr := addr(t), addr(t)
+	mqttAddr := addr(t)
 	url := "tcp://" + mqttAddr
 	brokerLog, listenerLog := filepath.Join(dir, "broker.log"), filepath.Join(dir, "listener.log")
-	startBroker := func() *proc {
-		return startProc(t, "broker", httpAddr, brokerLog, "--mqtt-addr="+mqttAddr, "--data-dir="+filepath.Join(dir, "data"))
-	}
-	b := startBroker()
+	b := testenv.StartChild(t, "broker", brokerLog, "--mqtt-addr="+mqttAddr, "--data-dir="+filepath.Join(dir, "data"))
 	l := startListenerProc(t, url, fdb, "faults", listenerLog)
 	f := startFeed(t, url, n, feedRate(n))
 	for k, crash := range []bool{false, true} {
 		waitFor(t, fmt.Sprintf("publisher %d/3 through", k+1), func() (bool, string) {
 			return f.acked.Load() >= int64((k+1)*n/3), fmt.Sprintf("%d acknowledged", f.acked.Load())
 		})
-		l.kill()
+		l.Kill()
 		backlog := float64(n / 20)
 		waitFor(t, "a backlog at the broker", func() (bool, string) {
-			v := b.metric(t, "chargesim_broker_inflight_messages")
+			v := metric(t, b, "chargesim_broker_inflight_messages")
 			return v >= backlog, fmt.Sprintf("broker holds %v", v)
 		})
 		if crash {
-			b.kill()
+			b.Kill()
 		} else {
-			b.stop(t)
+			b.Stop(t)
 		}
 		t.Logf("broker %s: %d acknowledged, %d stored", map[bool]string{false: "stopped", true: "killed"}[crash],
 			f.acked.Load(), countStored(fdb, "faults"))
-		b = startBroker()
-		if held := b.metric(t, "chargesim_broker_inflight_messages"); held < backlog {
+		b.Start(t) // same port, same --data-dir
+		if held := metric(t, b, "chargesim_broker_inflight_messages"); held < backlog {
 			t.Errorf("restarted broker holds %v messages, want at least the %v held before", held, backlog)
 		}
 		l = startListenerProc(t, url, fdb, "faults", listenerLog)
@@ -462,10 +343,10 @@ func TestBrokerRestartedMidStream(t *testing.T) {
 	}
 	checkEveryKeyOnce(t, fdb, "faults", n)
 	waitFor(t, "broker drained", func() (bool, string) {
-		v := b.metric(t, "chargesim_broker_inflight_messages")
+		v := metric(t, b, "chargesim_broker_inflight_messages")
 		return v == 0, fmt.Sprintf("inflight gauge %v", v)
 	})
-	l.stop(t)
+	l.Stop(t)
 }
 
 func gauge(t *testing.T, g prometheus.Gatherer, name string) float64 {

@@ -511,23 +511,7 @@ func (e *env) waitNoRunningPod(sim, component string) error {
 // applySimNoSecret applies the sample simulation as name, naming a Secret that does not exist.
 func (e *env) applySimNoSecret(name string) {
 	e.t.Helper()
-	sample, err := os.ReadFile(filepath.Join(e.root, "config", "samples", "minimal.yaml"))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	var doc string
-	for _, d := range strings.Split(string(sample), "\n---\n") {
-		if strings.Contains(d, "kind: ChargerSimulation") {
-			doc = d
-		}
-	}
-	doc = strings.ReplaceAll(doc, "name: minimal-mongo", "name: "+name+"-mongo")
-	doc = strings.Replace(doc, "name: minimal", "name: "+name, 1)
-	f := filepath.Join(e.t.TempDir(), name+".yaml")
-	if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
-		e.t.Fatal(err)
-	}
-	e.must(e.kubectl("-n", namespace, "apply", "-f", f))
+	e.must(e.kubectl("-n", namespace, "apply", "-f", e.sampleAs(name)))
 }
 
 func mqttConnect(url, id string) (mqtt.Client, error) {

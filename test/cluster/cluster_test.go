@@ -359,23 +359,7 @@ func (e *env) applySim(name, uri, spec string) {
 		spec = "{}"
 	}
 	// The sample as users apply it, plus a simulated minute per second so sessions arrive fast.
-	sample, err := os.ReadFile(filepath.Join(e.root, "config", "samples", "minimal.yaml"))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	var doc string
-	for _, d := range strings.Split(string(sample), "\n---\n") {
-		if strings.Contains(d, "kind: ChargerSimulation") {
-			doc = d
-		}
-	}
-	doc = strings.ReplaceAll(doc, "name: minimal-mongo", "name: "+name+"-mongo")
-	doc = strings.Replace(doc, "name: minimal", "name: "+name, 1)
-	f := filepath.Join(e.t.TempDir(), name+".yaml")
-	if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
-		e.t.Fatal(err)
-	}
-	e.must(e.kubectl("-n", namespace, "apply", "-f", f))
+	e.must(e.kubectl("-n", namespace, "apply", "-f", e.sampleAs(name)))
 	e.must(e.kubectl("-n", namespace, "patch", "chargersimulation/"+name, "--type=merge", "-p",
 		`{"spec":{"timeScale":60}}`))
 	e.must(e.kubectl("-n", namespace, "patch", "chargersimulation/"+name, "--type=merge", "-p",
@@ -726,4 +710,27 @@ func (p *clientPublisher) publish(first int64, n int, gap time.Duration) {
 	if last := int(first) + n - 1; last > p.distinct {
 		p.distinct = last
 	}
+}
+
+// sampleAs writes config/samples/minimal.yaml's ChargerSimulation as users apply it, renamed to
+// name and naming the Secret <name>-mongo, and returns the file's path.
+func (e *env) sampleAs(name string) string {
+	e.t.Helper()
+	sample, err := os.ReadFile(filepath.Join(e.root, "config", "samples", "minimal.yaml"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var doc string
+	for _, d := range strings.Split(string(sample), "\n---\n") {
+		if strings.Contains(d, "kind: ChargerSimulation") {
+			doc = d
+		}
+	}
+	doc = strings.ReplaceAll(doc, "name: minimal-mongo", "name: "+name+"-mongo")
+	doc = strings.Replace(doc, "name: minimal", "name: "+name, 1)
+	f := filepath.Join(e.t.TempDir(), name+".yaml")
+	if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return f
 }
