@@ -71,18 +71,24 @@ func run(t *testing.T, c interface{ Run(context.Context) error }, reg *prometheu
 
 func (p *proc) stop(t *testing.T) {
 	t.Helper()
-	if p.cancel == nil {
+	stopRun(t, &p.cancel, p.done, "Run")
+}
+
+// stopRun cancels a component's Run (once: *cancel is cleared) and waits for its result.
+func stopRun(tb testing.TB, cancel *context.CancelFunc, done <-chan error, what string) {
+	tb.Helper()
+	if *cancel == nil {
 		return
 	}
-	p.cancel()
-	p.cancel = nil
+	(*cancel)()
+	*cancel = nil
 	select {
-	case err := <-p.done:
+	case err := <-done:
 		if err != nil {
-			t.Errorf("Run: %v", err)
+			tb.Errorf("%s: %v", what, err)
 		}
 	case <-time.After(60 * time.Second):
-		t.Errorf("did not stop within 60s")
+		tb.Errorf("%s did not stop within 60s", what)
 	}
 }
 

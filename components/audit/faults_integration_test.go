@@ -139,19 +139,7 @@ func (r *rig) publisher(shard, shards int, clock publisher.Clock) *pubRun {
 
 func (p *pubRun) stop(tb testing.TB) {
 	tb.Helper()
-	if p.cancel == nil {
-		return
-	}
-	p.cancel()
-	p.cancel = nil
-	select {
-	case err := <-p.done:
-		if err != nil {
-			tb.Errorf("publisher: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		tb.Errorf("publisher did not stop within 60s")
-	}
+	stopRun(tb, &p.cancel, p.done, "publisher")
 }
 
 // published is what every publisher of the rig had acknowledged by the broker so far.

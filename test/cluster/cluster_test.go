@@ -195,18 +195,7 @@ func TestChartOnRealCluster(t *testing.T) {
 	t.Logf("credentials rotated in %s while publishing; old password refused, new accepted", rotEnd.Sub(rotStart))
 	// The simulation's own publishers (rolled onto the new password) lost nothing either.
 	time.Sleep(20 * time.Second) // sessions that ended just before rotEnd reach the store
-	rotChargers, err := strconv.Atoi(strings.TrimSpace(e.must(e.kubectl("-n", namespace, "get", "chargersimulation/minimal", "-o", "jsonpath={.spec.chargers}"))))
-	if err != nil {
-		t.Fatalf("spec.chargers: %v", err)
-	}
-	var rot auditCounts
-	for c := 1; c <= rotChargers; c++ {
-		rot.add(e.audit(api, rotStart, rotEnd, strconv.Itoa(c)))
-	}
-	if rot.Expected == 0 || rot.Stored != rot.Expected || rot.Missing != 0 || rot.Unexpected != 0 || rot.Duplicates != 0 {
-		t.Errorf("audit of the rotation [%s, %s): %+v, want every expected session stored once",
-			rotStart.Format(time.RFC3339), rotEnd.Format(time.RFC3339), rot)
-	}
+	rot := e.auditClean(api, "minimal", "the rotation", rotStart, rotEnd)
 	t.Logf("audit of the rotation: %d sessions expected, %d stored, 0 missing", rot.Expected, rot.Stored)
 
 	// ---- kubectl scale csim --------------------------------------------------------------
@@ -260,18 +249,7 @@ func TestChartOnRealCluster(t *testing.T) {
 	// Its shards record their runs (the operator gives them the store), so /api/v1/audit knows
 	// every session they produced while the listener was killed. Audited charger by charger:
 	// the test client's sessions above are not the simulation's and would count as unexpected.
-	chargers, err := strconv.Atoi(strings.TrimSpace(e.must(e.kubectl("-n", namespace, "get", "chargersimulation/minimal", "-o", "jsonpath={.spec.chargers}"))))
-	if err != nil {
-		t.Fatalf("spec.chargers: %v", err)
-	}
-	var total auditCounts
-	for c := 1; c <= chargers; c++ {
-		total.add(e.audit(api, killStart, suspendedAt, strconv.Itoa(c)))
-	}
-	if total.Expected == 0 || total.Stored != total.Expected || total.Missing != 0 || total.Unexpected != 0 || total.Duplicates != 0 {
-		t.Errorf("audit of [%s, %s) after the listener kill: %+v, want every expected session stored once",
-			killStart.Format(time.RFC3339), suspendedAt.Format(time.RFC3339), total)
-	}
+	total := e.auditClean(api, "minimal", "the listener kill", killStart, suspendedAt)
 	t.Logf("audit after the listener kill: %d sessions expected, %d stored, 0 missing", total.Expected, total.Stored)
 	// The operator reaches the API Service in-cluster and writes status.audit (every minute).
 	e.waitFor("status.audit of minimal", func() (bool, string) {
@@ -733,4 +711,24 @@ func (e *env) sampleAs(name string) string {
 		e.t.Fatal(err)
 	}
 	return f
+}
+
+// auditClean audits [from, to) of simulation sim charger by charger (sessions of the test's
+// own client publisher are not the simulation's and would count as unexpected) and fails the
+// test unless every expected session is stored exactly once.
+func (e *env) auditClean(api, sim, what string, from, to time.Time) auditCounts {
+	e.t.Helper()
+	chargers, err := strconv.Atoi(strings.TrimSpace(e.must(e.kubectl("-n", namespace, "get", "chargersimulation/"+sim, "-o", "jsonpath={.spec.chargers}"))))
+	if err != nil {
+		e.t.Fatalf("spec.chargers of %s: %v", sim, err)
+	}
+	var total auditCounts
+	for c := 1; c <= chargers; c++ {
+		total.add(e.audit(api, from, to, strconv.Itoa(c)))
+	}
+	if total.Expected == 0 || total.Stored != total.Expected || total.Missing != 0 || total.Unexpected != 0 || total.Duplicates != 0 {
+		e.t.Errorf("audit of %s [%s, %s): %+v, want every expected session stored once",
+			what, from.Format(time.RFC3339), to.Format(time.RFC3339), total)
+	}
+	return total
 }
