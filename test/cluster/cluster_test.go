@@ -230,6 +230,14 @@ func TestChartOnRealCluster(t *testing.T) {
 	})
 	e.must(e.kubectl("-n", namespace, "delete", "pod", "minimal-listener-0", "--grace-period=0", "--force"))
 	<-done
+	// The operator reaches the publisher pods' metrics and the API Service in-cluster and writes
+	// status.progress (every 30s): data flows, so published and stored are counted and the
+	// newest stored session is young.
+	e.waitFor("status.progress of minimal while publishing", func() (bool, string) {
+		out, _ := e.kubectl("-n", namespace, "get", "chargersimulation/minimal", "-o", "jsonpath={.status.progress}")
+		st := progressOf(out)
+		return st.Error == "" && st.Published != nil && *st.Published > 0 && st.Stored > 0 && st.Lag != "" && st.LastTime != "", out
+	})
 	e.must(e.kubectl("-n", namespace, "patch", "chargersimulation/minimal", "--type=merge", "-p", `{"spec":{"suspend":true}}`))
 	e.waitFor("publisher suspended", func() (bool, string) {
 		out, _ := e.kubectl("-n", namespace, "get", "pods", "-l", "chargesim.io/simulation=minimal,app.kubernetes.io/component=publisher", "-o", "name")
@@ -261,6 +269,15 @@ func TestChartOnRealCluster(t *testing.T) {
 		return json.Unmarshal([]byte(out), &st) == nil && st.LastTime != "" && st.Error == "", out
 	})
 
+	// Suspended: no publisher pod, so no published figure; stored is the store's count (which
+	// "large", storing into the same database, keeps raising).
+	stored := e.stat(api)
+	e.waitFor("status.progress of minimal after suspend", func() (bool, string) {
+		out, _ := e.kubectl("-n", namespace, "get", "chargersimulation/minimal", "-o", "jsonpath={.status.progress}")
+		st := progressOf(out)
+		return st.Error == "" && st.Published == nil && st.Stored >= stored, fmt.Sprintf("%s (API: %d stored)", out, stored)
+	})
+
 	// CHARGESIM_DOCS_IMAGES=<dir>: the main panels over the whole run, for docs/observability.md.
 	e.docsImages(monitoredFrom)
 
@@ -287,6 +304,23 @@ func TestChartOnRealCluster(t *testing.T) {
 }
 
 // ---- helpers -----------------------------------------------------------------------------------
+
+// progress is the part of status.progress the test reads.
+type progress struct {
+	Published *int64 `json:"published"`
+	Stored    int64  `json:"stored"`
+	Lag       string `json:"lag"`
+	LastTime  string `json:"lastTime"`
+	Error     string `json:"error"`
+}
+
+func progressOf(jsonText string) progress {
+	var p progress
+	if err := json.Unmarshal([]byte(jsonText), &p); err != nil {
+		p.Error = "no status.progress: " + err.Error()
+	}
+	return p
+}
 
 func firstOr(r []json.RawMessage) string {
 	if len(r) == 0 {
