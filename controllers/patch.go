@@ -11,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	networkingv1ac "k8s.io/client-go/applyconfigurations/networking/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/chargesim/chargesim/api/v1alpha1"
@@ -75,6 +77,10 @@ func stampApplied(ac applyConfig) error {
 	case *corev1ac.ServiceApplyConfiguration:
 		a.WithAnnotations(m)
 	case *corev1ac.ConfigMapApplyConfiguration:
+		a.WithAnnotations(m)
+	case *policyv1ac.PodDisruptionBudgetApplyConfiguration:
+		a.WithAnnotations(m)
+	case *networkingv1ac.NetworkPolicyApplyConfiguration:
 		a.WithAnnotations(m)
 	default:
 		return fmt.Errorf("stampApplied: unsupported apply configuration %T", ac)
