@@ -267,7 +267,8 @@ func (e *env) alertNotReady(since time.Time, ready func(), opFixed <-chan struct
 // reading (backpressure), which would end the flood's rejections.
 func (e *env) alertRejectsThenWriteErrors(broker, api string, record func(alertTiming)) error {
 	const sim = "minimal"
-	c, err := mqttConnect("tcp://"+broker, "e2e-flood")
+	user, pass := e.brokerCredentials(sim)
+	c, err := mqttConnect("tcp://"+broker, "e2e-flood", user, pass)
 	if err != nil {
 		return err
 	}
@@ -318,7 +319,7 @@ func (e *env) alertRejectsThenWriteErrors(broker, api string, record func(alertT
 	}
 	since := time.Now()
 	charger := fmt.Sprintf("e2e-storedown-%d", time.Now().UnixNano()%1e9)
-	pc, err := mqttConnect("tcp://"+broker, "e2e-client-"+charger)
+	pc, err := mqttConnect("tcp://"+broker, "e2e-client-"+charger, user, pass)
 	if err != nil {
 		return err
 	}
@@ -514,8 +515,8 @@ func (e *env) applySimNoSecret(name string) {
 	e.must(e.kubectl("-n", namespace, "apply", "-f", e.sampleAs(name)))
 }
 
-func mqttConnect(url, id string) (mqtt.Client, error) {
-	opts := mqtt.NewClientOptions().AddBroker(url).SetClientID(id).SetCleanSession(true).
+func mqttConnect(url, id, user, pass string) (mqtt.Client, error) {
+	opts := mqtt.NewClientOptions().AddBroker(url).SetClientID(id).SetUsername(user).SetPassword(pass).SetCleanSession(true).
 		SetAutoReconnect(true).SetConnectRetry(true).SetConnectTimeout(10 * time.Second)
 	c := mqtt.NewClient(opts)
 	tok := c.Connect()

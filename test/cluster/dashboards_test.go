@@ -246,8 +246,9 @@ func (e *env) expectValue(q string, lbl map[string]string, want float64) {
 // dashboardTraffic keeps every panel's cause alive: malformed payloads (rejects), a redelivered
 // session (duplicates), good and bad API requests (4xx). stop ends it.
 func (e *env) dashboardTraffic(broker, api string) (stop func()) {
+	user, pass := e.brokerCredentials("minimal") // the managed broker wants the simulation's credentials
 	opts := mqtt.NewClientOptions().AddBroker("tcp://" + broker).SetClientID(fmt.Sprintf("e2e-dashboards-%d", time.Now().UnixNano()%1e9)).
-		SetConnectTimeout(10 * time.Second).SetAutoReconnect(true)
+		SetUsername(user).SetPassword(pass).SetConnectTimeout(10 * time.Second).SetAutoReconnect(true)
 	c := mqtt.NewClient(opts)
 	if tok := c.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
 		e.t.Fatalf("MQTT connect %s: %v", broker, tok.Error())
