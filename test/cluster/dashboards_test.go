@@ -273,6 +273,11 @@ func (e *env) dashboardTraffic(broker, api string) (stop func()) {
 			} {
 				c.Publish(topic, 1, false, payload).WaitTimeout(5 * time.Second)
 			}
+			// The operator reconciles only on change (its own status writes do not count), so an
+			// idle operator's latency and error-ratio panels would be empty: an annotation change
+			// is a reconcile, every tick.
+			_, _ = e.kubectl("-n", namespace, "annotate", "--overwrite", "chargersimulation/minimal",
+				"chargesim.io/e2e-dashboards="+strconv.FormatInt(time.Now().UnixNano(), 10))
 			for _, q := range []string{"/api/v1/stats", "/api/v1/sessions?limit=5", "/api/v1/stats?bogus=1"} {
 				if resp, err := http.Get("http://" + api + q); err == nil {
 					resp.Body.Close()
