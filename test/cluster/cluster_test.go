@@ -490,8 +490,12 @@ func (e *env) portForward(target string, port int) string {
 	return pf
 }
 
-func (e *env) get(url string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+func (e *env) get(url string) ([]byte, error) { return e.getWithin(url, 10*time.Second) }
+
+// getWithin is get with its own time limit (an audit of a window scans the store: seconds on
+// FerretDB with the machine's 2 cores busy).
+func (e *env) getWithin(url string, limit time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, limit)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -559,12 +563,12 @@ func (e *env) audit(api string, from, to time.Time, charger string) auditCounts 
 	e.t.Helper()
 	q := fmt.Sprintf("from=%s&to=%s&charger=%s", from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339), charger)
 	// The API answers 503 ("retry in 1 s") while its own audits and the operator's hold the
-	// store's audit slots: retried for up to a minute, as a client is told to.
+	// store's audit slots, and a slow scan may time out: retried for up to two minutes.
 	var b []byte
 	var err error
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
-		b, err = e.get("http://" + api + "/api/v1/audit?" + q)
-		if err == nil || !strings.Contains(err.Error(), "503") || time.Now().After(deadline) {
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
+		b, err = e.getWithin("http://"+api+"/api/v1/audit?"+q, 45*time.Second)
+		if err == nil || (!strings.Contains(err.Error(), "503") && !errors.Is(err, context.DeadlineExceeded)) || time.Now().After(deadline) {
 			break
 		}
 	}
