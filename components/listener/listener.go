@@ -344,17 +344,17 @@ func (l *Listener) write(ctx context.Context, b *batch) error {
 // they are this delivery's inserts, not duplicates. A document is ours when its stored
 // received_at is the one we wrote (received_at is per delivery, to the millisecond).
 func (l *Listener) ownDuplicates(ctx context.Context, st *store.Store, docs []store.SessionDoc, r *store.WriteResult) error {
-	ids := make([]string, len(r.Duplicates))
+	written := make([]store.SessionDoc, len(r.Duplicates))
 	for k, i := range r.Duplicates {
-		ids[k] = docs[i].ID
+		written[k] = docs[i]
 	}
-	got, err := st.ReceivedAt(ctx, ids)
+	got, err := st.ReceivedAt(ctx, written)
 	if err != nil {
 		return err
 	}
 	// Only the first document of a key in the batch can have been stored by this batch; a
 	// second delivery of it in the same batch is a duplicate even if received the same ms.
-	first := make(map[string]int, len(ids))
+	first := make(map[string]int, len(written))
 	for i := range docs {
 		if _, ok := first[docs[i].ID]; !ok {
 			first[docs[i].ID] = i

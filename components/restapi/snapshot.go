@@ -2,9 +2,11 @@ package restapi
 
 // The snapshot read model (store.Snapshot): on a store without usable indexes (FerretDB v1)
 // the API answers totals, charger lists, /readings/ and the first pages of /api/v1/sessions
-// from one scan of the stored sessions, kept in memory and refreshed in the background. One
-// scan runs at a time whatever the number of clients, so readers cannot crowd the store out
-// of the listener's writes; responses carry the scan's start time (X-Data-As-Of) and age.
+// from a snapshot kept in memory and refreshed in the background: on the time-partitioned
+// layout incrementally (store.Incremental: closed partitions are read once), else by one scan
+// of the stored sessions. One refresh runs at a time whatever the number of clients, so
+// readers cannot crowd the store out of the listener's writes; responses carry the refresh's
+// start time (X-Data-As-Of) and age.
 
 import (
 	"context"
@@ -45,6 +47,27 @@ type snapshots struct {
 	lastErr  error
 	lastEnd  time.Time
 	lastTook time.Duration
+
+	// inc is the incremental read model of a partitioned store (FerretDB), used by one
+	// refresh at a time (the running one).
+	inc      *store.Incremental
+	incStore *store.Store
+}
+
+// refresh computes a new snapshot: incrementally on a partitioned store (only open and
+// late-written partitions are read again), by one scan of the sessions otherwise.
+func (m *snapshots) refresh(ctx context.Context, st *store.Store) (*store.Snapshot, error) {
+	partitioned, err := st.Partitioned(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !partitioned {
+		return st.ScanSnapshot(ctx, m.newestK)
+	}
+	if m.inc == nil || m.incStore != st {
+		m.inc, m.incStore = store.NewIncremental(st, m.newestK), st
+	}
+	return m.inc.Refresh(ctx)
 }
 
 // get returns a snapshot: a fresh one (younger than ttl), else the current one while a
@@ -93,7 +116,7 @@ func (m *snapshots) startLocked(st *store.Store) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), m.timeout)
 		defer cancel()
-		sn, err := st.ScanSnapshot(ctx, m.newestK)
+		sn, err := m.refresh(ctx, st)
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		m.lastErr, m.lastEnd, m.running = err, time.Now(), nil

@@ -95,7 +95,7 @@ type AuditedSession struct {
 
 // ScanSessions calls fn for every stored session with from ≤ ended_at < to (of charger, when
 // not empty), streaming: memory stays constant whatever the window holds. On FerretDB v1 this
-// scans the collection (no range index use); on MongoDB it uses the ended_at indexes.
+// scans only the partitions overlapping the window; on MongoDB it uses the ended_at indexes.
 func (s *Store) ScanSessions(ctx context.Context, from, to time.Time, charger string, fn func(AuditedSession) error) error {
 	filter := bson.D{{Key: fieldEndedAt, Value: bson.D{{Key: "$gte", Value: from}, {Key: "$lt", Value: to}}}}
 	if charger != "" {
@@ -103,7 +103,25 @@ func (s *Store) ScanSessions(ctx context.Context, from, to time.Time, charger st
 	}
 	proj := bson.D{{Key: fieldID, Value: 1}, {Key: fieldCharger, Value: 1}, {Key: fieldConnector, Value: 1},
 		{Key: "session_id", Value: 1}, {Key: fieldEndedAt, Value: 1}}
-	cur, err := s.Sessions.Find(ctx, filter, options.Find().SetProjection(proj).SetBatchSize(1000))
+	colls := []*mongo.Collection{s.Sessions}
+	if l, err := s.layout(ctx); err != nil {
+		return fmt.Errorf("scan sessions: %w", err)
+	} else if l.partitioned {
+		// Only the partitions overlapping the window (and the unpartitioned collection).
+		if colls, err = s.auditCollections(ctx, l, from, to); err != nil {
+			return fmt.Errorf("scan sessions: %w", err)
+		}
+	}
+	for _, coll := range colls {
+		if err := scanAudited(ctx, coll, filter, proj, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func scanAudited(ctx context.Context, coll *mongo.Collection, filter, proj bson.D, fn func(AuditedSession) error) error {
+	cur, err := coll.Find(ctx, filter, options.Find().SetProjection(proj).SetBatchSize(1000))
 	if err != nil {
 		return fmt.Errorf("scan sessions: %w", err)
 	}

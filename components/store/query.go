@@ -102,9 +102,16 @@ func (s *Store) FindSessions(ctx context.Context, q SessionQuery) ([]SessionDoc,
 	}
 	// One more than asked tells whether another page exists.
 	var docs []SessionDoc
-	if s.noIndexes {
-		var err error
-		if docs, err = s.scanNewest(ctx, f, q.Limit+1); err != nil {
+	l, err := s.layout(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("find sessions: %w", err)
+	}
+	if l.partitioned {
+		if docs, err = s.scanNewestPartitioned(ctx, l, q, f, q.Limit+1); err != nil {
+			return nil, false, fmt.Errorf("find sessions: %w", err)
+		}
+	} else if s.NoIndexes() {
+		if docs, err = s.scanNewest(ctx, s.Sessions, f, q.Limit+1); err != nil {
 			return nil, false, err
 		}
 	} else {
@@ -127,7 +134,14 @@ func (s *Store) FindSessions(ctx context.Context, q SessionQuery) ([]SessionDoc,
 // FindSession returns the session stored under the document key id, or ErrNotFound.
 func (s *Store) FindSession(ctx context.Context, id string) (SessionDoc, error) {
 	var doc SessionDoc
-	err := s.Sessions.FindOne(ctx, bson.D{{Key: fieldID, Value: id}}).Decode(&doc)
+	l, err := s.layout(ctx)
+	if err != nil {
+		return doc, err
+	}
+	if l.partitioned {
+		return s.findSessionPartitioned(ctx, l, id)
+	}
+	err = s.Sessions.FindOne(ctx, bson.D{{Key: fieldID, Value: id}}).Decode(&doc)
 	if errors.Is(err, mongo.ErrNoDocuments) {
 		return doc, fmt.Errorf("session %q: %w", id, ErrNotFound)
 	}
@@ -164,6 +178,12 @@ type FleetStats struct {
 // ChargerTotals returns the totals of one charger (FirstSessionAt left zero), or ErrNotFound
 // when it has no session.
 func (s *Store) ChargerTotals(ctx context.Context, chargerID string) (ChargerTotals, error) {
+	if sn, err := s.partitionedSnapshot(ctx); err != nil || sn != nil {
+		if err != nil {
+			return ChargerTotals{}, fmt.Errorf("totals of charger %q: %w", chargerID, err)
+		}
+		return sn.Charger(chargerID)
+	}
 	t, err := s.totals(ctx, bson.D{{Key: fieldCharger, Value: chargerID}}, false)
 	if err != nil {
 		return ChargerTotals{}, fmt.Errorf("totals of charger %q: %w", chargerID, err)
@@ -176,6 +196,12 @@ func (s *Store) ChargerTotals(ctx context.Context, chargerID string) (ChargerTot
 
 // FleetStats returns the totals of the whole fleet.
 func (s *Store) FleetStats(ctx context.Context) (FleetStats, error) {
+	if sn, err := s.partitionedSnapshot(ctx); err != nil || sn != nil {
+		if err != nil {
+			return FleetStats{}, fmt.Errorf("fleet stats: %w", err)
+		}
+		return sn.Fleet, nil
+	}
 	var st FleetStats
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -324,6 +350,13 @@ func (s *Store) countPipeline(ctx context.Context, coll *mongo.Collection, p mon
 func (s *Store) ListChargerTotals(ctx context.Context, after string, limit int) ([]ChargerTotals, bool, error) {
 	if limit < 1 || limit > MaxQueryLimit {
 		return nil, false, fmt.Errorf("list chargers: limit %d outside 1..%d", limit, MaxQueryLimit)
+	}
+	if sn, err := s.partitionedSnapshot(ctx); err != nil || sn != nil {
+		if err != nil {
+			return nil, false, fmt.Errorf("list chargers: %w", err)
+		}
+		out, more := sn.ListChargers(after, limit)
+		return out, more, nil
 	}
 	match := bson.D{}
 	if after != "" {
@@ -527,8 +560,8 @@ func number(v bson.RawValue) (float64, error) {
 // scanNewest returns the newest k sessions matching f, newest first, by streaming the matching
 // documents and keeping the k newest in a heap: FerretDB v1 would sort every matching
 // document in its own memory (gigabytes at 100k sessions), with no index to help either way.
-func (s *Store) scanNewest(ctx context.Context, f bson.D, k int) ([]SessionDoc, error) {
-	cur, err := s.Sessions.Find(ctx, f, options.Find().SetBatchSize(1000))
+func (s *Store) scanNewest(ctx context.Context, coll *mongo.Collection, f bson.D, k int) ([]SessionDoc, error) {
+	cur, err := coll.Find(ctx, f, options.Find().SetBatchSize(1000))
 	if err != nil {
 		return nil, fmt.Errorf("find sessions: %w", err)
 	}

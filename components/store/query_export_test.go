@@ -8,6 +8,17 @@ func SetLastScanPerCharger(n int) (restore func()) {
 	return func() { lastScanPerCharger = old }
 }
 
-// SetNoIndexes switches the store between its indexed and index-free read paths, so that
-// both are tested on FerretDB.
-func (s *Store) SetNoIndexes(v bool) { s.noIndexes = v }
+// SetNoIndexes switches the store between its indexed, single-collection layout (what MongoDB
+// uses) and the index-free, time-partitioned one (FerretDB), so that both are tested on
+// FerretDB. Sessions stored in the single collection are read by the partitioned layout as
+// its unpartitioned collection.
+func (s *Store) SetNoIndexes(v bool) {
+	s.ls.mu.Lock()
+	defer s.ls.mu.Unlock()
+	s.noIndexes = v
+	s.ls.done = true
+	s.ls.l = layout{}
+	if v {
+		s.ls.l = layout{partitioned: true, width: DefaultPartitionWidth, grace: DefaultPartitionGrace}
+	}
+}

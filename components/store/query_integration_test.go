@@ -54,10 +54,14 @@ var queryWantOrder = []string{"9/0/8", "9/0/7", "B/1/2", "B/1/1", "A/2/3", "A/1/
 
 func queryStore(tb testing.TB) *store.Store {
 	tb.Helper()
-	f := testenv.StartFerretDB(tb)
+	return queryStoreOn(tb, testenv.StartFerretDB(tb), "querytest")
+}
+
+func queryStoreOn(tb testing.TB, f *testenv.FerretDB, db string) *store.Store {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	st, err := store.Connect(ctx, store.Config{URI: f.URI, Database: "querytest"}, "query-test")
+	st, err := store.Connect(ctx, store.Config{URI: f.URI, Database: db}, "query-test")
 	if err != nil {
 		tb.Fatalf("connect: %v", err)
 	}
@@ -65,9 +69,31 @@ func queryStore(tb testing.TB) *store.Store {
 	return st
 }
 
+// queryLayouts returns stores holding queryFixture in each layout, on one FerretDB: "single"
+// is MongoDB's (one collection, indexed queries), "partitioned" FerretDB's (time partitions,
+// client-side scans), "legacy" a partitioned store reading sessions an older version stored
+// in the single collection.
+func queryLayouts(tb testing.TB) map[string]*store.Store {
+	tb.Helper()
+	f := testenv.StartFerretDB(tb)
+	single := queryStoreOn(tb, f, "single")
+	single.SetNoIndexes(false)
+	querySeed(tb, single)
+	part := queryStoreOn(tb, f, "partitioned")
+	querySeed(tb, part)
+	if ok, err := part.Partitioned(context.Background()); err != nil || !ok {
+		tb.Fatalf("FerretDB store not partitioned: %v %v", ok, err)
+	}
+	legacy := queryStoreOn(tb, f, "legacy")
+	legacy.SetNoIndexes(false)
+	querySeed(tb, legacy)
+	legacy.SetNoIndexes(true)
+	return map[string]*store.Store{"single": single, "partitioned": part, "legacy": legacy}
+}
+
 func querySeed(tb testing.TB, st *store.Store) {
 	tb.Helper()
-	docs := make([]any, 0, len(queryFixture))
+	docs := make([]store.SessionDoc, 0, len(queryFixture))
 	for _, f := range queryFixture {
 		end := queryT0.Add(time.Duration(f.endMin) * time.Minute)
 		s := session.Session{
@@ -76,8 +102,9 @@ func querySeed(tb testing.TB, st *store.Store) {
 		}
 		docs = append(docs, store.SessionDoc{ID: s.Key(), Session: s, Topic: "charger/" + f.charger, ReceivedAt: end.Add(time.Second)})
 	}
-	if _, err := st.Sessions.InsertMany(context.Background(), docs); err != nil {
-		tb.Fatalf("seed sessions: %v", err)
+	// The listener's write path: on a partitioned store, into the partitions.
+	if r, err := st.InsertSessions(context.Background(), docs); err != nil || r.Inserted != len(docs) {
+		tb.Fatalf("seed sessions: %+v %v", r, err)
 	}
 }
 
@@ -90,8 +117,7 @@ func queryIDs(docs []store.SessionDoc) []string {
 }
 
 func TestQueryFindSessionsFiltersAndOrder(t *testing.T) {
-	st := queryStore(t)
-	querySeed(t, st)
+	stores := queryLayouts(t)
 	ctx := context.Background()
 	at := func(min int) time.Time { return queryT0.Add(time.Duration(min) * time.Minute) }
 	for _, tc := range []struct {
@@ -114,11 +140,10 @@ func TestQueryFindSessionsFiltersAndOrder(t *testing.T) {
 		{"after tie", store.SessionQuery{After: &store.SessionCursor{EndedAt: at(10), ID: "A/2/3"}, Limit: 100}, queryWantOrder[5:]},
 		{"after tie with filter", store.SessionQuery{ChargerID: "A", After: &store.SessionCursor{EndedAt: at(10), ID: "B/1/1"}, Limit: 100}, []string{"A/2/3", "A/1/2", "A/1/1"}},
 	} {
-		// Both read paths: sorted by the database (MongoDB, indexed) and sorted in the client
-		// with a bounded heap (FerretDB, no index).
-		for _, noIndexes := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/noIndexes=%v", tc.name, noIndexes), func(t *testing.T) {
-				st.SetNoIndexes(noIndexes)
+		// Every layout: sorted by the database (MongoDB, indexed) and sorted in the client
+		// with a bounded heap over the partitions (FerretDB, no index).
+		for name, st := range stores {
+			t.Run(fmt.Sprintf("%s/%s", tc.name, name), func(t *testing.T) {
 				docs, more, err := st.FindSessions(ctx, tc.q)
 				if err != nil {
 					t.Fatalf("FindSessions: %v", err)
@@ -136,14 +161,11 @@ func TestQueryFindSessionsFiltersAndOrder(t *testing.T) {
 }
 
 func TestQueryFindSessionsPages(t *testing.T) {
-	st := queryStore(t)
-	querySeed(t, st)
-	if !st.NoIndexes() {
-		t.Fatalf("FerretDB not detected as a store without indexes")
-	}
-	for _, noIndexes := range []bool{false, true} {
-		st.SetNoIndexes(noIndexes)
+	for _, st := range queryLayouts(t) {
 		walkPages(t, st)
+	}
+	if st := queryStore(t); !st.NoIndexes() {
+		t.Fatalf("FerretDB not detected as a store without indexes")
 	}
 }
 

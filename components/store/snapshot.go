@@ -43,7 +43,13 @@ type Snapshot struct {
 }
 
 // ScanSnapshot reads every stored session once and keeps the newest newestK of them.
+// On a partitioned store it reads every partition once (Incremental).
 func (s *Store) ScanSnapshot(ctx context.Context, newestK int) (*Snapshot, error) {
+	if l, err := s.layout(ctx); err != nil {
+		return nil, err
+	} else if l.partitioned {
+		return NewIncremental(s, newestK).Refresh(ctx)
+	}
 	start := time.Now()
 	sn := &Snapshot{AsOf: start.UTC(), chargers: map[string]*ChargerTotals{}}
 	cur, err := s.Sessions.Find(ctx, bson.D{}, options.Find().SetBatchSize(1000))

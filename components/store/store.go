@@ -37,6 +37,11 @@ type Config struct {
 	URIFile  string
 	Database string
 	CAFile   string
+	// PartitionWidth and PartitionGrace set the time-partitioned layout of a store without
+	// indexes (partition.go); the first process to connect records them in the store and
+	// every process uses the recorded values. Zero means the default.
+	PartitionWidth time.Duration
+	PartitionGrace time.Duration
 }
 
 // Register adds the MongoDB flags.
@@ -45,6 +50,8 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.URIFile, "mongo-uri-file", "", "file holding the MongoDB URI")
 	fs.StringVar(&c.Database, "mongo-database", "chargesim", "MongoDB database")
 	fs.StringVar(&c.CAFile, "mongo-ca-file", "", "PEM CA bundle for TLS to MongoDB")
+	fs.DurationVar(&c.PartitionWidth, "partition-width", DefaultPartitionWidth, "on a store without indexes (FerretDB): width of the ended_at partitions, whole minutes up to 24h; the first process records it in the store and every process uses the recorded value")
+	fs.DurationVar(&c.PartitionGrace, "partition-grace", DefaultPartitionGrace, "on a store without indexes (FerretDB): how long after its end a partition still takes writes without a late marker, ×2 (readers rescan a partition until then)")
 }
 
 // Validate checks the settings and resolves the URI file.
@@ -67,6 +74,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Database == "" || strings.ContainsAny(c.Database, "/\\. \"$") {
 		return cli.Invalid("mongo-database", c.Database, "must be a non-empty name without / \\ . space \" $")
+	}
+	if c.PartitionWidth < 0 || c.PartitionWidth%time.Minute != 0 || c.PartitionWidth > 24*time.Hour {
+		return cli.Invalid("partition-width", c.PartitionWidth, "must be whole minutes, at most 24h")
+	}
+	if c.PartitionGrace != 0 && c.PartitionGrace < 10*time.Second {
+		return cli.Invalid("partition-grace", c.PartitionGrace, "must be at least 10s")
 	}
 	if c.CAFile != "" {
 		if _, err := c.tlsConfig(); err != nil {
@@ -107,6 +120,8 @@ type Store struct {
 	// noIndexes is set for FerretDB v1, which uses no index but _id equality and sorts in
 	// its memory: reads then sort in the client (bounded) and the API reads snapshots.
 	noIndexes bool
+	cfg       Config
+	ls        layoutState
 }
 
 // writeConcern is the write concern the components write with: the URI's when it sets one
@@ -132,7 +147,12 @@ func writeConcern(uri *options.ClientOptions) *writeconcern.WriteConcern {
 }
 
 // NoIndexes reports whether the server uses no secondary index (FerretDB v1).
-func (s *Store) NoIndexes() bool { return s.noIndexes }
+// Decided by Connect (and by the first read or write of a store from Open).
+func (s *Store) NoIndexes() bool {
+	s.ls.mu.Lock()
+	defer s.ls.mu.Unlock()
+	return s.noIndexes
+}
 
 // Connect opens a client (the driver connects lazily and reconnects by itself) and ensures the
 // indexes exist. It fails only for settings errors or when the indexes cannot be created
@@ -146,7 +166,7 @@ func Connect(ctx context.Context, cfg Config, appName string) (*Store, error) {
 		_ = s.Client.Disconnect(context.Background())
 		return nil, err
 	}
-	if s.noIndexes, err = s.IsFerretDB(ctx); err != nil {
+	if _, err = s.layout(ctx); err != nil {
 		_ = s.Client.Disconnect(context.Background())
 		return nil, err
 	}
@@ -176,7 +196,7 @@ func Open(cfg Config, appName string) (*Store, error) {
 		return nil, fmt.Errorf("connect to mongodb %s: %w", redact(cfg.URI), err)
 	}
 	db := client.Database(cfg.Database)
-	return &Store{Client: client, DB: db, Sessions: db.Collection(SessionsCollection), Rejected: db.Collection(RejectedCollection)}, nil
+	return &Store{Client: client, DB: db, Sessions: db.Collection(SessionsCollection), Rejected: db.Collection(RejectedCollection), cfg: cfg}, nil
 }
 
 // Close disconnects.
@@ -328,6 +348,10 @@ type SessionDoc struct {
 	session.Session `bson:",inline"`
 	Topic           string    `bson:"topic"`
 	ReceivedAt      time.Time `bson:"received_at"`
+	// Untimed is set by NewSessionDoc when the payload carried no time (its ended_at is the
+	// receive time, different on every delivery): such a session is not placed in a time
+	// partition. Not stored.
+	Untimed bool `bson:"-"`
 }
 
 // RejectedDoc is a message kept aside because it can never be stored as a session.

@@ -70,6 +70,7 @@ func (r WriteResult) IsDuplicate(i int) bool {
 // document read back equals the one written.
 func NewSessionDoc(s session.Session, topic string, receivedAt time.Time) SessionDoc {
 	receivedAt = receivedAt.UTC().Truncate(time.Millisecond)
+	untimed := s.EndedAt.IsZero() && s.Timestamp == 0
 	if s.EndedAt.IsZero() {
 		if s.Timestamp != 0 {
 			s.EndedAt = time.Unix(s.Timestamp, 0).UTC()
@@ -82,7 +83,7 @@ func NewSessionDoc(s session.Session, topic string, receivedAt time.Time) Sessio
 		s.StartedAt = s.EndedAt.Add(-time.Duration(s.DurationSeconds * float64(time.Second)))
 	}
 	s.StartedAt = s.StartedAt.UTC().Truncate(time.Millisecond)
-	return SessionDoc{ID: s.Key(), Session: s, Topic: topic, ReceivedAt: receivedAt}
+	return SessionDoc{ID: s.Key(), Session: s, Topic: topic, ReceivedAt: receivedAt, Untimed: untimed}
 }
 
 // NewRejectedDoc builds the stored form of a rejected message. Its ID is RejectedID: retrying
@@ -117,9 +118,17 @@ func NewRejectedDoc(topic string, payload []byte, reason session.Reason, detail 
 // _ids it answered one E11000 for a whole batch while leaving most of that batch unwritten,
 // i.e. a write that looks stored but is not. Unordered inserts report each duplicate with its
 // index and insert the rest, on MongoDB and FerretDB alike (TestSessionWritesReportDuplicates).
+// On a partitioned store (FerretDB) the batch is split by partition (partition.go).
 func (s *Store) InsertSessions(ctx context.Context, docs []SessionDoc) (WriteResult, error) {
 	if len(docs) == 0 {
 		return WriteResult{}, nil
+	}
+	l, err := s.layout(ctx)
+	if err != nil {
+		return WriteResult{}, fmt.Errorf("insert %d sessions: %w", len(docs), err)
+	}
+	if l.partitioned {
+		return s.insertPartitioned(ctx, l, docs)
 	}
 	return insertMany(ctx, s.Sessions, docs, len(docs))
 }
@@ -174,22 +183,29 @@ func classify(bwe mongo.BulkWriteException, n int, coll string, err error) (Writ
 // outcome is unknown (a timeout: it may have been applied), a retry sees the documents that
 // did go in as duplicates; comparing received_at with the documents written tells "stored by
 // that attempt" from "stored before by another delivery", so the counters stay exact.
-func (s *Store) ReceivedAt(ctx context.Context, ids []string) (map[string]time.Time, error) {
-	cur, err := s.Sessions.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}},
-		options.Find().SetProjection(bson.D{{Key: "received_at", Value: 1}}))
+// docs are the written documents (their partition is found from them).
+func (s *Store) ReceivedAt(ctx context.Context, docs []SessionDoc) (map[string]time.Time, error) {
+	colls, err := s.collectionsOf(ctx, docs)
 	if err != nil {
-		return nil, fmt.Errorf("read received_at of %d sessions: %w", len(ids), err)
-	}
-	var docs []struct {
-		ID         string    `bson:"_id"`
-		ReceivedAt time.Time `bson:"received_at"`
-	}
-	if err := cur.All(ctx, &docs); err != nil {
-		return nil, fmt.Errorf("read received_at of %d sessions: %w", len(ids), err)
+		return nil, fmt.Errorf("read received_at of %d sessions: %w", len(docs), err)
 	}
 	out := make(map[string]time.Time, len(docs))
-	for _, d := range docs {
-		out[d.ID] = d.ReceivedAt
+	for coll, ids := range colls {
+		cur, err := coll.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}},
+			options.Find().SetProjection(bson.D{{Key: "received_at", Value: 1}}))
+		if err != nil {
+			return nil, fmt.Errorf("read received_at of %d sessions: %w", len(ids), err)
+		}
+		var rows []struct {
+			ID         string    `bson:"_id"`
+			ReceivedAt time.Time `bson:"received_at"`
+		}
+		if err := cur.All(ctx, &rows); err != nil {
+			return nil, fmt.Errorf("read received_at of %d sessions: %w", len(ids), err)
+		}
+		for _, d := range rows {
+			out[d.ID] = d.ReceivedAt
+		}
 	}
 	return out, nil
 }
