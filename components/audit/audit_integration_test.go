@@ -221,19 +221,29 @@ func TestAuditFindsEveryLossAndEveryIntruder(t *testing.T) {
 
 	// Delete 7 stored sessions.
 	var docs []store.SessionDoc
-	cur, err := e.st.Sessions.Find(context.Background(), bson.D{})
+	colls, err := e.st.SessionCollections(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cur.All(context.Background(), &docs); err != nil {
-		t.Fatal(err)
+	for _, coll := range colls {
+		var part []store.SessionDoc
+		cur, err := coll.Find(context.Background(), bson.D{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cur.All(context.Background(), &part); err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, part...)
 	}
 	var deleted []string
 	for i := 0; i < len(docs) && len(deleted) < 7; i += len(docs) / 7 {
 		deleted = append(deleted, docs[i].ID)
 	}
-	if _, err := e.st.Sessions.DeleteMany(context.Background(), bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: deleted}}}}); err != nil {
-		t.Fatal(err)
+	for _, coll := range colls {
+		if _, err := coll.DeleteMany(context.Background(), bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: deleted}}}}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Insert foreign sessions: an ID the grid never issues, a charger outside the fleet, a
 	// non-numeric charger; and one real session again under another session ID.
@@ -369,10 +379,7 @@ func TestRestartAndReshardingLeaveNothingOut(t *testing.T) {
 	if rep.Expected > whole || rep.Expected < whole-2*120*10 {
 		t.Fatalf("expected %d sessions, one per slot over the whole span is %d", rep.Expected, whole)
 	}
-	n, err := e.st.Sessions.CountDocuments(context.Background(), bson.D{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := storedCount(t, e.st)
 	if n != rep.Stored {
 		t.Fatalf("%d sessions stored, the audit accounts for %d", n, rep.Stored)
 	}
@@ -446,4 +453,22 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// storedCount counts the sessions in every collection that holds them.
+func storedCount(t *testing.T, st *store.Store) int64 {
+	t.Helper()
+	colls, err := st.SessionCollections(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, coll := range colls {
+		c, err := coll.CountDocuments(context.Background(), bson.D{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += c
+	}
+	return n
 }

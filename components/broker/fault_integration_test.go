@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/chargesim/chargesim/components/broker"
@@ -126,16 +128,21 @@ func storedKeys(t *testing.T, fdb *testenv.FerretDB, db string) map[string]bool 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cur, err := fdb.Client().Database(db).Collection(store.SessionsCollection).
-		Find(ctx, bson.D{}, options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}}))
-	if err != nil {
-		t.Fatalf("find sessions: %v", err)
-	}
 	var docs []struct {
 		ID string `bson:"_id"`
 	}
-	if err := cur.All(ctx, &docs); err != nil {
-		t.Fatalf("read sessions: %v", err)
+	for _, coll := range sessionColls(ctx, fdb, db) {
+		cur, err := coll.Find(ctx, bson.D{}, options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}}))
+		if err != nil {
+			t.Fatalf("find sessions: %v", err)
+		}
+		var part []struct {
+			ID string `bson:"_id"`
+		}
+		if err := cur.All(ctx, &part); err != nil {
+			t.Fatalf("read sessions: %v", err)
+		}
+		docs = append(docs, part...)
 	}
 	keys := make(map[string]bool, len(docs))
 	for _, d := range docs {
@@ -150,11 +157,30 @@ func storedKeys(t *testing.T, fdb *testenv.FerretDB, db string) map[string]bool 
 func countStored(fdb *testenv.FerretDB, db string) int64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	n, err := fdb.Client().Database(db).Collection(store.SessionsCollection).CountDocuments(ctx, bson.D{})
-	if err != nil {
-		return -1
+	var n int64
+	for _, coll := range sessionColls(ctx, fdb, db) {
+		k, err := coll.CountDocuments(ctx, bson.D{})
+		if err != nil {
+			return -1
+		}
+		n += k
 	}
 	return n
+}
+
+// sessionColls lists the collections holding sessions: on FerretDB the time partitions.
+func sessionColls(ctx context.Context, fdb *testenv.FerretDB, db string) []*mongo.Collection {
+	names, err := fdb.Client().Database(db).ListCollectionNames(ctx, bson.D{})
+	if err != nil {
+		return nil
+	}
+	var out []*mongo.Collection
+	for _, n := range names {
+		if n == store.SessionsCollection || strings.HasPrefix(n, store.PartitionPrefix) {
+			out = append(out, fdb.Client().Database(db).Collection(n))
+		}
+	}
+	return out
 }
 
 // checkEveryKeyOnce: each of the n published sessions stored once, nothing else stored.

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/chargesim/chargesim/components/session"
 	"github.com/chargesim/chargesim/components/store"
@@ -212,6 +214,7 @@ type good struct {
 	energy    float64
 	duration  float64
 	cost      float64
+	ts        int64 // the contract's timestamp (Unix seconds); 0: not sent
 }
 
 func (g good) key() string   { return session.Key(g.charger, g.connector, g.id) }
@@ -220,6 +223,9 @@ func (g good) topic() string { return session.NewTopicBuilder("").Topic(g.charge
 func (g good) message() message {
 	p := fmt.Sprintf(`{"session_id": %d, "energy_delivered_in_kWh": %s, "duration_in_seconds": %s, "session_cost_in_cents": %s}`,
 		g.id, strconv.FormatFloat(g.energy, 'f', -1, 64), strconv.FormatFloat(g.duration, 'f', -1, 64), strconv.FormatFloat(g.cost, 'f', -1, 64))
+	if g.ts != 0 {
+		p = p[:len(p)-1] + fmt.Sprintf(`, "timestamp": %d}`, g.ts)
+	}
 	return message{topic: g.topic(), payload: []byte(p)}
 }
 
@@ -245,12 +251,52 @@ func messagesOf(gs []good) []message {
 }
 
 // The store is read with plain finds: the ground truth of every test.
-func sessionsColl(tb testing.TB, d deps) *mongo.Collection {
+func sessionsColl(tb testing.TB, d deps) sessionsSet {
 	tb.Helper()
-	return d.fdb.Client().Database(testDB).Collection(store.SessionsCollection)
+	return sessionsSet{d.fdb.Client().Database(testDB)}
 }
 
-func countDocs(tb testing.TB, c *mongo.Collection, filter bson.D) int64 {
+// sessionsSet is every collection that holds sessions: on FerretDB the time partitions (and
+// the unpartitioned collection, if any), read with plain finds.
+type sessionsSet struct{ db *mongo.Database }
+
+func (s sessionsSet) colls(ctx context.Context) ([]*mongo.Collection, error) {
+	names, err := s.db.ListCollectionNames(ctx, bson.D{})
+	if err != nil {
+		return nil, err
+	}
+	var out []*mongo.Collection
+	for _, n := range names {
+		if n == store.SessionsCollection || strings.HasPrefix(n, store.PartitionPrefix) {
+			out = append(out, s.db.Collection(n))
+		}
+	}
+	return out, nil
+}
+
+// CountDocuments sums the counts of every collection.
+func (s sessionsSet) CountDocuments(ctx context.Context, filter any, _ ...options.Lister[options.CountOptions]) (int64, error) {
+	colls, err := s.colls(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, c := range colls {
+		k, err := c.CountDocuments(ctx, filter)
+		if err != nil {
+			return 0, err
+		}
+		n += k
+	}
+	return n, nil
+}
+
+// docCounter is a collection or a sessionsSet.
+type docCounter interface {
+	CountDocuments(ctx context.Context, filter any, opts ...options.Lister[options.CountOptions]) (int64, error)
+}
+
+func countDocs(tb testing.TB, c docCounter, filter bson.D) int64 {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -261,17 +307,25 @@ func countDocs(tb testing.TB, c *mongo.Collection, filter bson.D) int64 {
 	return n
 }
 
-func allSessions(tb testing.TB, c *mongo.Collection) map[string]store.SessionDoc {
+func allSessions(tb testing.TB, set sessionsSet) map[string]store.SessionDoc {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cur, err := c.Find(ctx, bson.D{})
+	colls, err := set.colls(ctx)
 	if err != nil {
-		tb.Fatalf("find sessions: %v", err)
+		tb.Fatalf("list sessions collections: %v", err)
 	}
 	var docs []store.SessionDoc
-	if err := cur.All(ctx, &docs); err != nil {
-		tb.Fatalf("read sessions: %v", err)
+	for _, c := range colls {
+		cur, err := c.Find(ctx, bson.D{})
+		if err != nil {
+			tb.Fatalf("find sessions: %v", err)
+		}
+		var part []store.SessionDoc
+		if err := cur.All(ctx, &part); err != nil {
+			tb.Fatalf("read sessions: %v", err)
+		}
+		docs = append(docs, part...)
 	}
 	out := make(map[string]store.SessionDoc, len(docs))
 	for _, d := range docs {

@@ -96,7 +96,7 @@ func TestStoreRefusalSetAside(t *testing.T) {
 		t.Fatalf("write with one refused document: %v (the batch would be retried forever)", err)
 	}
 	db := fdb.Client().Database(testDB)
-	if n := countDocs(t, db.Collection(store.SessionsCollection), bson.D{}); n != 19 {
+	if n := countDocs(t, sessionsSet{db}, bson.D{}); n != 19 {
 		t.Errorf("%d sessions stored, want the 19 others", n)
 	}
 	var rej []store.RejectedDoc
@@ -198,7 +198,7 @@ func TestWriteAppliedButTimedOutCountsStored(t *testing.T) {
 	target = target[:strings.IndexAny(target+"/", "/?")]
 	px := startReplyProxy(t, target)
 	l := writeListener(t, strings.Replace(fdb.URI, target, px.ln.Addr().String(), 1))
-	sessions := fdb.Client().Database(testDB).Collection(store.SessionsCollection)
+	sessions := sessionsSet{fdb.Client().Database(testDB)}
 	ctx := context.Background()
 
 	gs := goods(0, 50)

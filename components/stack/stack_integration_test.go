@@ -128,7 +128,7 @@ func TestRunPipelineEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close(context.Background()) //nolint:errcheck
-	n, err := st.Sessions.CountDocuments(context.Background(), bson.D{})
+	n, err := st.CountSessions(context.Background(), bson.D{})
 	if err != nil {
 		t.Fatal(err)
 	}

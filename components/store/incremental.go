@@ -14,8 +14,8 @@ package store
 // sessions (newestK, plus those of the partition that crosses it), and per-partition counts.
 
 import (
-	"context"
 	"container/heap"
+	"context"
 	"fmt"
 	"sort"
 	"time"

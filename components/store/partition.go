@@ -472,3 +472,40 @@ func (s *Store) auditCollections(ctx context.Context, l layout, from, to time.Ti
 	}
 	return out, nil
 }
+
+// SessionCollections returns every collection holding sessions: the partitions and the
+// unpartitioned collection on a partitioned store, the sessions collection otherwise. For
+// tools and tests that read or change stored documents directly; a direct write into a
+// partition bypasses the late markers, so the API's read model may not see it.
+func (s *Store) SessionCollections(ctx context.Context) ([]*mongo.Collection, error) {
+	parts, err := s.Partitions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if parts == nil {
+		return []*mongo.Collection{s.Sessions}, nil
+	}
+	out := make([]*mongo.Collection, len(parts))
+	for i, p := range parts {
+		out[i] = s.DB.Collection(p.Name)
+	}
+	return out, nil
+}
+
+// CountSessions counts the stored sessions matching filter in every collection holding them
+// (a scan of each on FerretDB): for tools and tests.
+func (s *Store) CountSessions(ctx context.Context, filter bson.D) (int64, error) {
+	colls, err := s.SessionCollections(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, c := range colls {
+		k, err := c.CountDocuments(ctx, filter)
+		if err != nil {
+			return 0, fmt.Errorf("count sessions in %s: %w", c.Name(), err)
+		}
+		n += k
+	}
+	return n, nil
+}

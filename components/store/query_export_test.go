@@ -1,5 +1,10 @@
 package store
 
+import (
+	"context"
+	"time"
+)
+
 // SetLastScanPerCharger lets the external tests exercise both halves of lastSessions (the
 // shared scan and the per-charger fallback); it returns a function restoring the default.
 func SetLastScanPerCharger(n int) (restore func()) {
@@ -21,4 +26,18 @@ func (s *Store) SetNoIndexes(v bool) {
 	if v {
 		s.ls.l = layout{partitioned: true, width: DefaultPartitionWidth, grace: DefaultPartitionGrace}
 	}
+}
+
+// AuditCollections names the collections an audit of [from, to) reads.
+func (s *Store) AuditCollections(ctx context.Context, from, to time.Time) ([]string, error) {
+	l, err := s.layout(ctx)
+	if err != nil || !l.partitioned {
+		return []string{SessionsCollection}, err
+	}
+	colls, err := s.auditCollections(ctx, l, from, to)
+	names := make([]string, len(colls))
+	for i, c := range colls {
+		names[i] = c.Name()
+	}
+	return names, err
 }

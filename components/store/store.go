@@ -162,11 +162,11 @@ func Connect(ctx context.Context, cfg Config, appName string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.EnsureIndexes(ctx); err != nil {
+	if _, err = s.layout(ctx); err != nil {
 		_ = s.Client.Disconnect(context.Background())
 		return nil, err
 	}
-	if _, err = s.layout(ctx); err != nil {
+	if err := s.EnsureIndexes(ctx); err != nil {
 		_ = s.Client.Disconnect(context.Background())
 		return nil, err
 	}
@@ -225,6 +225,13 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 	}
 	rejected := []mongo.IndexModel{{Keys: bson.D{{Key: "received_at", Value: -1}}, Options: options.Index().SetName("received")}}
 	want := []indexSet{{s.Sessions, sessions}, {s.Rejected, rejected}}
+	if l, err := s.layout(ctx); err != nil {
+		return err
+	} else if l.partitioned {
+		// The partitions are never indexed (FerretDB v1 would not use the indexes), and
+		// creating them would create the unpartitioned collection that readers then scan.
+		want = want[1:]
+	}
 	locks := s.DB.Collection(LocksCollection)
 	for {
 		missing, err := missingIndexes(ctx, want)

@@ -1,0 +1,296 @@
+//go:build integration
+
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+
+	"github.com/chargesim/chargesim/components/session"
+	"github.com/chargesim/chargesim/components/store"
+	"github.com/chargesim/chargesim/test/testenv"
+)
+
+const testGrace = 10 * time.Second
+
+func partStore(tb testing.TB, f *testenv.FerretDB, db string) *store.Store {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := store.Connect(ctx, store.Config{URI: f.URI, Database: db, PartitionWidth: time.Minute, PartitionGrace: testGrace}, "partition-test")
+	if err != nil {
+		tb.Fatalf("connect: %v", err)
+	}
+	tb.Cleanup(func() { _ = st.Close(context.Background()) })
+	if ok, err := st.Partitioned(ctx); err != nil || !ok {
+		tb.Fatalf("FerretDB store not partitioned: %v %v", ok, err)
+	}
+	return st
+}
+
+// partDoc is a session of charger c ending at end; energy and cost are multiples of 1/4, so
+// every sum is exact whatever order it is computed in.
+func partDoc(c, seq int, end time.Time) store.SessionDoc {
+	s := session.Session{
+		SessionID: int64(seq), ChargerID: fmt.Sprintf("c%03d", c), ConnectorID: 1 + seq%2,
+		EnergyKWh: float64(1+seq%40) / 4, DurationSeconds: 600, CostCents: float64(100+seq%300) / 4,
+		EndedAt: end,
+	}
+	return store.NewSessionDoc(s, "charger/x", end.Add(time.Second))
+}
+
+// storedSums reads every stored session in every collection, independently of the read model.
+type storedSums struct {
+	fleet    store.Totals
+	chargers map[string]*store.Totals
+	order    []store.SessionDoc
+}
+
+func sumStored(tb testing.TB, st *store.Store) storedSums {
+	tb.Helper()
+	ctx := context.Background()
+	names, err := st.DB.ListCollectionNames(ctx, bson.D{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := storedSums{chargers: map[string]*store.Totals{}}
+	for _, n := range names {
+		if n != store.SessionsCollection && !strings.HasPrefix(n, store.PartitionPrefix) {
+			continue
+		}
+		cur, err := st.DB.Collection(n).Find(ctx, bson.D{})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		var docs []store.SessionDoc
+		if err := cur.All(ctx, &docs); err != nil {
+			tb.Fatal(err)
+		}
+		for _, d := range docs {
+			for _, t := range []*store.Totals{&out.fleet, out.charger(d.ChargerID)} {
+				t.Sessions++
+				t.EnergyKWh += d.EnergyKWh
+				t.CostCents += d.CostCents
+				if t.FirstSessionAt.IsZero() || d.EndedAt.Before(t.FirstSessionAt) {
+					t.FirstSessionAt = d.EndedAt.UTC()
+				}
+				if d.EndedAt.After(t.LastSessionAt) {
+					t.LastSessionAt = d.EndedAt.UTC()
+				}
+			}
+			out.order = append(out.order, d)
+		}
+	}
+	slices.SortFunc(out.order, func(a, b store.SessionDoc) int {
+		if c := b.EndedAt.Compare(a.EndedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(b.ID, a.ID)
+	})
+	return out
+}
+
+func (s *storedSums) charger(id string) *store.Totals {
+	t := s.chargers[id]
+	if t == nil {
+		t = &store.Totals{}
+		s.chargers[id] = t
+	}
+	return t
+}
+
+// checkExact compares a snapshot with the sums over every stored document.
+func checkExact(t *testing.T, step string, sn *store.Snapshot, want storedSums, newestK int) {
+	t.Helper()
+	f := sn.Fleet
+	if f.Sessions != want.fleet.Sessions || f.EnergyKWh != want.fleet.EnergyKWh || f.CostCents != want.fleet.CostCents ||
+		!f.FirstSessionAt.Equal(want.fleet.FirstSessionAt) || !f.LastSessionAt.Equal(want.fleet.LastSessionAt) ||
+		f.Chargers != int64(len(want.chargers)) {
+		t.Fatalf("%s: fleet %+v, stored %+v over %d chargers", step, f, want.fleet, len(want.chargers))
+	}
+	for id, w := range want.chargers {
+		got, err := sn.Charger(id)
+		if err != nil || got.Sessions != w.Sessions || got.EnergyKWh != w.EnergyKWh || got.CostCents != w.CostCents || !got.LastSessionAt.Equal(w.LastSessionAt) {
+			t.Fatalf("%s: charger %s: %+v %v, stored %+v", step, id, got, err, *w)
+		}
+	}
+	// The first page is answered from the snapshot and is the newest stored sessions.
+	limit := min(newestK-1, 100)
+	docs, more, ok := sn.Sessions(store.SessionQuery{Limit: limit})
+	if !ok {
+		t.Fatalf("%s: first page of %d not answered from the snapshot", step, limit)
+	}
+	n := min(limit, len(want.order))
+	if !slices.Equal(queryIDs(docs), queryIDs(want.order[:n])) || more != (len(want.order) > limit) {
+		t.Fatalf("%s: first page %v more=%v, stored newest %v", step, queryIDs(docs), more, queryIDs(want.order[:n]))
+	}
+}
+
+func insertAll(t *testing.T, st *store.Store, docs []store.SessionDoc) store.WriteResult {
+	t.Helper()
+	r, err := st.InsertSessions(context.Background(), docs)
+	if err != nil {
+		t.Fatalf("insert: %v", err)
+	}
+	return r
+}
+
+// The incremental read model stays an exact sum over what is stored through new, redelivered
+// and late sessions, partitions closing and being folded, spurious markers (a writer that died
+// between marker and data) and retention, while reading only what changed.
+func TestIncrementalExact(t *testing.T) {
+	f := testenv.StartFerretDB(t)
+	st := partStore(t, f, "incremental")
+	ctx := context.Background()
+	const newestK = 150
+	now := time.Now().UTC()
+	rng := rand.New(rand.NewPCG(1, 2))
+	seq := 0
+	var all []store.SessionDoc
+	// Old sessions over 40 one-minute partitions three hours ago (two fold groups), and live
+	// ones in the current and previous minute.
+	old := now.Add(-3 * time.Hour).Truncate(time.Hour).Add(-20 * time.Minute)
+	for i := 0; i < 4000; i++ {
+		seq++
+		all = append(all, partDoc(rng.IntN(50), seq, old.Add(time.Duration(rng.Int64N(int64(40*time.Minute)))).Truncate(time.Millisecond)))
+	}
+	for i := 0; i < 300; i++ {
+		seq++
+		all = append(all, partDoc(rng.IntN(60), seq, now.Add(-time.Duration(rng.Int64N(int64(90*time.Second))))))
+	}
+	if r := insertAll(t, st, all); r.Inserted != len(all) {
+		t.Fatalf("inserted %d of %d", r.Inserted, len(all))
+	}
+	parts, err := st.Partitions(ctx)
+	if err != nil || len(parts) < 41 {
+		t.Fatalf("partitions: %d %v", len(parts), err)
+	}
+	inc := store.NewIncremental(st, newestK)
+	sn, err := inc.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkExact(t, "first refresh", sn, sumStored(t, st), newestK)
+	if inc.Scanned != len(parts) {
+		t.Errorf("first refresh scanned %d partitions, want every one (%d)", inc.Scanned, len(parts))
+	}
+
+	// Redeliveries: every old session again, split over batches, are duplicates.
+	if r := insertAll(t, st, all[:2000]); r.Inserted != 0 || len(r.Duplicates) != 2000 {
+		t.Fatalf("redelivery: %+v", r)
+	}
+	// The old partitions were written behind markers (they were long closed), so they stay
+	// open until the markers are grace old; then one more scan each, and they are folded.
+	time.Sleep(testGrace + time.Second)
+	if sn, err = inc.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkExact(t, "after grace", sn, sumStored(t, st), newestK)
+	indiv, groups, folded := inc.Stats()
+	if folded == 0 || groups == 0 {
+		t.Fatalf("nothing folded after grace: %d individual, %d groups, %d folded", indiv, groups, folded)
+	}
+	t.Logf("after grace: %d individual partitions, %d groups holding %d", indiv, groups, folded)
+
+	// A quiet refresh reads only the open partitions and those still holding the newest.
+	before := inc.Scanned
+	if sn, err = inc.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkExact(t, "quiet", sn, sumStored(t, st), newestK)
+	if d := inc.Scanned - before; d > 4 {
+		t.Errorf("a quiet refresh scanned %d partitions, want only the open ones (≤ 4)", d)
+	}
+
+	// New sessions late into a folded partition and into a closed recent one, plus
+	// redeliveries into both: the group is unfolded and rescanned, the totals stay exact.
+	var late []store.SessionDoc
+	for i := 0; i < 30; i++ {
+		seq++
+		late = append(late, partDoc(rng.IntN(70), seq, old.Add(90*time.Second+time.Duration(i)*time.Millisecond)))
+	}
+	late = append(late, all[:5]...)
+	r := insertAll(t, st, late)
+	if r.Inserted != 30 || len(r.Duplicates) != 5 {
+		t.Fatalf("late write: %+v", r)
+	}
+	before = inc.Scanned
+	if sn, err = inc.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkExact(t, "late into a folded partition", sn, sumStored(t, st), newestK)
+	t.Logf("late write into a folded partition: %d partitions rescanned", inc.Scanned-before)
+
+	// A spurious marker (a writer died between marker and data) only costs a rescan.
+	if _, err := st.DB.Collection(store.LateCollection).InsertOne(ctx, bson.D{{Key: "_id", Value: "spurious"}, {Key: "partition", Value: parts[5].Name}, {Key: "at", Value: time.Now().UTC()}}); err != nil {
+		t.Fatal(err)
+	}
+	if sn, err = inc.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkExact(t, "spurious marker", sn, sumStored(t, st), newestK)
+
+	// Retention drops whole fold groups older than the cutoff; the model drops their figures.
+	n, err := st.DeleteSessionsBefore(ctx, old.Add(30*time.Minute))
+	if err != nil || n == 0 {
+		t.Fatalf("retention: %d %v", n, err)
+	}
+	if sn, err = inc.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stored := sumStored(t, st)
+	checkExact(t, "after retention", sn, stored, newestK)
+	if stored.fleet.Sessions >= int64(len(all)+30) || n != int64(len(all)+30)-stored.fleet.Sessions {
+		t.Errorf("retention deleted %d, stored %d of %d", n, stored.fleet.Sessions, len(all)+30)
+	}
+
+	// A fresh model (another API replica, a restart) computes the same figures.
+	sn2, err := store.NewIncremental(st, newestK).Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkExact(t, "fresh model", sn2, stored, newestK)
+}
+
+// An audit reads only the partitions overlapping its window, and finds every session of it.
+func TestAuditScansOverlappingPartitions(t *testing.T) {
+	f := testenv.StartFerretDB(t)
+	st := partStore(t, f, "audit")
+	ctx := context.Background()
+	t0 := time.Now().UTC().Add(-time.Hour).Truncate(time.Minute)
+	var docs []store.SessionDoc
+	for i := 0; i < 6000; i++ { // one session every 0.6 s over an hour
+		docs = append(docs, partDoc(i%100, i, t0.Add(time.Duration(i)*600*time.Millisecond)))
+	}
+	insertAll(t, st, docs)
+	from, to := t0.Add(30*time.Minute+55*time.Second), t0.Add(31*time.Minute+5*time.Second) // crosses a partition boundary
+	colls, err := st.AuditCollections(ctx, from, to)
+	if err != nil || len(colls) != 2 {
+		t.Fatalf("an audit of a 10 s window over 61 partitions reads %v (%v), want the 2 it overlaps", colls, err)
+	}
+	var got []string
+	if err := st.ScanSessions(ctx, from, to, "", func(a store.AuditedSession) error {
+		got = append(got, a.ID)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, d := range docs {
+		if !d.EndedAt.Before(from) && d.EndedAt.Before(to) {
+			want = append(want, d.ID)
+		}
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) || len(want) != 17 {
+		t.Fatalf("audit of [%s, %s): %d sessions, want %d", from, to, len(got), len(want))
+	}
+}
