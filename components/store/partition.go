@@ -13,8 +13,9 @@ package store
 // collection (a plain insert with a fresh _id: FerretDB upserts are slow and racy); readers
 // count the markers per partition and treat a partition as open again until its newest
 // marker is grace old. Marker first, data second: a crash in between costs a spurious rescan.
-// This assumes one insert attempt ends within grace/2 of its start (plus clock skew between
-// the processes), which the listener's write time limits keep far below the 2 m default.
+// An insert that ends when its partition is already older than now − grace/2 (a slow store)
+// is followed by a marker too, so readers that closed the partition meanwhile read it again.
+// What remains assumed is that the clocks of writers and readers differ by less than grace/2.
 //
 // Sessions whose payload carried no time (neither ended_at nor timestamp: their ended_at is the
 // receive time, different on every delivery) cannot be placed by time without breaking
@@ -52,7 +53,12 @@ const (
 // Defaults of the partitioned layout.
 const (
 	DefaultPartitionWidth = time.Minute
-	DefaultPartitionGrace = 2 * time.Minute
+	// DefaultPartitionGrace keeps a partition open for readers 30 s after its end: live
+	// traffic writes into the previous partition for a second or two after a boundary, and
+	// every refresh of the API's read model rescans the open partitions (at 1,000 sessions/s
+	// a one-minute partition holds 60,000 sessions, 8 s of scanning on 2 busy cores), so a
+	// long grace costs freshness. Slow inserts are covered by the marker written after them.
+	DefaultPartitionGrace = 30 * time.Second
 	// groupPartitions is how many consecutive partitions the API's read model folds into one
 	// aggregate once they are closed (an hour at the default width).
 	groupPartitions = 60
@@ -274,7 +280,8 @@ func (s *Store) insertPartitioned(ctx context.Context, l layout, docs []SessionD
 	}
 	var res WriteResult
 	for _, g := range order {
-		if g.p.Unbounded() || g.p.End.Before(time.Now().Add(-l.grace/2)) {
+		marked := g.p.Unbounded() || g.p.End.Before(time.Now().Add(-l.grace/2))
+		if marked {
 			if err := s.insertMarker(ctx, g.p.Name); err != nil {
 				return WriteResult{}, err
 			}
@@ -288,6 +295,13 @@ func (s *Store) insertPartitioned(ctx context.Context, l layout, docs []SessionD
 			// The whole batch is retried: what went in is seen as duplicates, told apart
 			// by received_at (ReceivedAt).
 			return WriteResult{}, err
+		}
+		if !marked && g.p.End.Before(time.Now().Add(-l.grace/2)) {
+			// The insert took so long that readers may have closed the partition meanwhile:
+			// a marker after the data makes them read it again.
+			if err := s.insertMarker(ctx, g.p.Name); err != nil {
+				return WriteResult{}, err
+			}
 		}
 		res.Inserted += r.Inserted
 		for _, d := range r.Duplicates {

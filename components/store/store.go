@@ -51,7 +51,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Database, "mongo-database", "chargesim", "MongoDB database")
 	fs.StringVar(&c.CAFile, "mongo-ca-file", "", "PEM CA bundle for TLS to MongoDB")
 	fs.DurationVar(&c.PartitionWidth, "partition-width", DefaultPartitionWidth, "on a store without indexes (FerretDB): width of the ended_at partitions, whole minutes up to 24h; the first process records it in the store and every process uses the recorded value")
-	fs.DurationVar(&c.PartitionGrace, "partition-grace", DefaultPartitionGrace, "on a store without indexes (FerretDB): how long after its end a partition still takes writes without a late marker, ×2 (readers rescan a partition until then)")
+	fs.DurationVar(&c.PartitionGrace, "partition-grace", DefaultPartitionGrace, "on a store without indexes (FerretDB): readers rescan a partition until this long after its end; writes later than half of it leave a late marker (recorded in the store by the first process, like the width)")
 }
 
 // Validate checks the settings and resolves the URI file.
