@@ -21,7 +21,7 @@ out=bin/bench.txt
 summary_only=false
 [[ ${1:-} == --summary ]] && summary_only=true # print the table of the last run again
 $summary_only || : >"$out"
-# BENCH_ONLY=listener,run (publisher, broker, faults, listener, fleet, run) runs only those parts.
+# BENCH_ONLY=listener,run (publisher, broker, faults, listener, fleet, run, read) runs only those parts.
 only() { [[ -z ${BENCH_ONLY:-} || ,$BENCH_ONLY, == *,$1,* ]] && ! $summary_only; }
 
 bench() { # package regexp
@@ -134,7 +134,7 @@ if only fleet; then fleet_process; fi
 # 1,000,000 over 10,000 chargers; loaded once, cached under ~/.cache/chargesim) while sessions are
 # stored at BENCH_INGEST_RATE/s. BENCH_READ=0 skips it; at 1,000,000 it is long on 2 cores (loading once,
 # then every snapshot scan takes minutes): BENCH_READ_SESSIONS=100000 for a quick look.
-if [[ ${BENCH_READ:-1} != 0 ]] && ! $summary_only; then
+if [[ ${BENCH_READ:-1} != 0 ]] && only read; then
 	go test -tags integration -run '^$' -bench '^BenchmarkReadSide$' -benchtime 1x -count 1 -timeout 90m \
 		./components/restapi/ | tee -a "$out"
 fi
@@ -209,6 +209,8 @@ if [[ $(rs stored-sessions) != nan ]]; then
 	printf '%-44s %10s MB (goal <= 1024)\n' "FerretDB peak RSS" "$(rs ferretdb-peak-RSS-MB)"
 	printf '%-44s %10s MB\n' "API heap in use (same process as the bench)" "$(rs api-heap-MB)"
 	printf '%-44s %10s s\n' "first snapshot after start (one full scan)" "$(rs first-snapshot-s)"
+	printf '%-44s %10s s p50, %s s p99, %s s max\n' "data freshness (age of X-Data-As-Of)" "$(rs freshness-p50-s)" "$(rs freshness-p99-s)" "$(rs freshness-max-s)"
+	printf '%-44s %10s ms\n' "audit read of a 10 s window" "$(rs audit-10s-window-ms)"
 fi
 
 # The audited fault matrix (its table as printed by the run).

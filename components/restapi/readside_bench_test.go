@@ -47,7 +47,7 @@ import (
 
 // readBenchDataVersion keys the cached data directory: bump it when the stored document shape
 // or collection layout changes.
-const readBenchDataVersion = "sessions-v1"
+const readBenchDataVersion = "sessions-v2-partitioned"
 
 const readBenchChargers = 10_000
 
@@ -312,7 +312,17 @@ func BenchmarkReadSide(b *testing.B) {
 		b.Fatal(err)
 	}
 	api := serve(b, srv.Handler())
-	seed := serve(b, seedStyleAPI(st.Sessions))
+	// On the partitioned layout the seed-style API and the bare driver read one full
+	// partition (a collection of ~60,000 sessions at the default width): what a find().limit()
+	// on "the sessions" can be on this store.
+	coll := st.Sessions
+	if parts, err := st.Partitions(context.Background()); err != nil {
+		b.Fatal(err)
+	} else if len(parts) > 0 {
+		coll = st.DB.Collection(parts[len(parts)/2].Name)
+		fmt.Printf("# %d partitions; seed-style API and bare driver read %s\n", len(parts), coll.Name())
+	}
+	seed := serve(b, seedStyleAPI(coll))
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}, Timeout: 60 * time.Second}
 
 	in := startIngest(st, rate, n)
@@ -372,11 +382,41 @@ func BenchmarkReadSide(b *testing.B) {
 		b.ReportMetric(float64(r.n5+r.errs), name+"-5xx")
 		fmt.Printf("# %s: %d requests, codes %v, shed %d, errors %d\n", name, len(r.lat), r.codes, r.shed, r.errs)
 	}
-	for _, ep := range endpoints {
-		report(ep.name, load(4, phase, func(rnd *rand.Rand) (int, http.Header, error) { return httpGet(client, ep.url(rnd)) }))
+	// Freshness: the age of the data an answer is computed from (X-Data-As-Of), sampled on
+	// every answer of the totals and listing endpoints.
+	var ageMu sync.Mutex
+	var ages []time.Duration
+	withAge := func(code int, h http.Header, err error) (int, http.Header, error) {
+		if asOf, perr := time.Parse(time.RFC3339Nano, h.Get("X-Data-As-Of")); err == nil && perr == nil {
+			ageMu.Lock()
+			ages = append(ages, time.Since(asOf))
+			ageMu.Unlock()
+		}
+		return code, h, err
 	}
+	for _, ep := range endpoints {
+		report(ep.name, load(4, phase, func(rnd *rand.Rand) (int, http.Header, error) { return withAge(httpGet(client, ep.url(rnd))) }))
+	}
+	if len(ages) > 0 {
+		slices.Sort(ages)
+		b.ReportMetric(ages[len(ages)/2].Seconds(), "freshness-p50-s")
+		b.ReportMetric(ages[len(ages)*99/100].Seconds(), "freshness-p99-s")
+		b.ReportMetric(ages[len(ages)-1].Seconds(), "freshness-max-s")
+	}
+	// The audit's read of a 10 s window (the newest closed seconds) while ingesting.
+	auditStart := time.Now()
+	var audited int
+	to := time.Now().Add(-5 * time.Second)
+	if err := st.ScanSessions(context.Background(), to.Add(-10*time.Second), to, "", func(store.AuditedSession) error {
+		audited++
+		return nil
+	}); err != nil {
+		b.Fatalf("audit scan: %v", err)
+	}
+	b.ReportMetric(float64(time.Since(auditStart).Milliseconds()), "audit-10s-window-ms")
+	fmt.Printf("# audit scan of a 10 s window: %d sessions in %v\n", audited, time.Since(auditStart))
 	bare := load(4, phase, func(*rand.Rand) (int, http.Header, error) {
-		cur, err := st.Sessions.Find(context.Background(), bson.D{}, options.Find().SetLimit(1000))
+		cur, err := coll.Find(context.Background(), bson.D{}, options.Find().SetLimit(1000))
 		if err != nil {
 			return 0, nil, err
 		}
