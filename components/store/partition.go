@@ -32,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -457,6 +458,21 @@ func (s *Store) findSessionPartitioned(ctx context.Context, l layout, id string)
 	parts, err := s.listPartitions(ctx, l)
 	if err != nil {
 		return SessionDoc{}, err
+	}
+	// The simulator's session IDs are the session's end in microseconds (publisher/sim): try
+	// the partition that time falls in first, then every one, newest first.
+	if i := strings.LastIndexByte(id, '/'); i >= 0 {
+		if us, err := strconv.ParseInt(id[i+1:], 10, 64); err == nil && us > 0 {
+			if t := time.UnixMicro(us); t.Year() >= 2000 && t.Year() < 2200 {
+				name := l.partitionOf(t).Name
+				for k, p := range parts {
+					if p.Name == name {
+						parts = append([]Partition{p}, append(parts[:k:k], parts[k+1:]...)...)
+						break
+					}
+				}
+			}
+		}
 	}
 	for _, p := range parts {
 		var doc SessionDoc
