@@ -47,7 +47,7 @@ import (
 
 // readBenchDataVersion keys the cached data directory: bump it when the stored document shape
 // or collection layout changes.
-const readBenchDataVersion = "sessions-v2-partitioned"
+const readBenchDataVersion = "sessions-v3-partitioned-10s"
 
 const readBenchChargers = 10_000
 

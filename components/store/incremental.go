@@ -2,7 +2,7 @@ package store
 
 // The incremental read model of a partitioned store (partition.go). A closed partition is
 // scanned once; its figures are kept per partition while it is recent, then folded into the
-// aggregate of its group (groupPartitions consecutive partitions). Each refresh rescans only
+// aggregate of its group (the partitions of one hour). Each refresh rescans only
 // the open partitions, the partitions named by new late markers (a group holding one is
 // unfolded: its partitions become individual again and are rescanned once) and the newest
 // partitions whose sessions the snapshot must keep. Sums are therefore exact sums over what is
@@ -10,7 +10,7 @@ package store
 // group is one that no writer touched since it was scanned.
 //
 // Memory: per-charger figures per recent partition (recentPartitions of them) and per group
-// (one per groupPartitions × width of stored data, e.g. one per stored hour), the newest
+// (one per stored hour), the newest
 // sessions (newestK, plus those of the partition that crosses it), and per-partition counts.
 
 import (
@@ -24,10 +24,12 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
 
-// recentPartitions is how many of the newest closed partitions keep their own figures: a late
-// write into one of them (a listener catching up a backlog) costs a rescan of that partition
-// only; into an older one, a rescan of its group.
-const recentPartitions = 15
+// recentPartitions is how many of the newest closed partitions keep their own figures (at
+// least those of the last recentSpan): a late write into one of them (a listener catching up a
+// backlog) costs a rescan of that partition only; into an older one, a rescan of its group.
+func (l layout) recentPartitions() int { return max(15, int(recentSpan/l.width)) }
+
+const recentSpan = 5 * time.Minute
 
 // partAgg is the figures of one partition, from one scan.
 type partAgg struct {
@@ -187,7 +189,7 @@ func (m *Incremental) Refresh(ctx context.Context) (*Snapshot, error) {
 		if a == nil || p.Unbounded() {
 			continue
 		}
-		if recent < recentPartitions || !a.final || cover[p.Name] {
+		if recent < l.recentPartitions() || !a.final || cover[p.Name] {
 			recent++
 			continue
 		}

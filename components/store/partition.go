@@ -2,7 +2,7 @@ package store
 
 // The time-partitioned layout of a store without indexes (FerretDB v1, where every find,
 // count and $group reads and decodes the whole collection, even an _id lookup). Sessions live
-// in one collection per ended_at bucket of width W, sessions_p<UTC yyyymmddhhmm of the bucket
+// in one collection per ended_at bucket of width W, sessions_p<UTC yyyymmddhhmmss of the bucket
 // start>: a pure function of the session, so a redelivery hits the same collection and the
 // _id stays the idempotency guarantee. Readers then scan only what they need: an audit the
 // partitions overlapping its window, retention drops whole partitions, and the API's read
@@ -47,22 +47,28 @@ const (
 	PartitionPrefix = "sessions_p"
 	LateCollection  = "late"
 	MetaCollection  = "meta"
-	partitionLayout = "200601021504"
+	partitionLayout = "20060102150405"
 	metaLayoutID    = "partitioning"
 )
 
 // Defaults of the partitioned layout.
 const (
-	DefaultPartitionWidth = time.Minute
+	// DefaultPartitionWidth is 10 s: every refresh of the API's read model rescans the open
+	// partitions (the newest one, and the previous one for grace after its end), and the
+	// audit of a short window reads the partitions it overlaps. At 1,000 sessions/s a 10 s
+	// partition holds 10,000 sessions, ~2 s of scanning on 2 busy cores; a 1-minute one held
+	// 60,000 and made figures a minute old (docs/performance.md).
+	DefaultPartitionWidth = 10 * time.Second
+	// MinPartitionWidth bounds the number of collections (8,640 a day at 10 s).
+	MinPartitionWidth = 5 * time.Second
 	// DefaultPartitionGrace keeps a partition open for readers 30 s after its end: live
 	// traffic writes into the previous partition for a second or two after a boundary, and
-	// every refresh of the API's read model rescans the open partitions (at 1,000 sessions/s
-	// a one-minute partition holds 60,000 sessions, 8 s of scanning on 2 busy cores), so a
-	// long grace costs freshness. Slow inserts are covered by the marker written after them.
+	// every refresh of the API's read model rescans the open partitions, so a long grace
+	// costs freshness. Slow inserts are covered by the marker written after them.
 	DefaultPartitionGrace = 30 * time.Second
-	// groupPartitions is how many consecutive partitions the API's read model folds into one
-	// aggregate once they are closed (an hour at the default width).
-	groupPartitions = 60
+	// groupWidth is the span of the fold groups of the API's read model (at least one
+	// partition): retention drops whole groups.
+	groupWidth = time.Hour
 )
 
 // Partition is one collection of sessions. Start and End bound its ended_at; both are zero
@@ -148,7 +154,7 @@ func (s *Store) readLayout(ctx context.Context) (layout, error) {
 	if err := meta.FindOne(ctx, bson.D{{Key: "_id", Value: metaLayoutID}}).Decode(&m); err != nil {
 		return layout{}, fmt.Errorf("read the partition width: %w", err)
 	}
-	if m.WidthNs <= 0 || time.Duration(m.WidthNs)%time.Minute != 0 || m.GraceNs <= 0 {
+	if time.Duration(m.WidthNs) < MinPartitionWidth || time.Duration(m.WidthNs)%time.Second != 0 || m.GraceNs <= 0 {
 		return layout{}, fmt.Errorf("the stored partition layout (width %s, grace %s) is invalid", time.Duration(m.WidthNs), time.Duration(m.GraceNs))
 	}
 	return layout{partitioned: true, width: time.Duration(m.WidthNs), grace: time.Duration(m.GraceNs)}, nil
@@ -176,8 +182,11 @@ func (l layout) parsePartition(name string) (Partition, bool) {
 	return Partition{Name: name, Start: start, End: start.Add(l.width)}, true
 }
 
-// groupOf is the start of the fold group of p (groupPartitions partitions).
-func (l layout) groupOf(p Partition) time.Time { return p.Start.Truncate(l.width * groupPartitions) }
+// groupSpan is the span of a fold group: an hour, or one partition when they are wider.
+func (l layout) groupSpan() time.Duration { return max(groupWidth, l.width) }
+
+// groupOf is the start of the fold group of p.
+func (l layout) groupOf(p Partition) time.Time { return p.Start.Truncate(l.groupSpan()) }
 
 // listPartitions returns the stored partitions, newest first, the unpartitioned sessions
 // collection (when it exists) last.
@@ -356,7 +365,7 @@ func (s *Store) dropPartitionsBefore(ctx context.Context, l layout, cutoff time.
 	if err != nil {
 		return 0, err
 	}
-	cut := cutoff.Truncate(l.width * groupPartitions)
+	cut := cutoff.Truncate(l.groupSpan())
 	var n int64
 	var dropped bson.A
 	var errs []error

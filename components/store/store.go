@@ -50,7 +50,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.URIFile, "mongo-uri-file", "", "file holding the MongoDB URI")
 	fs.StringVar(&c.Database, "mongo-database", "chargesim", "MongoDB database")
 	fs.StringVar(&c.CAFile, "mongo-ca-file", "", "PEM CA bundle for TLS to MongoDB")
-	fs.DurationVar(&c.PartitionWidth, "partition-width", DefaultPartitionWidth, "on a store without indexes (FerretDB): width of the ended_at partitions, whole minutes up to 24h; the first process records it in the store and every process uses the recorded value")
+	fs.DurationVar(&c.PartitionWidth, "partition-width", DefaultPartitionWidth, "on a store without indexes (FerretDB): width of the ended_at partitions, whole seconds from 5s to 24h; the first process records it in the store and every process uses the recorded value")
 	fs.DurationVar(&c.PartitionGrace, "partition-grace", DefaultPartitionGrace, "on a store without indexes (FerretDB): readers rescan a partition until this long after its end; writes later than half of it leave a late marker (recorded in the store by the first process, like the width)")
 }
 
@@ -75,8 +75,8 @@ func (c *Config) Validate() error {
 	if c.Database == "" || strings.ContainsAny(c.Database, "/\\. \"$") {
 		return cli.Invalid("mongo-database", c.Database, "must be a non-empty name without / \\ . space \" $")
 	}
-	if c.PartitionWidth < 0 || c.PartitionWidth%time.Minute != 0 || c.PartitionWidth > 24*time.Hour {
-		return cli.Invalid("partition-width", c.PartitionWidth, "must be whole minutes, at most 24h")
+	if c.PartitionWidth != 0 && (c.PartitionWidth < MinPartitionWidth || c.PartitionWidth%time.Second != 0 || c.PartitionWidth > 24*time.Hour) {
+		return cli.Invalid("partition-width", c.PartitionWidth, "must be whole seconds from 5s to 24h")
 	}
 	if c.PartitionGrace != 0 && c.PartitionGrace < 10*time.Second {
 		return cli.Invalid("partition-grace", c.PartitionGrace, "must be at least 10s")
