@@ -209,6 +209,7 @@ if [[ $(rs stored-sessions) != nan ]]; then
 	printf '%-44s %10s MB (goal <= 1024)\n' "FerretDB peak RSS" "$(rs ferretdb-peak-RSS-MB)"
 	printf '%-44s %10s MB\n' "API heap in use (same process as the bench)" "$(rs api-heap-MB)"
 	printf '%-44s %10s s\n' "first snapshot after start (one full scan)" "$(rs first-snapshot-s)"
+	printf '%-44s %10s s\n' "data younger than 20 s after start (warm-up)" "$(rs warm-up-s)"
 	printf '%-44s %10s s p50, %s s p99, %s s max\n' "data freshness (age of X-Data-As-Of)" "$(rs freshness-p50-s)" "$(rs freshness-p99-s)" "$(rs freshness-max-s)"
 	printf '%-44s %10s ms\n' "audit read of a 10 s window" "$(rs audit-10s-window-ms)"
 fi

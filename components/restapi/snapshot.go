@@ -52,22 +52,42 @@ type snapshots struct {
 	// refresh at a time (the running one).
 	inc      *store.Incremental
 	incStore *store.Store
+	incWarm  bool // inc has completed a refresh (used by the refresh goroutine only)
+	// incremental is set (under mu) once refreshes read only what changed.
+	incremental bool
+}
+
+// pauseLocked is the pause between two refreshes: twice the last one's duration for full
+// scans (the API scans at most a third of the time), once for incremental refreshes, which
+// read only the open partitions (at most half the time).
+func (m *snapshots) pauseLocked() time.Duration {
+	if m.incremental {
+		return m.lastTook
+	}
+	return 2 * m.lastTook
 }
 
 // refresh computes a new snapshot: incrementally on a partitioned store (only open and
 // late-written partitions are read again), by one scan of the sessions otherwise.
-func (m *snapshots) refresh(ctx context.Context, st *store.Store) (*store.Snapshot, error) {
+// cold reports a refresh that read every partition: the first of an incremental model.
+func (m *snapshots) refresh(ctx context.Context, st *store.Store) (sn *store.Snapshot, cold bool, err error) {
 	partitioned, err := st.Partitioned(ctx)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if !partitioned {
-		return st.ScanSnapshot(ctx, m.newestK)
+		sn, err = st.ScanSnapshot(ctx, m.newestK)
+		return sn, false, err
 	}
 	if m.inc == nil || m.incStore != st {
-		m.inc, m.incStore = store.NewIncremental(st, m.newestK), st
+		m.inc, m.incStore, m.incWarm = store.NewIncremental(st, m.newestK), st, false
 	}
-	return m.inc.Refresh(ctx)
+	sn, err = m.inc.Refresh(ctx)
+	cold = err == nil && !m.incWarm
+	if err == nil {
+		m.incWarm = true
+	}
+	return sn, cold, err
 }
 
 // get returns a snapshot: a fresh one (younger than ttl), else the current one while a
@@ -85,7 +105,7 @@ func (m *snapshots) get(ctx context.Context, st *store.Store) (*store.Snapshot, 
 		}
 		if m.cur != nil && m.ttl > 0 {
 			cur := m.cur
-			if m.running == nil && time.Since(m.lastEnd) >= 2*m.lastTook {
+			if m.running == nil && time.Since(m.lastEnd) >= m.pauseLocked() {
 				m.startLocked(st)
 			}
 			m.mu.Unlock()
@@ -116,11 +136,17 @@ func (m *snapshots) startLocked(st *store.Store) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), m.timeout)
 		defer cancel()
-		sn, err := m.refresh(ctx, st)
+		sn, cold, err := m.refresh(ctx, st)
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		m.lastErr, m.lastEnd, m.running = err, time.Now(), nil
 		m.lastTook = m.lastEnd.Sub(m.started)
+		m.incremental = m.incWarm && m.incStore == st
+		if cold && err == nil {
+			// The first refresh of an incremental model read every partition; the next ones
+			// read only what changed, so they are not paced by this one.
+			m.lastTook = 0
+		}
 		if err == nil {
 			m.prev, m.cur = m.cur, sn
 		} else {

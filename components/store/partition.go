@@ -61,11 +61,11 @@ const (
 	DefaultPartitionWidth = 10 * time.Second
 	// MinPartitionWidth bounds the number of collections (8,640 a day at 10 s).
 	MinPartitionWidth = 5 * time.Second
-	// DefaultPartitionGrace keeps a partition open for readers 30 s after its end: live
+	// DefaultPartitionGrace keeps a partition open for readers 10 s after its end: live
 	// traffic writes into the previous partition for a second or two after a boundary, and
 	// every refresh of the API's read model rescans the open partitions, so a long grace
 	// costs freshness. Slow inserts are covered by the marker written after them.
-	DefaultPartitionGrace = 30 * time.Second
+	DefaultPartitionGrace = 10 * time.Second
 	// groupWidth is the span of the fold groups of the API's read model (at least one
 	// partition): retention drops whole groups.
 	groupWidth = time.Hour
@@ -233,6 +233,28 @@ type markerInfo struct {
 	last time.Time
 }
 
+// ensureMarker inserts a marker for partition unless this process inserted one less than
+// fresh ago, and returns the time of the marker relied on.
+func (s *Store) ensureMarker(ctx context.Context, partition string, fresh time.Duration) (time.Time, error) {
+	now := time.Now()
+	s.markMu.Lock()
+	at, ok := s.marks[partition]
+	s.markMu.Unlock()
+	if ok && fresh > 0 && now.Sub(at) < fresh {
+		return at, nil
+	}
+	if err := s.insertMarker(ctx, partition); err != nil {
+		return time.Time{}, err
+	}
+	s.markMu.Lock()
+	defer s.markMu.Unlock()
+	if s.marks == nil || len(s.marks) > 10_000 {
+		s.marks = map[string]time.Time{}
+	}
+	s.marks[partition] = now
+	return now, nil
+}
+
 func (s *Store) insertMarker(ctx context.Context, partition string) error {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
@@ -290,11 +312,18 @@ func (s *Store) insertPartitioned(ctx context.Context, l layout, docs []SessionD
 	}
 	var res WriteResult
 	for _, g := range order {
-		marked := g.p.Unbounded() || g.p.End.Before(time.Now().Add(-l.grace/2))
-		if marked {
-			if err := s.insertMarker(ctx, g.p.Name); err != nil {
+		// Readers keep a partition open until grace after its end or its newest marker.
+		// Before inserting into a partition past half of that, this writer makes sure it has
+		// a marker of its own at most grace/4 old (so a backlog costs a few markers per
+		// partition, not one per batch); after the insert, if it ended past half of the
+		// deadline it relied on, another marker makes readers read the partition again.
+		openUntil := g.p.End
+		if g.p.Unbounded() || g.p.End.Before(time.Now().Add(-l.grace/2)) {
+			at, err := s.ensureMarker(ctx, g.p.Name, l.grace/4)
+			if err != nil {
 				return WriteResult{}, err
 			}
+			openUntil = at
 		}
 		part := make([]SessionDoc, len(g.idx))
 		for k, i := range g.idx {
@@ -306,10 +335,8 @@ func (s *Store) insertPartitioned(ctx context.Context, l layout, docs []SessionD
 			// by received_at (ReceivedAt).
 			return WriteResult{}, err
 		}
-		if !marked && g.p.End.Before(time.Now().Add(-l.grace/2)) {
-			// The insert took so long that readers may have closed the partition meanwhile:
-			// a marker after the data makes them read it again.
-			if err := s.insertMarker(ctx, g.p.Name); err != nil {
+		if time.Now().After(openUntil.Add(l.grace / 2)) {
+			if _, err := s.ensureMarker(ctx, g.p.Name, 0); err != nil {
 				return WriteResult{}, err
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -122,6 +123,8 @@ type Store struct {
 	noIndexes bool
 	cfg       Config
 	ls        layoutState
+	markMu    sync.Mutex
+	marks     map[string]time.Time // the late markers this process inserted last, per partition
 }
 
 // writeConcern is the write concern the components write with: the URI's when it sets one
