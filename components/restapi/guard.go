@@ -92,7 +92,8 @@ type cached struct {
 	status int
 	body   []byte // JSON, or a problem document for errors
 	asOf   time.Time
-	err    error // a store error: written by writeStoreError, never cached beyond its flight
+	err    error           // a store error: written by writeStoreError, never cached beyond its flight
+	snap   *store.Snapshot // the snapshot a memoised body was computed from
 }
 
 // flight is a computation in progress that identical requests wait for.

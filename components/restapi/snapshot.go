@@ -81,6 +81,14 @@ func (m *snapshots) refresh(ctx context.Context, st *store.Store) (sn *store.Sna
 	}
 	if m.inc == nil || m.incStore != st {
 		m.inc, m.incStore, m.incWarm = store.NewIncremental(st, m.newestK), st, false
+		// With a cache (ttl > 0) a partition still filling is read again at most once per
+		// partition width: its figures may be that old, and X-Data-As-Of says so. Without
+		// one, every refresh reads it (each answer is as of after its request).
+		if m.ttl > 0 {
+			if m.inc.OpenRescan, err = st.PartitionWidth(ctx); err != nil {
+				return nil, false, err
+			}
+		}
 	}
 	sn, err = m.inc.Refresh(ctx)
 	cold = err == nil && !m.incWarm
@@ -246,7 +254,9 @@ func (s *Server) useSnapshots() bool {
 
 // readingsBody returns /readings/ of sn, encoded once per snapshot.
 func (s *Server) readingsBody(sn *store.Snapshot) (json.RawMessage, bool) {
-	if c := s.readingsMemo.Load(); c != nil && c.asOf.Equal(sn.AsOf) {
+	// Keyed by the snapshot itself: two incremental snapshots may share an AsOf (a partition
+	// still open and not read again bounds both) while other partitions changed.
+	if c := s.readingsMemo.Load(); c != nil && c.snap == sn {
 		return c.body, true
 	}
 	docs, _, ok := sn.Sessions(store.SessionQuery{Limit: ReadingsLimit})
@@ -258,6 +268,6 @@ func (s *Server) readingsBody(sn *store.Snapshot) (json.RawMessage, bool) {
 		return nil, false
 	}
 	body := json.RawMessage(append(b, '\n'))
-	s.readingsMemo.Store(&cached{body: body, asOf: sn.AsOf})
+	s.readingsMemo.Store(&cached{body: body, asOf: sn.AsOf, snap: sn})
 	return body, true
 }

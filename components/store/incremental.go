@@ -33,14 +33,15 @@ const recentSpan = 5 * time.Minute
 
 // partAgg is the figures of one partition, from one scan.
 type partAgg struct {
-	p        Partition
-	fleet    Totals
-	chargers map[string]*ChargerTotals
-	newest   []SessionDoc // its newest sessions, newest first, when kept (see cover)
-	kept     bool         // newest was computed by the last scan
-	keptAll  bool         // newest holds every session of the partition
-	markers  int          // late markers seen before the last scan
-	final    bool         // the last scan started after the partition closed
+	p         Partition
+	fleet     Totals
+	chargers  map[string]*ChargerTotals
+	newest    []SessionDoc // its newest sessions, newest first, when kept (see cover)
+	kept      bool         // newest was computed by the last scan
+	keptAll   bool         // newest holds every session of the partition
+	markers   int          // late markers seen before the last scan
+	final     bool         // the last scan started after the partition closed
+	scannedAt time.Time    // when the last scan started
 }
 
 // groupAgg is the sum of the folded partitions of one group.
@@ -88,6 +89,11 @@ type Incremental struct {
 	groups  map[time.Time]*groupAgg
 	// Scanned counts the partition scans, for tests and logs.
 	Scanned int
+	// OpenRescan, when set, is how often a partition still open is read again (its figures
+	// stand meanwhile, and the snapshot's AsOf says how old they are); 0 reads every open
+	// partition on every refresh. The API sets the partition width: on a busy store, reading
+	// the filling partitions on every refresh read each session many times over.
+	OpenRescan time.Duration
 }
 
 // NewIncremental returns an empty read model of st keeping the newest newestK sessions.
@@ -148,6 +154,7 @@ func (m *Incremental) Refresh(ctx context.Context) (*Snapshot, error) {
 	}
 
 	cover := m.cover(list)
+	asOf := start // the oldest read time of a figure of an open partition, else the start
 	for _, p := range list {
 		if inGroup[p.Name] {
 			continue
@@ -168,6 +175,15 @@ func (m *Incremental) Refresh(ctx context.Context) (*Snapshot, error) {
 		if p.Unbounded() && mk.n == 0 {
 			closeAt = time.Time{}
 		}
+		if a != nil && !a.final && mk.n == a.markers && (!keep || a.kept) && m.OpenRescan > 0 &&
+			time.Since(a.scannedAt) < m.OpenRescan && !time.Now().After(closeAt) {
+			// Still open, read recently: its figures stand (as of their scan) until the
+			// next rescan or its close.
+			if a.scannedAt.Before(asOf) {
+				asOf = a.scannedAt
+			}
+			continue
+		}
 		scanStart := time.Now()
 		k := 0
 		if keep {
@@ -178,7 +194,7 @@ func (m *Incremental) Refresh(ctx context.Context) (*Snapshot, error) {
 			return nil, err
 		}
 		m.Scanned++
-		na.markers, na.final = mk.n, scanStart.After(closeAt)
+		na.markers, na.final, na.scannedAt = mk.n, scanStart.After(closeAt), scanStart
 		m.parts[p.Name] = na
 	}
 
@@ -205,7 +221,11 @@ func (m *Incremental) Refresh(ctx context.Context) (*Snapshot, error) {
 		mergeTotals(g.chargers, a.chargers)
 		delete(m.parts, p.Name)
 	}
-	return m.compose(ctx, list, start)
+	sn, err := m.compose(ctx, list, start)
+	if sn != nil {
+		sn.AsOf = asOf.UTC()
+	}
+	return sn, err
 }
 
 // cover returns the partitions whose sessions the snapshot must keep: the newest ones until

@@ -294,3 +294,34 @@ func TestAuditScansOverlappingPartitions(t *testing.T) {
 		t.Fatalf("audit of [%s, %s): %d sessions, want %d", from, to, len(got), len(want))
 	}
 }
+
+// With OpenRescan (the API's setting) a partition still filling is read at most that often;
+// meanwhile its figures stand and the snapshot's AsOf says when they were read.
+func TestIncrementalOpenRescan(t *testing.T) {
+	f := testenv.StartFerretDB(t)
+	st := partStore(t, f, "openrescan")
+	ctx := context.Background()
+	var live []store.SessionDoc
+	for i := range 110 {
+		live = append(live, partDoc(i%7, i, time.Now().UTC().Truncate(time.Millisecond)))
+	}
+	insertAll(t, st, live[:100])
+	inc := store.NewIncremental(st, 50)
+	inc.OpenRescan = 3 * time.Second
+	before := time.Now()
+	sn, err := inc.Refresh(ctx)
+	if err != nil || sn.Fleet.Sessions != 100 || sn.AsOf.Before(before) {
+		t.Fatalf("first refresh: %+v %v", sn, err)
+	}
+	first, scans := sn.AsOf, inc.Scanned
+	mid := time.Now()
+	insertAll(t, st, live[100:])
+	// The figures are those read before the insert, and say so.
+	if sn, err = inc.Refresh(ctx); err != nil || sn.Fleet.Sessions != 100 || sn.AsOf.After(mid) || inc.Scanned != scans {
+		t.Fatalf("refresh within OpenRescan: %d sessions as of %v (first %v), %d scans (was %d), %v", sn.Fleet.Sessions, sn.AsOf, first, inc.Scanned, scans, err)
+	}
+	time.Sleep(3 * time.Second)
+	if sn, err = inc.Refresh(ctx); err != nil || sn.Fleet.Sessions != 110 || !sn.AsOf.After(mid) {
+		t.Fatalf("refresh after OpenRescan: %+v %v", sn, err)
+	}
+}
