@@ -110,7 +110,10 @@ func TestChartOnRealCluster(t *testing.T) {
 
 	// ---- simulations ---------------------------------------------------------------------
 	e.applySim("minimal", storeURI, "")
-	e.applySim("large", storeURI, `{"chargers": 60, "connectors": 2, "publisher": {"replicas": 2}, "listener": {"replicas": 2}, "api": {"replicas": 2}}`)
+	// "large" is about replicas, not rate: 6 simulated minutes a second (6 sessions/s) keep the
+	// shared FerretDB small enough that its full-collection scans (every audit and snapshot of
+	// three API pods) stay seconds long on one 2-core node.
+	e.applySim("large", storeURI, `{"chargers": 60, "connectors": 2, "timeScale": 6, "publisher": {"replicas": 2}, "listener": {"replicas": 2}, "api": {"replicas": 2}}`)
 	for _, sim := range []string{"minimal", "large"} {
 		e.must(e.kubectl("-n", namespace, "wait", "--for=condition=Ready", "chargersimulation/"+sim, "--timeout=300s"))
 	}
@@ -623,6 +626,7 @@ func (e *env) dump() {
 		{"-n", namespace, "describe", "pods"},
 		{"-n", namespace, "logs", "deploy/" + release + "-operator", "--tail=80"},
 		{"-n", namespace, "logs", "deploy/minimal-api", "--tail=60"},
+		{"-n", namespace, "logs", "statefulset/minimal-listener", "--tail=40"},
 		{"-n", namespace, "logs", "statefulset/" + release + "-mongodb", "--tail=40"},
 		{"-n", namespace, "get", "events", "--sort-by=.lastTimestamp"},
 	} {
