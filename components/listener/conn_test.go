@@ -131,4 +131,3 @@ func TestBrokerConnWriteErrorIsReported(t *testing.T) {
 		t.Logf("close: %v", err)
 	}
 }
-
