@@ -62,7 +62,7 @@ const (
 	DefaultAuditEvery  = time.Minute
 	defaultAuditWindow = 5 * time.Minute
 	defaultAuditSettle = 30 * time.Second
-	defaultAuditTO     = 20 * time.Second
+	defaultAuditTO     = 65 * time.Second // the API gives an audit a minute (chargesim api --audit-timeout)
 	defaultAuditWarn   = 10 * time.Minute
 	maxStatusKeys      = 10 // missing keys kept in status (the API has them all)
 )

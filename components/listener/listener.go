@@ -175,6 +175,7 @@ func (l *Listener) clientOptions(o *mqtt.ClientOptions) {
 	o.SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) {
 		l.log.Debug("reconnecting to broker")
 	})
+	brokerConnFor(o, l.cfg.MQTT.URL) // buffered reads, coalesced PUBACK writes (conn.go)
 	if l.mqttOpts != nil {
 		l.mqttOpts(o)
 	}

@@ -64,6 +64,33 @@ func TestAuditEndpoint(t *testing.T) {
 	}
 }
 
+// An audit reads its whole window (without indexes, the whole store): it has its own time
+// limit (--audit-timeout), not the query timeout of the other routes.
+func TestAuditOutlivesTheQueryTimeout(t *testing.T) {
+	e := startAPIWith(t, time.Nanosecond) // every other route's query has expired before it starts
+	ctx := context.Background()
+	from := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	run := store.RunDoc{ID: "r1", Seed: 7, Chargers: 3, Connectors: 2, Shard: 0, Shards: 1,
+		EpochNs: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano(), IntervalNs: int64(time.Second), Jitter: 0.2,
+		FromNs: from.UnixNano(), ToNs: from.Add(10 * time.Second).UnixNano(), Ended: true}
+	if err := e.st.InsertRun(ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	docs := runSessions(run)
+	if _, err := e.st.InsertSessions(ctx, docs); err != nil {
+		t.Fatal(err)
+	}
+	if res := e.c.get("/api/v1/chargers/" + docs[0].ChargerID); res.Status != http.StatusServiceUnavailable {
+		t.Fatalf("charger totals with a 1 ns query timeout: status %d %s, want 503", res.Status, res.Body)
+	}
+	q := url.Values{"from": {from.Format(time.RFC3339)}, "to": {from.Add(10 * time.Second).Format(time.RFC3339)}}
+	res := e.c.get("/api/v1/audit?" + q.Encode())
+	var rep audit.Report
+	if err := json.Unmarshal(res.Body, &rep); err != nil || res.Status != http.StatusOK || !rep.Complete || rep.Stored != int64(len(docs)) {
+		t.Fatalf("audit with a 1 ns query timeout: status %d %s, want 200 and all %d sessions stored", res.Status, res.Body, len(docs))
+	}
+}
+
 // runSessions are the sessions run must have produced (all of its chargers, every slot).
 func runSessions(run store.RunDoc) []store.SessionDoc {
 	p := audit.ParamsOf(run)

@@ -13,6 +13,7 @@ package restapi
 //     as maxTimeMS, so the database abandons the work too, not only the client.
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -194,11 +195,20 @@ func (s *Server) serveRead(w http.ResponseWriter, r *http.Request, route, cacheK
 		return
 	}
 	g := s.guards[route]
+	limit := s.cfg.QueryTimeout
+	if route == routeAudit {
+		limit = cmp.Or(s.cfg.AuditTimeout, defaultAuditTimeout)
+		// Past the server's write timeout: the audit's own limit decides, and a slow scan
+		// still ends in an answer (503 at worst) rather than a dropped connection.
+		if err := http.NewResponseController(w).SetWriteDeadline(time.Now().Add(limit + 5*time.Second)); err != nil {
+			s.log.Debug("audit: cannot extend the write deadline", "err", err)
+		}
+	}
 	compute := func() cached {
 		// Detached from this request's cancellation: identical requests waiting for this
 		// computation (and the cache) still get its result if this client goes away. The
 		// query timeout, sent as maxTimeMS, still bounds the work on both sides.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.QueryTimeout)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), limit)
 		defer cancel()
 		release, err := g.acquire(ctx)
 		if err != nil {

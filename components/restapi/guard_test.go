@@ -178,6 +178,7 @@ func TestConfigProtectionSettings(t *testing.T) {
 		"--queue-wait":        {QueryTimeout: time.Second, QueueWait: time.Hour},
 		"--read-model":        {QueryTimeout: time.Second, ReadModel: "fast"},
 		"--scan-timeout":      {QueryTimeout: time.Second, ScanTimeout: -time.Second},
+		"--audit-timeout":     {QueryTimeout: time.Second, AuditTimeout: time.Hour},
 		"--retention":         {QueryTimeout: time.Second, Retention: time.Second},
 	} {
 		if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), flagName) {

@@ -47,6 +47,10 @@ type Config struct {
 	ReadModel string
 	// ScanTimeout bounds one snapshot scan (0: the default).
 	ScanTimeout time.Duration
+	// AuditTimeout bounds one GET /api/v1/audit (0: the default). An audit reads every session
+	// of its window; without indexes (FerretDB v1) that is a scan of the whole store, which
+	// takes longer than QueryTimeout on a busy store. Its response gets a write deadline to match.
+	AuditTimeout time.Duration
 	// Retention deletes sessions that ended longer ago than this (0: keep everything).
 	Retention time.Duration
 }
@@ -64,6 +68,8 @@ const (
 	defaultRouteConcurrency = 4
 	defaultQueueWait        = 2 * time.Second
 	defaultScanTimeout      = 10 * time.Minute
+	defaultAuditTimeout     = time.Minute
+	maxAuditTimeout         = 5 * time.Minute
 )
 
 // DefaultConfig returns the settings the flags default to (for callers that build a Server
@@ -71,7 +77,7 @@ const (
 func DefaultConfig() Config {
 	return Config{QueryTimeout: 10 * time.Second, CacheTTL: defaultCacheTTL,
 		RouteConcurrency: defaultRouteConcurrency, QueueWait: defaultQueueWait,
-		ReadModel: ReadModelAuto, ScanTimeout: defaultScanTimeout}
+		ReadModel: ReadModelAuto, ScanTimeout: defaultScanTimeout, AuditTimeout: defaultAuditTimeout}
 }
 
 // maxQueryTimeout keeps QueryTimeout below cli.Serve's 30s write timeout.
@@ -86,6 +92,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.QueueWait, "queue-wait", d.QueueWait, "how long a request may queue for its route before it is shed with 503 and Retry-After")
 	fs.StringVar(&c.ReadModel, "read-model", d.ReadModel, "how totals and the newest sessions are read: auto (snapshot on a store without indexes such as FerretDB, queries otherwise), snapshot (one background scan at a time, served from memory) or queries (indexed queries per request)")
 	fs.DurationVar(&c.ScanTimeout, "scan-timeout", d.ScanTimeout, "time limit of one snapshot scan, also sent to the database as maxTimeMS")
+	fs.DurationVar(&c.AuditTimeout, "audit-timeout", d.AuditTimeout, "time limit of one GET /api/v1/audit (an audit reads its whole window; without indexes, the whole store), at most 5m")
 	fs.DurationVar(&c.Retention, "retention", 0, "delete sessions (and rejected messages) older than this, checked every retention/10 (at most every 10 min); 0 keeps everything")
 }
 
@@ -113,6 +120,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ScanTimeout < 0 || c.ScanTimeout > 24*time.Hour {
 		return cli.Invalid("scan-timeout", c.ScanTimeout, "must be ≥ 0 and ≤ 24h")
+	}
+	if c.AuditTimeout < 0 || c.AuditTimeout > maxAuditTimeout {
+		return cli.Invalid("audit-timeout", c.AuditTimeout, "must be ≥ 0 and ≤ 5m")
 	}
 	return nil
 }

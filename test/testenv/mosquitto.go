@@ -206,3 +206,11 @@ func (m *Mosquitto) TLSConfig() *tls.Config {
 	}
 	return m.CA.ClientTLSConfig(m.tb, m.ClientCertFile, m.ClientKeyFile)
 }
+
+// Pid is the mosquitto process ID (for its CPU time in benchmarks), 0 when it is not running.
+func (m *Mosquitto) Pid() int {
+	if !m.p.running() {
+		return 0
+	}
+	return m.p.cmd.Process.Pid
+}
