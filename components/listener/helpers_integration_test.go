@@ -280,15 +280,7 @@ func (s sessionsSet) CountDocuments(ctx context.Context, filter any, _ ...option
 	if err != nil {
 		return 0, err
 	}
-	var n int64
-	for _, c := range colls {
-		k, err := c.CountDocuments(ctx, filter)
-		if err != nil {
-			return 0, err
-		}
-		n += k
-	}
-	return n, nil
+	return store.CountIn(ctx, colls, filter)
 }
 
 // docCounter is a collection or a sessionsSet.

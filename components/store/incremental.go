@@ -318,17 +318,9 @@ func (m *Incremental) compose(ctx context.Context, list []Partition, asOf time.T
 		complete = false
 	}
 	sn.newest, sn.complete = newest, complete
-	rejected, err := m.st.Rejected.CountDocuments(ctx, bson.D{})
-	if err != nil {
-		return nil, fmt.Errorf("count rejected: %w", err)
+	if err := sn.finish(ctx, m.st); err != nil {
+		return nil, err
 	}
-	sn.Fleet.Rejected = rejected
-	sn.Fleet.Chargers = int64(len(sn.chargers))
-	sn.ids = make([]string, 0, len(sn.chargers))
-	for id := range sn.chargers {
-		sn.ids = append(sn.ids, id)
-	}
-	sort.Strings(sn.ids)
 	sn.Took = time.Since(asOf)
 	return sn, nil
 }

@@ -565,6 +565,11 @@ func (s *Store) CountSessions(ctx context.Context, filter bson.D) (int64, error)
 	if err != nil {
 		return 0, err
 	}
+	return CountIn(ctx, colls, filter)
+}
+
+// CountIn sums the counts of the documents matching filter in colls.
+func CountIn(ctx context.Context, colls []*mongo.Collection, filter any) (int64, error) {
 	var n int64
 	for _, c := range colls {
 		k, err := c.CountDocuments(ctx, filter)

@@ -86,17 +86,9 @@ func (s *Store) ScanSnapshot(ctx context.Context, newestK int) (*Snapshot, error
 	if err := cur.Err(); err != nil {
 		return nil, fmt.Errorf("scan sessions: %w", err)
 	}
-	rejected, err := s.Rejected.CountDocuments(ctx, bson.D{})
-	if err != nil {
-		return nil, fmt.Errorf("count rejected: %w", err)
+	if err := sn.finish(ctx, s); err != nil {
+		return nil, err
 	}
-	sn.Fleet.Rejected = rejected
-	sn.Fleet.Chargers = int64(len(sn.chargers))
-	sn.ids = make([]string, 0, len(sn.chargers))
-	for id := range sn.chargers {
-		sn.ids = append(sn.ids, id)
-	}
-	sort.Strings(sn.ids)
 	sn.newest = make([]SessionDoc, top.Len())
 	for i := top.Len() - 1; i >= 0; i-- {
 		sn.newest[i] = heap.Pop(top).(SessionDoc)
@@ -105,6 +97,23 @@ func (s *Store) ScanSnapshot(ctx context.Context, newestK int) (*Snapshot, error
 
 	sn.Took = time.Since(start)
 	return sn, nil
+}
+
+// finish completes a snapshot whose charger totals are summed: the rejected count (not part
+// of the scan: a count of its own) and the sorted charger IDs.
+func (sn *Snapshot) finish(ctx context.Context, s *Store) error {
+	rejected, err := s.Rejected.CountDocuments(ctx, bson.D{})
+	if err != nil {
+		return fmt.Errorf("count rejected: %w", err)
+	}
+	sn.Fleet.Rejected = rejected
+	sn.Fleet.Chargers = int64(len(sn.chargers))
+	sn.ids = make([]string, 0, len(sn.chargers))
+	for id := range sn.chargers {
+		sn.ids = append(sn.ids, id)
+	}
+	sort.Strings(sn.ids)
+	return nil
 }
 
 func (t *Totals) add(energy, cost float64, end time.Time) {
