@@ -377,9 +377,11 @@ var faultMatrix = []fault{
 		// it issues again the slots of the last second, under the keys they already have.
 		r.publisher(0, 1, behind(time.Second))
 	}, after: func(r *rig) {
-		// The listener received that second again: the fault did re-issue published slots.
-		if d := r.duplicates(); d < float64(9*r.chargers) {
-			r.tb.Errorf("the listener saw %g duplicates, want the ~%d sessions of the second the clock stepped back", d, 10*r.chargers)
+		// The listener received that second again: the fault did re-issue published slots (a
+		// sanity check of the fault; the audit is the verdict). At least half of the second:
+		// on 2 busy cores the restarted process's first slots may already be behind it.
+		if d := r.duplicates(); d < float64(5*r.chargers) {
+			r.tb.Errorf("the listener saw %g duplicates, want about the %d sessions of the second the clock stepped back", d, 10*r.chargers)
 		}
 	}},
 	{name: "clock step back 1s (running)", broker: withMosquitto, noPublisher: true, run: func(r *rig) {

@@ -263,6 +263,12 @@ func (p *Publisher) Run(ctx context.Context) error {
 		var err error
 		if rec, err = p.startRun(ctx); err != nil || rec == nil {
 			p.client.Disconnect(250)
+			if ctx.Err() != nil {
+				// Stopped while recording the run (a Ctrl-C right after start): nothing was
+				// published, so there is nothing to record, and a stop is not a failure.
+				p.log.Info("publisher stopped before its run was recorded")
+				return nil
+			}
 			return err
 		}
 	}
