@@ -239,12 +239,15 @@ build_tool() {
     prometheus)
       # Tags as upstream's release builds minus builtinassets: the web UI's compiled assets are
       # generated at release time and are not in the module; the HTTP API works without them.
+      # Service discovery: Kubernetes only (what prometheus-operator's monitors generate; file
+      # and static targets are built in): remove_all_sd leaves out the cloud SDKs (AWS, Azure,
+      # GCE, ...), most of a cold build's compile time.
       # Module v0.MNN.P is release M.NN.P (v0.316.0: 3.16.0).
       local pv=${ver#v0.} pc=github.com/prometheus/common/version
       pv=${pv:0:1}.${pv:1}
       go_install "$out" "github.com/prometheus/prometheus/cmd/prometheus@$ver" \
         "-s -w -X $pc.Version=$pv -X $pc.Revision=$ver -X $pc.Branch=HEAD -X $pc.BuildUser=chargesim -X $pc.BuildDate=19700101-00:00:00" \
-        -tags netgo
+        -tags netgo,remove_all_sd,enable_kubernetes_sd
       ;;
     golangci-lint)
       go_install "$out" "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$ver" \

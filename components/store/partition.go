@@ -3,7 +3,7 @@ package store
 // The time-partitioned layout of a store without indexes (FerretDB v1, where every find,
 // count and $group reads and decodes the whole collection, even an _id lookup). Sessions live
 // in one collection per ended_at bucket of width W, sessions_p<UTC yyyymmddhhmmss of the bucket
-// start>: a pure function of the session, so a redelivery hits the same collection and the
+// start>: a pure function of the session key, so a redelivery hits the same collection and the
 // _id stays the idempotency guarantee. Readers then scan only what they need: an audit the
 // partitions overlapping its window, retention drops whole partitions, and the API's read
 // model (incremental.go) scans a closed partition once and only the open ones on refresh.
@@ -17,9 +17,10 @@ package store
 // is followed by a marker too, so readers that closed the partition meanwhile read it again.
 // What remains assumed is that the clocks of writers and readers differ by less than grace/2.
 //
-// Sessions whose payload carried no time (neither ended_at nor timestamp: their ended_at is the
-// receive time, different on every delivery) cannot be placed by time without breaking
-// idempotency; they go to the unpartitioned sessions collection, always behind a marker. That
+// Only sessions whose key names their end (the simulator's: partitionOfDoc) are placed by
+// time. Every other one (a foreign client's, whose own retry may carry a new timestamp; a
+// payload without any time, whose ended_at is the receive time) would be stored twice in two
+// partitions; they go to the unpartitioned sessions collection, always behind a marker. That
 // collection is also where an older, unpartitioned store kept every session: it is read as one
 // more partition with an unknown time range (no migration is needed; see docs/architecture.md).
 //
@@ -167,6 +168,36 @@ func (l layout) partitionOf(end time.Time) Partition {
 }
 
 // parsePartition returns the partition a collection name stands for.
+// partitionOfDoc is the collection d is stored in. The _id is the idempotency guarantee only
+// within one collection, so the choice must be a function of the key alone: a session whose
+// key names its end (the simulator's: the session ID is the end in microseconds, and a
+// redelivery or a re-issued slot carries the same end) goes to the partition of that end;
+// every other session (foreign clients, the seed's contract-only payloads) to the
+// unpartitioned collection, where a second message under the same key with another
+// timestamp (a client's own retry) is a duplicate, as on MongoDB, rather than a second copy
+// in another partition.
+func (l layout) partitionOfDoc(d *SessionDoc) Partition {
+	if t, ok := keyTime(d.ID); ok && !d.Untimed && t.UnixMilli() == d.EndedAt.UnixMilli() {
+		return l.partitionOf(d.EndedAt)
+	}
+	return Partition{Name: SessionsCollection}
+}
+
+// keyTime is the time a session key's session ID names read as microseconds since the epoch,
+// if it is a plausible one (the simulator's IDs).
+func keyTime(id string) (time.Time, bool) {
+	i := strings.LastIndexByte(id, '/')
+	if i < 0 {
+		return time.Time{}, false
+	}
+	us, err := strconv.ParseInt(id[i+1:], 10, 64)
+	if err != nil || us <= 0 {
+		return time.Time{}, false
+	}
+	t := time.UnixMicro(us).UTC()
+	return t, t.Year() >= 2000 && t.Year() < 2200
+}
+
 func (l layout) parsePartition(name string) (Partition, bool) {
 	if name == SessionsCollection {
 		return Partition{Name: name}, true
@@ -298,10 +329,7 @@ func (s *Store) insertPartitioned(ctx context.Context, l layout, docs []SessionD
 	byName := map[string]*group{}
 	var order []*group
 	for i := range docs {
-		p := Partition{Name: SessionsCollection}
-		if !docs[i].Untimed {
-			p = l.partitionOf(docs[i].EndedAt)
-		}
+		p := l.partitionOfDoc(&docs[i])
 		g := byName[p.Name]
 		if g == nil {
 			g = &group{p: p}
@@ -369,10 +397,7 @@ func (s *Store) collectionsOf(ctx context.Context, docs []SessionDoc) (map[*mong
 	}
 	colls := map[string]*mongo.Collection{}
 	for _, d := range docs {
-		name := SessionsCollection
-		if !d.Untimed {
-			name = l.partitionOf(d.EndedAt).Name
-		}
+		name := l.partitionOfDoc(&d).Name
 		c := colls[name]
 		if c == nil {
 			c = s.DB.Collection(name)
@@ -497,16 +522,12 @@ func (s *Store) findSessionPartitioned(ctx context.Context, l layout, id string)
 	}
 	// The simulator's session IDs are the session's end in microseconds (publisher/sim): try
 	// the partition that time falls in first, then every one, newest first.
-	if i := strings.LastIndexByte(id, '/'); i >= 0 {
-		if us, err := strconv.ParseInt(id[i+1:], 10, 64); err == nil && us > 0 {
-			if t := time.UnixMicro(us); t.Year() >= 2000 && t.Year() < 2200 {
-				name := l.partitionOf(t).Name
-				for k, p := range parts {
-					if p.Name == name {
-						parts = append([]Partition{p}, append(parts[:k:k], parts[k+1:]...)...)
-						break
-					}
-				}
+	if t, ok := keyTime(id); ok {
+		name := l.partitionOf(t).Name
+		for k, p := range parts {
+			if p.Name == name {
+				parts = append([]Partition{p}, append(parts[:k:k], parts[k+1:]...)...)
+				break
 			}
 		}
 	}

@@ -36,10 +36,12 @@ func partStore(tb testing.TB, f *testenv.FerretDB, db string) *store.Store {
 }
 
 // partDoc is a session of charger c ending at end; energy and cost are multiples of 1/4, so
-// every sum is exact whatever order it is computed in.
+// every sum is exact whatever order it is computed in. Its session ID names its end as the
+// simulator's do (microseconds; seq in the sub-millisecond digits keeps keys apart), so it is
+// stored in its time partition (foreign keys go to the unpartitioned collection).
 func partDoc(c, seq int, end time.Time) store.SessionDoc {
 	s := session.Session{
-		SessionID: int64(seq), ChargerID: fmt.Sprintf("c%03d", c), ConnectorID: 1 + seq%2,
+		SessionID: end.UnixMilli()*1000 + int64(seq%1000), ChargerID: fmt.Sprintf("c%03d", c), ConnectorID: 1 + seq%2,
 		EnergyKWh: float64(1+seq%40) / 4, DurationSeconds: 600, CostCents: float64(100+seq%300) / 4,
 		EndedAt: end,
 	}
@@ -325,3 +327,42 @@ func TestIncrementalOpenRescan(t *testing.T) {
 		t.Fatalf("refresh after OpenRescan: %+v %v", sn, err)
 	}
 }
+
+// The _id is the idempotency guarantee only within one collection: a key must always map to
+// the same one. A client that sends its session again with a new timestamp (its own retry, not
+// a broker redelivery) gets a duplicate, not a second copy in another time partition; the
+// simulator's keys (which name their end) go to their partition.
+func TestKeyDecidesTheCollection(t *testing.T) {
+	f := testenv.StartFerretDB(t)
+	st := partStore(t, f, "keycoll")
+	ctx := context.Background()
+	t0 := time.Now().UTC().Add(-time.Hour).Truncate(time.Minute)
+	retry := func(end time.Time) store.SessionDoc {
+		s := session.Session{SessionID: 7, ChargerID: "client-1", ConnectorID: 1, EnergyKWh: 1, DurationSeconds: 60, CostCents: 1, EndedAt: end}
+		return store.NewSessionDoc(s, "charger/client-1/connector/1/session/7", end)
+	}
+	if r := insertAll(t, st, []store.SessionDoc{retry(t0)}); r.Inserted != 1 {
+		t.Fatalf("first delivery: %+v", r)
+	}
+	if r := insertAll(t, st, []store.SessionDoc{retry(t0.Add(5 * time.Minute))}); r.Inserted != 0 || len(r.Duplicates) != 1 {
+		t.Fatalf("the same key five minutes later: %+v, want a duplicate", r)
+	}
+	sim := partDoc(1, 1, t0.Add(90*time.Second))
+	insertAll(t, st, []store.SessionDoc{sim, sim})
+	if n, err := st.CountSessions(ctx, bson.D{}); err != nil || n != 2 {
+		t.Fatalf("%d sessions stored (%v), want 2", n, err)
+	}
+	parts, err := st.Partitions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range parts {
+		names = append(names, p.Name)
+	}
+	if want := []string{store.SessionsCollection, store.PartitionPrefix + t0.Add(time.Minute).Format("20060102150405")}; !slices.Equal(sortedCopy(names), sortedCopy(want)) {
+		t.Fatalf("collections %v, want %v", names, want)
+	}
+}
+
+func sortedCopy(s []string) []string { return slices.Sorted(slices.Values(s)) }
