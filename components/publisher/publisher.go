@@ -263,13 +263,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		var err error
 		if rec, err = p.startRun(ctx); err != nil || rec == nil {
 			p.client.Disconnect(250)
-			if ctx.Err() != nil {
-				// Stopped while recording the run (a Ctrl-C right after start): nothing was
-				// published, so there is nothing to record, and a stop is not a failure.
-				p.log.Info("publisher stopped before its run was recorded")
-				return nil
-			}
-			return err
+			return unlessStopped(ctx, err)
 		}
 	}
 	abandon := make(chan struct{})
@@ -548,3 +542,12 @@ func (p *Publisher) shutdown(abandon chan struct{}, collected <-chan struct{}) {
 }
 
 var _ cli.Component = (*Publisher)(nil)
+
+// unlessStopped is err unless ctx ended: a stop while the run is being recorded (a Ctrl-C
+// right after start) published nothing, so there is nothing to record, and is not a failure.
+func unlessStopped(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		err = nil
+	}
+	return err
+}
