@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -53,8 +54,8 @@ type alertTiming struct {
 //   - ChargesimPublisherDisconnected: large's broker has no pod (deleting it would only have the
 //     operator recreate it within seconds); both its publishers alert.
 //   - ChargesimSimulationNotReady: a simulation whose Secret does not exist, until it is created.
-//   - ChargesimOperatorReconcileErrors: the operator's ClusterRoleBinding deleted while a spec
-//     change needs applying. It runs while the other faults stand (their setup and their revert
+//   - ChargesimOperatorReconcileErrors: the operator's ClusterRole loses its apps rules while a
+//     spec change needs applying. It runs while the other faults stand (their setup and their revert
 //     need the operator), which the others wait for before reverting.
 //
 // Each alert must fire within what its expression needs to see the fault (one window for a
@@ -365,17 +366,21 @@ func (e *env) alertRejectsThenWriteErrors(broker, api string, record func(alertT
 	})
 }
 
-// alertOperator deletes the operator's ClusterRoleBinding and changes a spec so that the
-// operator has something to apply and is refused; then puts the binding back.
+// alertOperator takes the apps rules (Deployments, StatefulSets) out of the operator's
+// ClusterRole and changes a spec so that the operator has something to apply and is refused;
+// then puts the rules back. Only those rules: the operator's own /metrics, where this alert's
+// series come from, authenticates Prometheus with TokenReviews and SubjectAccessReviews, and
+// without them the scrape fails once its cached review expires (up to a minute later), so
+// deleting the whole binding made the alert race its own observation.
 func (e *env) alertOperator(record func(alertTiming)) error {
-	crb := release + "-operator"
-	saved, err := e.kubectl("get", "clusterrolebinding", crb, "-o", "json")
+	role := release + "-operator"
+	saved, err := e.kubectl("get", "clusterrole", role, "-o", "json")
 	if err != nil {
 		return err
 	}
 	var obj map[string]any
 	if err := json.Unmarshal([]byte(saved), &obj); err != nil {
-		return fmt.Errorf("clusterrolebinding %s: %w", crb, err)
+		return fmt.Errorf("clusterrole %s: %w", role, err)
 	}
 	meta := obj["metadata"].(map[string]any)
 	for _, k := range []string{"resourceVersion", "uid", "creationTimestamp", "managedFields"} {
@@ -385,18 +390,37 @@ func (e *env) alertOperator(record func(alertTiming)) error {
 	if err != nil {
 		return err
 	}
-	f := filepath.Join(e.t.TempDir(), "crb.json")
+	var kept []any
+	for _, r := range obj["rules"].([]any) {
+		groups, _ := r.(map[string]any)["apiGroups"].([]any)
+		if !slices.Contains(groups, any("apps")) {
+			kept = append(kept, r)
+		}
+	}
+	if len(kept) == len(obj["rules"].([]any)) {
+		return fmt.Errorf("clusterrole %s has no apps rules to take away", role)
+	}
+	obj["rules"] = kept
+	broken, err := json.Marshal(obj)
+	if err != nil {
+		return err
+	}
+	dir := e.t.TempDir()
+	f, fb := filepath.Join(dir, "role.json"), filepath.Join(dir, "role-without-apps.json")
 	if err := os.WriteFile(f, restore, 0o600); err != nil {
 		return err
 	}
-	if _, err := e.kubectl("delete", "clusterrolebinding", crb); err != nil {
+	if err := os.WriteFile(fb, broken, 0o600); err != nil {
+		return err
+	}
+	if _, err := e.kubectl("replace", "-f", fb); err != nil {
 		return err
 	}
 	since := time.Now()
 	restored := false
 	defer func() {
 		if !restored {
-			_, _ = e.kubectl("create", "-f", f)
+			_, _ = e.kubectl("replace", "-f", f)
 		}
 	}()
 	// A change the operator must apply to large's API Deployment, and cannot.
@@ -406,7 +430,7 @@ func (e *env) alertOperator(record func(alertTiming)) error {
 	labels := map[string]string{"namespace": namespace}
 	fire, err := e.waitAlert("ChargesimOperatorReconcileErrors", labels, since, 0)
 	revertAt := time.Now()
-	if _, cerr := e.kubectl("create", "-f", f); cerr != nil {
+	if _, cerr := e.kubectl("replace", "-f", f); cerr != nil {
 		return cerr
 	}
 	restored = true
@@ -419,7 +443,7 @@ func (e *env) alertOperator(record func(alertTiming)) error {
 		return err
 	}
 	clear, err := e.waitResolved("ChargesimOperatorReconcileErrors", labels, revertAt, alertWindow)
-	record(alertTiming{alert: "ChargesimOperatorReconcileErrors", fault: "the operator's RBAC went away", fire: fire, clear: clear})
+	record(alertTiming{alert: "ChargesimOperatorReconcileErrors", fault: "the operator's apps RBAC went away", fire: fire, clear: clear})
 	return err
 }
 
