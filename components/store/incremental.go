@@ -17,6 +17,7 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"time"
 
@@ -101,10 +102,21 @@ func NewIncremental(st *Store, newestK int) *Incremental {
 	return &Incremental{st: st, newestK: newestK, parts: map[string]*partAgg{}, groups: map[time.Time]*groupAgg{}}
 }
 
-// Refresh brings the model up to date and returns a snapshot of it. A failed refresh leaves
-// the model consistent (each partition's figures are replaced whole), so the next one goes on
-// from where it stopped.
+// Refresh brings the model up to date and returns a snapshot of it: the exact figures of the
+// final partitions plus the deltas of the others (Overlay). A failed refresh leaves the model
+// consistent (each partition's figures are replaced whole), so the next one goes on from
+// where it stopped.
 func (m *Incremental) Refresh(ctx context.Context) (*Snapshot, error) {
+	base, err := m.refreshBase(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return m.st.Overlay(ctx, base)
+}
+
+// refreshBase scans what changed and returns the base snapshot: totals of the final
+// partitions (and of the unpartitioned collection) only, the newest sessions.
+func (m *Incremental) refreshBase(ctx context.Context) (*Snapshot, error) {
 	start := time.Now()
 	l, err := m.st.layout(ctx)
 	if err != nil {
@@ -154,7 +166,6 @@ func (m *Incremental) Refresh(ctx context.Context) (*Snapshot, error) {
 	}
 
 	cover := m.cover(list)
-	asOf := start // the oldest read time of a figure of an open partition, else the start
 	for _, p := range list {
 		if inGroup[p.Name] {
 			continue
@@ -175,13 +186,20 @@ func (m *Incremental) Refresh(ctx context.Context) (*Snapshot, error) {
 		if p.Unbounded() && mk.n == 0 {
 			closeAt = time.Time{}
 		}
-		if a != nil && !a.final && mk.n == a.markers && (!keep || a.kept) && m.OpenRescan > 0 &&
-			time.Since(a.scannedAt) < m.OpenRescan && !time.Now().After(closeAt) {
-			// Still open, read recently: its figures stand (as of their scan) until the
-			// next rescan or its close.
-			if a.scannedAt.Before(asOf) {
-				asOf = a.scannedAt
+		open := !time.Now().After(closeAt)
+		if open && !p.Unbounded() && !keep {
+			// Its totals come from its deltas until it closes; nothing to read before. A
+			// final partition written late again (a new marker) is no longer final.
+			if a != nil && mk.n != a.markers {
+				a.final = false
 			}
+			continue
+		}
+		if a != nil && !a.final && mk.n == a.markers && (!keep || a.kept) && m.OpenRescan > 0 &&
+			time.Since(a.scannedAt) < m.OpenRescan && open {
+			// Still open, read recently: its newest sessions (and, for the unpartitioned
+			// collection, its figures) stand as of their scan until the next rescan or
+			// its close.
 			continue
 		}
 		scanStart := time.Now()
@@ -221,11 +239,7 @@ func (m *Incremental) Refresh(ctx context.Context) (*Snapshot, error) {
 		mergeTotals(g.chargers, a.chargers)
 		delete(m.parts, p.Name)
 	}
-	sn, err := m.compose(ctx, list, start)
-	if sn != nil {
-		sn.AsOf = asOf.UTC()
-	}
-	return sn, err
+	return m.compose(list, start), nil
 }
 
 // cover returns the partitions whose sessions the snapshot must keep: the newest ones until
@@ -249,16 +263,64 @@ func (m *Incremental) cover(list []Partition) map[string]bool {
 
 func (m *Incremental) groupKey(p Partition) time.Time { return m.l.groupOf(p) }
 
-// compose sums the figures into a snapshot.
-func (m *Incremental) compose(ctx context.Context, list []Partition, asOf time.Time) (*Snapshot, error) {
-	sn := &Snapshot{AsOf: asOf.UTC(), chargers: map[string]*ChargerTotals{}}
+// compose sums the figures of the final partitions into a base snapshot (Overlay adds the
+// deltas of the others) and collects the newest sessions.
+func (m *Incremental) compose(list []Partition, start time.Time) *Snapshot {
+	sn := &Snapshot{AsOf: start.UTC(), SessionsAsOf: start.UTC(), chargers: map[string]*ChargerTotals{}, exact: map[string]bool{}}
 	for _, g := range m.groups {
 		sn.Fleet.merge(&g.fleet)
 		mergeTotals(sn.chargers, g.chargers)
+		for name := range g.counts {
+			sn.exact[name] = true
+		}
 	}
-	for _, a := range m.parts {
+	for name, a := range m.parts {
+		if a.p.Unbounded() {
+			// No deltas there: its scan's figures, as of that scan when still open.
+			if !a.final {
+				sn.floor = a.scannedAt.UTC()
+			}
+		} else if !a.final {
+			continue // its totals come from its deltas
+		} else {
+			sn.exact[name] = true
+		}
 		sn.Fleet.merge(&a.fleet)
 		mergeTotals(sn.chargers, a.chargers)
+	}
+	// Exact until the oldest partition that is not final (before it every partition is
+	// final: exact sums over what is stored), else the end of the newest partition.
+	var newestEnd, oldestOpen time.Time
+	var scanned int64 // sessions of the partitions scanned, to tell whether newest holds all
+	all := true
+	for _, p := range list {
+		if a := m.parts[p.Name]; a != nil {
+			scanned += a.fleet.Sessions
+			if a.kept && !a.final && a.scannedAt.Before(sn.SessionsAsOf) {
+				sn.SessionsAsOf = a.scannedAt.UTC()
+			}
+		} else if g := m.groups[m.groupKey(p)]; g != nil && sn.exact[p.Name] {
+			scanned += g.counts[p.Name]
+		} else {
+			all = false
+		}
+		if p.Unbounded() {
+			continue
+		}
+		if p.End.After(newestEnd) {
+			newestEnd = p.End
+		}
+		if !sn.exact[p.Name] && (oldestOpen.IsZero() || p.Start.Before(oldestOpen)) {
+			oldestOpen = p.Start
+		}
+	}
+	switch {
+	case !oldestOpen.IsZero():
+		sn.ExactUntil = oldestOpen.UTC()
+	case !newestEnd.IsZero():
+		sn.ExactUntil = newestEnd.UTC()
+	default:
+		sn.ExactUntil = start.UTC()
 	}
 	// The newest sessions: partitions are disjoint in ended_at and listed newest first, so
 	// their kept sessions concatenate in order, up to the first partition not kept whole.
@@ -314,15 +376,91 @@ func (m *Incremental) compose(ctx context.Context, list []Partition, asOf time.T
 		newest = newest[:m.newestK]
 		complete = false
 	}
-	if int64(len(newest)) != sn.Fleet.Sessions {
+	if !all || int64(len(newest)) != scanned {
 		complete = false
 	}
 	sn.newest, sn.complete = newest, complete
-	if err := sn.finish(ctx, m.st); err != nil {
+	sn.sortIDs()
+	sn.Took = time.Since(start)
+	return sn
+}
+
+// Overlay returns sn's base (the exact figures of the final partitions; sn itself when it is
+// one) plus the sums of the deltas of every other time partition, read now: the totals of a
+// partition still filling move within a read of its deltas (a few small documents) of a
+// session being stored, without waiting for a scan. It reads the store but no state of the
+// Incremental, so it may run while a Refresh does (the API's fast path). AsOf is when it
+// started reading (or older, when the unpartitioned collection's figures are still those of
+// a scan of it while it was open); ExactUntil is the start of the oldest partition whose
+// figures are provisional (deltas: they may undercount, never overcount).
+func (s *Store) Overlay(ctx context.Context, sn *Snapshot) (*Snapshot, error) {
+	b := sn
+	if sn.base != nil {
+		b = sn.base
+	}
+	if b.exact == nil {
+		return nil, fmt.Errorf("overlay: not a snapshot of the partitioned read model")
+	}
+	start := time.Now()
+	l, err := s.layout(ctx)
+	if err != nil {
 		return nil, err
 	}
-	sn.Took = time.Since(asOf)
-	return sn, nil
+	parts, err := s.deltaPartitions(ctx, l)
+	if err != nil {
+		return nil, err
+	}
+	out := &Snapshot{AsOf: start.UTC(), SessionsAsOf: b.SessionsAsOf, ExactUntil: b.ExactUntil, base: b,
+		Fleet: b.Fleet, chargers: b.chargers, ids: b.ids, newest: b.newest, complete: b.complete}
+	if !b.floor.IsZero() && b.floor.Before(out.AsOf) {
+		out.AsOf = b.floor
+	}
+	own := map[string]bool{} // entries of out.chargers copied from the base's
+	newIDs := false
+	for _, p := range parts {
+		if b.exact[p.Name] {
+			continue
+		}
+		d, err := s.readDeltas(ctx, p.Name)
+		if err != nil {
+			return nil, err
+		}
+		if p.Start.Before(out.ExactUntil) {
+			out.ExactUntil = p.Start.UTC()
+		}
+		if d.docs == 0 {
+			continue
+		}
+		if len(own) == 0 {
+			out.chargers = maps.Clone(b.chargers)
+		}
+		out.Fleet.merge(&d.fleet)
+		for id, c := range d.chargers {
+			t := out.chargers[id]
+			switch {
+			case t == nil:
+				t = &ChargerTotals{ChargerID: id}
+				newIDs = true
+			case !own[id]:
+				cp := *t
+				t = &cp
+			}
+			own[id] = true
+			out.chargers[id] = t
+			t.merge(&c.Totals)
+		}
+	}
+	if newIDs {
+		out.sortIDs()
+	}
+	rejected, err := s.Rejected.CountDocuments(ctx, bson.D{})
+	if err != nil {
+		return nil, fmt.Errorf("count rejected: %w", err)
+	}
+	out.Fleet.Rejected = rejected
+	out.Fleet.Chargers = int64(len(out.chargers))
+	out.Took = time.Since(start)
+	return out, nil
 }
 
 // mergeNewest merges two newest-first lists.

@@ -368,6 +368,16 @@ func (s *Store) insertPartitioned(ctx context.Context, l layout, docs []SessionD
 				return WriteResult{}, err
 			}
 		}
+		if !g.p.Unbounded() && r.Inserted > 0 {
+			// The speed layer of the API's read model (delta.go): the sums of what this
+			// insert newly stored. Its failure does not fail the write (the sessions are
+			// stored and must be acknowledged): the figures undercount until the
+			// partition's final scan.
+			if err := s.writeDelta(ctx, g.p.Name, newlyStored(part, r)); err != nil {
+				res.DeltaFailures++
+				res.DeltaErr = errors.Join(res.DeltaErr, err)
+			}
+		}
 		res.Inserted += r.Inserted
 		for _, d := range r.Duplicates {
 			res.Duplicates = append(res.Duplicates, g.idx[d])
@@ -380,6 +390,28 @@ func (s *Store) insertPartitioned(ctx context.Context, l layout, docs []SessionD
 	sort.Ints(res.Duplicates)
 	sort.Slice(res.Refused, func(i, j int) bool { return res.Refused[i].Index < res.Refused[j].Index })
 	return res, nil
+}
+
+// newlyStored returns the documents of part that insert result r stored (neither duplicates
+// nor refused).
+func newlyStored(part []SessionDoc, r WriteResult) []SessionDoc {
+	if len(r.Duplicates) == 0 && len(r.Refused) == 0 {
+		return part
+	}
+	skip := make(map[int]bool, len(r.Duplicates)+len(r.Refused))
+	for _, i := range r.Duplicates {
+		skip[i] = true
+	}
+	for _, f := range r.Refused {
+		skip[f.Index] = true
+	}
+	out := make([]SessionDoc, 0, len(part)-len(skip))
+	for i := range part {
+		if !skip[i] {
+			out = append(out, part[i])
+		}
+	}
+	return out
 }
 
 // collectionsOf returns the collections docs are stored in, with the IDs in each.
@@ -458,6 +490,20 @@ func (s *Store) dropPartitionsBefore(ctx context.Context, l layout, cutoff time.
 		}
 		n += c
 		dropped = append(dropped, p.Name)
+	}
+	// The delta collections of the dropped partitions (and of any older one: a late write
+	// racing retention may have created one) go with them.
+	deltas, err := s.deltaPartitions(ctx, l)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, p := range deltas {
+		if p.End.After(cut) {
+			continue
+		}
+		if err := s.DB.Collection(deltaCollection(p.Name)).Drop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("drop the deltas of %s: %w", p.Name, err))
+		}
 	}
 	if len(dropped) > 0 {
 		if _, err := s.DB.Collection(LateCollection).DeleteMany(ctx, bson.D{{Key: "partition", Value: bson.D{{Key: "$in", Value: dropped}}}}); err != nil {

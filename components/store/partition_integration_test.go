@@ -297,8 +297,9 @@ func TestAuditScansOverlappingPartitions(t *testing.T) {
 	}
 }
 
-// With OpenRescan (the API's setting) a partition still filling is read at most that often;
-// meanwhile its figures stand and the snapshot's AsOf says when they were read.
+// With OpenRescan (the API's setting) a partition still filling is read at most that often,
+// for its newest sessions; its totals come from the deltas its writers recorded, so they move
+// on the next refresh without a scan, and the snapshot says they are provisional.
 func TestIncrementalOpenRescan(t *testing.T) {
 	f := testenv.StartFerretDB(t)
 	st := partStore(t, f, "openrescan")
@@ -309,22 +310,148 @@ func TestIncrementalOpenRescan(t *testing.T) {
 	}
 	insertAll(t, st, live[:100])
 	inc := store.NewIncremental(st, 50)
-	inc.OpenRescan = 3 * time.Second
+	inc.OpenRescan = time.Hour
 	before := time.Now()
 	sn, err := inc.Refresh(ctx)
 	if err != nil || sn.Fleet.Sessions != 100 || sn.AsOf.Before(before) {
 		t.Fatalf("first refresh: %+v %v", sn, err)
 	}
-	first, scans := sn.AsOf, inc.Scanned
+	scans := inc.Scanned
+	first := sn
 	mid := time.Now()
-	insertAll(t, st, live[100:])
-	// The figures are those read before the insert, and say so.
-	if sn, err = inc.Refresh(ctx); err != nil || sn.Fleet.Sessions != 100 || sn.AsOf.After(mid) || inc.Scanned != scans {
-		t.Fatalf("refresh within OpenRescan: %d sessions as of %v (first %v), %d scans (was %d), %v", sn.Fleet.Sessions, sn.AsOf, first, inc.Scanned, scans, err)
+	insertAll(t, st, append(live[100:], live[:20]...)) // 10 new, 20 redelivered
+	// The totals include the new sessions (not the redelivered ones) without a scan; the
+	// newest sessions are those of the scan.
+	if sn, err = inc.Refresh(ctx); err != nil || inc.Scanned != scans {
+		t.Fatalf("refresh within OpenRescan: %v, %d scans (was %d)", err, inc.Scanned, scans)
 	}
-	time.Sleep(3 * time.Second)
-	if sn, err = inc.Refresh(ctx); err != nil || sn.Fleet.Sessions != 110 || !sn.AsOf.After(mid) {
-		t.Fatalf("refresh after OpenRescan: %+v %v", sn, err)
+	checkTotals(t, "refresh within OpenRescan", sn, sumStored(t, st))
+	open := live[0].EndedAt.Truncate(time.Minute)
+	if !sn.AsOf.After(mid) || sn.ExactUntil.After(open) || !sn.SessionsAsOf.Before(mid) {
+		t.Fatalf("refresh within OpenRescan: as of %v (insert at %v), exact until %v (partition %v), sessions as of %v",
+			sn.AsOf, mid, sn.ExactUntil, open, sn.SessionsAsOf)
+	}
+	// The fast path: the deltas added to an older snapshot's exact figures.
+	o, err := st.Overlay(ctx, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkTotals(t, "overlay of the first snapshot", o, sumStored(t, st))
+}
+
+// checkTotals compares the totals of a snapshot (fleet and every charger) with the sums over
+// every stored document.
+func checkTotals(t *testing.T, step string, sn *store.Snapshot, want storedSums) {
+	t.Helper()
+	f := sn.Fleet
+	if f.Sessions != want.fleet.Sessions || f.EnergyKWh != want.fleet.EnergyKWh || f.CostCents != want.fleet.CostCents ||
+		!f.FirstSessionAt.Equal(want.fleet.FirstSessionAt) || !f.LastSessionAt.Equal(want.fleet.LastSessionAt) ||
+		f.Chargers != int64(len(want.chargers)) {
+		t.Fatalf("%s: fleet %+v, stored %+v over %d chargers", step, f, want.fleet, len(want.chargers))
+	}
+	for id, w := range want.chargers {
+		got, err := sn.Charger(id)
+		if err != nil || got.Sessions != w.Sessions || got.EnergyKWh != w.EnergyKWh || got.CostCents != w.CostCents || !got.LastSessionAt.Equal(w.LastSessionAt) {
+			t.Fatalf("%s: charger %s: %+v %v, stored %+v", step, id, got, err, *w)
+		}
+	}
+}
+
+// checkAtMost checks that a snapshot's totals (fleet and every charger) do not exceed the sums
+// over what is stored: provisional figures may undercount, never overcount.
+func checkAtMost(t *testing.T, step string, sn *store.Snapshot, stored storedSums) {
+	t.Helper()
+	if f := sn.Fleet; f.Sessions > stored.fleet.Sessions || f.EnergyKWh > stored.fleet.EnergyKWh || f.CostCents > stored.fleet.CostCents ||
+		f.Chargers > int64(len(stored.chargers)) {
+		t.Fatalf("%s: fleet %+v exceeds what is stored %+v", step, f, stored.fleet)
+	}
+	ids, _ := sn.ListChargers("", 1<<30)
+	for _, c := range ids {
+		w := stored.chargers[c.ChargerID]
+		if w == nil || c.Sessions > w.Sessions || c.EnergyKWh > w.EnergyKWh || c.CostCents > w.CostCents {
+			t.Fatalf("%s: charger %s %+v exceeds what is stored %+v", step, c.ChargerID, c, w)
+		}
+	}
+}
+
+// Live sessions appear in the totals on the next refresh, while their partition is still open
+// and without reading it again (on a store whose open partitions are read once an hour), even
+// with redeliveries; a delta the store refused leaves them undercounted (never overcounted)
+// until their partition closes, and then the totals are exact sums over what is stored.
+func TestDeltasFreshAndUndercountOnly(t *testing.T) {
+	f := testenv.StartFerretDB(t)
+	ctx := context.Background()
+	const width, grace = 5 * time.Second, 2 * time.Second
+	st, err := store.Connect(ctx, store.Config{URI: f.URI, Database: "deltas", PartitionWidth: width, PartitionGrace: grace}, "delta-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close(context.Background()) })
+	inc := store.NewIncremental(st, 50)
+	inc.OpenRescan = time.Hour
+	var sent []store.SessionDoc
+	seq := 0
+	batch := func(n int) []store.SessionDoc {
+		var b []store.SessionDoc
+		for range n {
+			seq++
+			b = append(b, partDoc(seq%13, seq, time.Now().UTC().Truncate(time.Millisecond)))
+		}
+		sent = append(sent, b...)
+		return b
+	}
+	// 3 s of live traffic (partitions filling and closing), each batch followed by a
+	// refresh that must already count it: fresh, and exact since no delta failed.
+	deadline := time.Now().Add(3 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		b := batch(20)
+		if i > 0 {
+			b = append(b, sent[len(sent)-30:len(sent)-20]...) // the previous batch's last 10 again
+		}
+		r := insertAll(t, st, b)
+		if r.Inserted != 20 || r.DeltaFailures != 0 {
+			t.Fatalf("batch %d: %+v", i, r)
+		}
+		sn, err := inc.Refresh(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkTotals(t, fmt.Sprintf("refresh after batch %d", i), sn, sumStored(t, st))
+		if !sn.ExactUntil.Before(b[0].EndedAt) {
+			t.Fatalf("batch %d: exact until %v, yet its sessions (%v) are in an open partition", i, sn.ExactUntil, b[0].EndedAt)
+		}
+	}
+	open := inc.Scanned
+
+	// The store refuses one delta: the write succeeds, says so, and the totals undercount.
+	st.SetDeltaFault(func(p string) error { return fmt.Errorf("refused by the test (%s)", p) })
+	lost := batch(15)
+	r := insertAll(t, st, lost)
+	st.SetDeltaFault(nil)
+	if r.Inserted != 15 || r.DeltaFailures != 1 || r.DeltaErr == nil {
+		t.Fatalf("insert with a refused delta: %+v", r)
+	}
+	more := batch(5)
+	insertAll(t, st, append(more, lost...)) // a redelivery adds no delta either
+	sn, err := inc.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := sumStored(t, st)
+	checkAtMost(t, "after a refused delta", sn, stored)
+	if sn.Fleet.Sessions != stored.fleet.Sessions-15 {
+		t.Fatalf("after a refused delta: %d sessions, stored %d, want exactly the 15 uncounted", sn.Fleet.Sessions, stored.fleet.Sessions)
+	}
+	t.Logf("%d partition scans while ingesting %d sessions", open, len(sent))
+
+	// Once every partition has closed, their final scans replace the deltas: exact.
+	time.Sleep(time.Until(sent[len(sent)-1].EndedAt.Truncate(width).Add(width + grace + time.Second)))
+	if sn, err = inc.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkExact(t, "after close", sn, sumStored(t, st), 50)
+	if last := sent[len(sent)-1].EndedAt; sn.ExactUntil.Before(last) {
+		t.Fatalf("after close: exact until %v, before the last session %v", sn.ExactUntil, last)
 	}
 }
 

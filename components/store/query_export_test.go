@@ -41,3 +41,8 @@ func (s *Store) AuditCollections(ctx context.Context, from, to time.Time) ([]str
 	}
 	return names, err
 }
+
+// SetDeltaFault makes the delta insert after a session insert fail with f's error (nil
+// restores it): the fault a store refusing that one write, or a crash between the two
+// inserts, leaves behind.
+func (s *Store) SetDeltaFault(f func(partition string) error) { s.deltaFault = f }

@@ -33,13 +33,25 @@ func (s *Store) IsFerretDB(ctx context.Context) (bool, error) {
 
 // Snapshot is the read model computed by one scan of the stored sessions.
 type Snapshot struct {
-	AsOf     time.Time     // when the scan started: the figures cover what was stored then
-	Took     time.Duration // how long the scan took
-	Fleet    FleetStats
-	chargers map[string]*ChargerTotals
-	ids      []string     // charger IDs in ascending byte order
-	newest   []SessionDoc // the newest sessions, newest first (ended_at desc, _id desc)
-	complete bool         // newest holds every stored session
+	AsOf time.Time     // when the scan started: the figures cover what was stored then
+	Took time.Duration // how long the scan took
+	// ExactUntil: the totals are exact sums over what is stored for the sessions that ended
+	// before it; those of later ones are provisional (the partitioned read model's deltas:
+	// they may undercount, never overcount). AsOf on a snapshot of one scan.
+	ExactUntil time.Time
+	// SessionsAsOf is when the newest sessions were read (the oldest scan they come from).
+	SessionsAsOf time.Time
+	Fleet        FleetStats
+	chargers     map[string]*ChargerTotals
+	ids          []string     // charger IDs in ascending byte order
+	newest       []SessionDoc // the newest sessions, newest first (ended_at desc, _id desc)
+	complete     bool         // newest holds every stored session
+
+	// The partitioned read model (incremental.go): a base snapshot holds the figures of the
+	// final partitions, a snapshot served adds the deltas of the others to its base.
+	base  *Snapshot       // nil for a base (or a snapshot of one scan)
+	exact map[string]bool // base: the time partitions whose totals it holds (final scans)
+	floor time.Time       // base: the scan of the open unpartitioned collection its figures are as of
 }
 
 // ScanSnapshot reads every stored session once and keeps the newest newestK of them.
@@ -94,6 +106,7 @@ func (s *Store) ScanSnapshot(ctx context.Context, newestK int) (*Snapshot, error
 		sn.newest[i] = heap.Pop(top).(SessionDoc)
 	}
 	sn.complete = int64(len(sn.newest)) == n
+	sn.ExactUntil, sn.SessionsAsOf = sn.AsOf, sn.AsOf
 
 	sn.Took = time.Since(start)
 	return sn, nil
@@ -108,12 +121,26 @@ func (sn *Snapshot) finish(ctx context.Context, s *Store) error {
 	}
 	sn.Fleet.Rejected = rejected
 	sn.Fleet.Chargers = int64(len(sn.chargers))
+	sn.sortIDs()
+	return nil
+}
+
+// sortIDs lists the charger IDs in ascending byte order.
+func (sn *Snapshot) sortIDs() {
 	sn.ids = make([]string, 0, len(sn.chargers))
 	for id := range sn.chargers {
 		sn.ids = append(sn.ids, id)
 	}
 	sort.Strings(sn.ids)
-	return nil
+}
+
+// Base returns the snapshot that holds sn's newest sessions (its base on the partitioned read
+// model, else sn): two snapshots with the same Base list the same sessions.
+func (sn *Snapshot) Base() *Snapshot {
+	if sn.base != nil {
+		return sn.base
+	}
+	return sn
 }
 
 func (t *Totals) add(energy, cost float64, end time.Time) {

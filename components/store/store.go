@@ -125,6 +125,8 @@ type Store struct {
 	ls        layoutState
 	markMu    sync.Mutex
 	marks     map[string]time.Time // the late markers this process inserted last, per partition
+	// deltaFault, set by tests only, makes the delta insert of a partition fail (delta.go).
+	deltaFault func(partition string) error
 }
 
 // writeConcern is the write concern the components write with: the URI's when it sets one

@@ -28,6 +28,12 @@ type WriteResult struct {
 	Inserted   int
 	Duplicates []int
 	Refused    []Refusal
+	// DeltaFailures counts the partitions (time-partitioned layout) whose delta document
+	// could not be recorded (DeltaErr says why): the sessions are stored all the same, and
+	// the API's provisional totals leave them out until their partition's final scan
+	// (delta.go). The caller logs and counts them; it must not retry the write for them.
+	DeltaFailures int
+	DeltaErr      error
 }
 
 // Refusal is a document the store refused permanently: retrying it can only fail again.
