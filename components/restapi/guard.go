@@ -178,6 +178,14 @@ func setFreshness(h http.Header, asOf time.Time, ttl time.Duration) {
 	h.Set("Cache-Control", "max-age="+strconv.Itoa(int(math.Ceil(ttl.Seconds()))))
 }
 
+// setExactUntil says up to when an answer's totals are exact sums over what is stored:
+// the sessions that ended later are counted from the partitioned read model's deltas,
+// which may undercount (a delta lost to a crash or a refused write) until their partition
+// closes and is scanned, never overcount.
+func setExactUntil(h http.Header, t time.Time) {
+	h.Set("X-Data-Exact-Until", t.UTC().Format(time.RFC3339Nano))
+}
+
 // readFunc computes a read of the store: the value to send as JSON, or a not-found detail,
 // or an error.
 type readFunc func(ctx context.Context, st *store.Store) (v any, notFound string, err error)
@@ -271,6 +279,9 @@ func (s *Server) serveRead(w http.ResponseWriter, r *http.Request, route, cacheK
 			setFreshness(w.Header(), res.asOf, s.cfg.CacheTTL)
 		} else {
 			w.Header().Set("X-Data-As-Of", res.asOf.UTC().Format(time.RFC3339Nano))
+		}
+		if route == routeStats || route == routeChargers || route == routeCharger {
+			setExactUntil(w.Header(), res.asOf) // queried whole: exact as of the read
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)

@@ -135,7 +135,7 @@ func (s *Server) readings(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+	if s.serveSnapshot(w, r, false, func(sn *store.Snapshot) (any, string, bool) {
 		body, ok := s.readingsBody(sn)
 		return body, "", ok
 	}) {
@@ -172,7 +172,7 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+	if s.serveSnapshot(w, r, false, func(sn *store.Snapshot) (any, string, bool) {
 		docs, more, ok := sn.Sessions(p.query)
 		return newSessionPage(docs, more), "", ok
 	}) {
@@ -233,7 +233,7 @@ func (s *Server) listChargers(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+	if s.serveSnapshot(w, r, true, func(sn *store.Snapshot) (any, string, bool) {
 		rows, more := sn.ListChargers(p.after, p.limit)
 		return newChargerPage(rows, more), "", true
 	}) {
@@ -273,7 +273,7 @@ func (s *Server) getCharger(w http.ResponseWriter, r *http.Request) {
 		writeNotFound(w, "no charger "+truncate(id, 100)+": a charger ID is 1 to 64 of A-Z a-z 0-9 _ . -")
 		return
 	}
-	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+	if s.serveSnapshot(w, r, true, func(sn *store.Snapshot) (any, string, bool) {
 		t, err := sn.Charger(id)
 		if err != nil {
 			return nil, "no charger " + id + ": it has no stored session", true
@@ -299,7 +299,7 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 		writeInvalidParams(w, errs)
 		return
 	}
-	if s.serveSnapshot(w, r, func(sn *store.Snapshot) (any, string, bool) {
+	if s.serveSnapshot(w, r, true, func(sn *store.Snapshot) (any, string, bool) {
 		return newStatsView(&sn.Fleet), "", true
 	}) {
 		return

@@ -7,6 +7,12 @@ package restapi
 // of the stored sessions. One refresh runs at a time whatever the number of clients, so
 // readers cannot crowd the store out of the listener's writes; responses carry the refresh's
 // start time (X-Data-As-Of) and age.
+//
+// On the partitioned layout a refresh may scan for seconds (a closed partition, the newest
+// sessions of a filling one), so the totals have a fast path beside it: the deltas of the
+// partitions that are not final (store.Overlay: a few small documents each) are read again
+// on top of the current snapshot's exact figures at most once per --cache-ttl, even while a
+// refresh scans. Totals then say how far they are exact (X-Data-Exact-Until).
 
 import (
 	"context"
@@ -55,6 +61,12 @@ type snapshots struct {
 	incWarm  bool // inc has completed a refresh (used by the refresh goroutine only)
 	// incremental is set (under mu) once refreshes read only what changed.
 	incremental bool
+
+	// The fast path of the partitioned read model: one overlay (the deltas of the non-final
+	// partitions over the current snapshot's base) at a time, paced by its own duration.
+	overlaying  bool
+	overlayEnd  time.Time
+	overlayTook time.Duration
 }
 
 // pauseLocked is the pause between two refreshes: twice the last one's duration for full
@@ -115,6 +127,8 @@ func (m *snapshots) get(ctx context.Context, st *store.Store) (*store.Snapshot, 
 			cur := m.cur
 			if m.running == nil && time.Since(m.lastEnd) >= m.pauseLocked() {
 				m.startLocked(st)
+			} else if m.incremental && !m.overlaying && time.Since(m.overlayEnd) >= m.overlayTook {
+				m.startOverlayLocked(st, cur)
 			}
 			m.mu.Unlock()
 			return cur, nil
@@ -156,11 +170,39 @@ func (m *snapshots) startLocked(st *store.Store) {
 			m.lastTook = 0
 		}
 		if err == nil {
-			m.prev, m.cur = m.cur, sn
+			if m.cur == nil || m.cur.Base() != sn.Base() {
+				m.prev = m.cur
+			}
+			m.cur = sn
 		} else {
 			m.log.Warn("scan of the stored sessions failed", "err", err, "took", m.lastTook)
 		}
 		close(done)
+	}()
+}
+
+// startOverlayLocked reads the deltas of the non-final partitions again on top of cur's base
+// (store.Overlay), beside a refresh that may be scanning: the totals move within about a
+// --cache-ttl of a session being stored.
+func (m *snapshots) startOverlayLocked(st *store.Store, cur *store.Snapshot) {
+	m.overlaying = true
+	started := time.Now()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), m.timeout)
+		defer cancel()
+		sn, err := st.Overlay(ctx, cur)
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.overlaying, m.overlayEnd = false, time.Now()
+		m.overlayTook = m.overlayEnd.Sub(started)
+		if err != nil {
+			m.log.Warn("read of the provisional totals (deltas) failed", "err", err, "took", m.overlayTook)
+			return
+		}
+		// A refresh that ended meanwhile published a newer base with its own deltas: keep it.
+		if m.cur != nil && m.cur.Base() == sn.Base() && sn.AsOf.After(m.cur.AsOf) {
+			m.cur = sn
+		}
 	}()
 }
 
@@ -185,7 +227,9 @@ type snapshotFunc func(sn *store.Snapshot) (v any, notFound string, ok bool)
 
 // serveSnapshot answers from the snapshot read model when the server uses it; it reports
 // false when the request must be answered by the store's queries instead.
-func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request, answer snapshotFunc) bool {
+// totals marks answers made of totals (else lists of sessions): they carry
+// X-Data-Exact-Until, and their X-Data-As-Of is when the totals were read, not the sessions.
+func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request, totals bool, answer snapshotFunc) bool {
 	if !s.useSnapshots() {
 		return false
 	}
@@ -218,8 +262,13 @@ func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request, answer sn
 	if !ok {
 		return false
 	}
+	asOf := sn.SessionsAsOf
+	if totals {
+		asOf = sn.AsOf
+		setExactUntil(w.Header(), sn.ExactUntil)
+	}
 	if body, isBody := v.(json.RawMessage); isBody {
-		setFreshness(w.Header(), sn.AsOf, s.cfg.CacheTTL)
+		setFreshness(w.Header(), asOf, s.cfg.CacheTTL)
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write(body)
@@ -229,7 +278,7 @@ func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request, answer sn
 		writeNotFound(w, notFound)
 		return true
 	}
-	setFreshness(w.Header(), sn.AsOf, s.cfg.CacheTTL)
+	setFreshness(w.Header(), asOf, s.cfg.CacheTTL)
 	writeJSON(w, s.log, http.StatusOK, v)
 	return true
 }
@@ -254,9 +303,10 @@ func (s *Server) useSnapshots() bool {
 
 // readingsBody returns /readings/ of sn, encoded once per snapshot.
 func (s *Server) readingsBody(sn *store.Snapshot) (json.RawMessage, bool) {
-	// Keyed by the snapshot itself: two incremental snapshots may share an AsOf (a partition
-	// still open and not read again bounds both) while other partitions changed.
-	if c := s.readingsMemo.Load(); c != nil && c.snap == sn {
+	// Keyed by the snapshot holding the sessions (its base: the overlays of provisional
+	// totals on top of one base list the same sessions), not by AsOf: two incremental
+	// snapshots may share an AsOf while other partitions changed.
+	if c := s.readingsMemo.Load(); c != nil && c.snap == sn.Base() {
 		return c.body, true
 	}
 	docs, _, ok := sn.Sessions(store.SessionQuery{Limit: ReadingsLimit})
@@ -268,6 +318,6 @@ func (s *Server) readingsBody(sn *store.Snapshot) (json.RawMessage, bool) {
 		return nil, false
 	}
 	body := json.RawMessage(append(b, '\n'))
-	s.readingsMemo.Store(&cached{body: body, asOf: sn.AsOf, snap: sn})
+	s.readingsMemo.Store(&cached{body: body, asOf: sn.SessionsAsOf, snap: sn.Base()})
 	return body, true
 }

@@ -8,11 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/chargesim/chargesim/components/session"
 	"github.com/chargesim/chargesim/components/store"
 )
 
@@ -159,4 +161,91 @@ func TestRetention(t *testing.T) {
 	if got := retentionInterval(time.Hour); got != 6*time.Minute {
 		t.Errorf("retention interval of 1h: %v", got)
 	}
+}
+
+// liveDoc is a session of the simulator's kind (its key names its end, so it is stored in its
+// time partition) ending at end.
+func liveDoc(seq int, end time.Time) store.SessionDoc {
+	end = end.UTC().Truncate(time.Millisecond)
+	s := session.Session{SessionID: end.UnixMilli()*1000 + int64(seq%1000), ChargerID: strconv.Itoa(seq%5 + 1), ConnectorID: 1,
+		EnergyKWh: float64(seq%9) + 0.5, DurationSeconds: 600, CostCents: float64(seq%7) * 25, EndedAt: end}
+	return store.NewSessionDoc(s, "charger/"+s.ChargerID, end)
+}
+
+// Totals move within about a second of a session being stored, while its partition is still
+// filling and while the read model rescans a big filling partition for its newest sessions
+// (the deltas of the non-final partitions are read beside the scans); they never exceed what
+// is stored, and say up to when they are exact.
+func TestTotalsFreshWhilePartitionsFill(t *testing.T) {
+	e := startAPI(t)
+	ctx := context.Background()
+	c := newServerWith(t, e.st, Config{QueryTimeout: 5 * time.Second, CacheTTL: time.Second})
+	seq := 0
+	var stored int64
+	insert := func(n int) time.Time {
+		t.Helper()
+		var b []store.SessionDoc
+		for range n {
+			seq++
+			b = append(b, liveDoc(seq, time.Now()))
+		}
+		r, err := e.st.InsertSessions(ctx, b)
+		if err != nil || r.Inserted != n || r.DeltaFailures != 0 {
+			t.Fatalf("insert: %+v %v", r, err)
+		}
+		stored += int64(n)
+		return b[0].EndedAt
+	}
+	// A big filling partition: each rescan of it (for the newest sessions) takes a while.
+	for range 24 {
+		insert(500)
+	}
+	stats := func() (StatsView, http.Header) {
+		t.Helper()
+		res := c.get("/api/v1/stats")
+		var v StatsView
+		if res.Status == http.StatusOK {
+			decodeJSON(t, "/api/v1/stats", res, &v)
+		}
+		return v, res.Header
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for v, _ := stats(); v.Sessions != stored; v, _ = stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("first snapshot: %d sessions, stored %d", v.Sessions, stored)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Live traffic for 12 s (more than a partition width: the partition holding the
+	// 12,000 sessions is rescanned meanwhile): every batch must show within 2.5 s.
+	var worst time.Duration
+	end := time.Now().Add(12 * time.Second)
+	for batches := 0; time.Now().Before(end); batches++ {
+		first := insert(10)
+		at := time.Now()
+		for {
+			v, h := stats()
+			if v.Sessions > stored {
+				t.Fatalf("batch %d: %d sessions, more than the %d stored", batches, v.Sessions, stored)
+			}
+			exact, err := time.Parse(time.RFC3339Nano, h.Get("X-Data-Exact-Until"))
+			if err != nil || !exact.Before(first) {
+				t.Fatalf("batch %d: X-Data-Exact-Until %q, yet sessions ending at %v are in a filling partition", batches, h.Get("X-Data-Exact-Until"), first)
+			}
+			if v.Sessions == stored {
+				asOf, err := time.Parse(time.RFC3339Nano, h.Get("X-Data-As-Of"))
+				if err != nil || asOf.Before(at.Add(-time.Second)) {
+					t.Fatalf("batch %d: X-Data-As-Of %q, stored at %v", batches, h.Get("X-Data-As-Of"), at)
+				}
+				break
+			}
+			if d := time.Since(at); d > 2500*time.Millisecond {
+				t.Fatalf("batch %d: not in the totals %v after it was stored (%d of %d sessions; as of %s)", batches, d, v.Sessions, stored, h.Get("X-Data-As-Of"))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		worst = max(worst, time.Since(at))
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("every batch in the totals within %v of being stored", worst)
 }
