@@ -357,7 +357,7 @@ func TestMetricsLint(t *testing.T) {
 		}
 	}
 	for _, n := range []string{MetricReceived, MetricStored, MetricDuplicates, MetricRejected, MetricBatchSize, MetricWriteDuration,
-		MetricWriteErrors, MetricLag, MetricPending, MetricInflightBatches, MetricConnected} {
+		MetricWriteErrors, MetricLag, MetricPending, MetricInflightBatches, MetricConnected, MetricDeltaFailures} {
 		if !names[n] {
 			t.Errorf("metric %s not exposed", n)
 		}

@@ -19,6 +19,7 @@ const (
 	MetricPending         = "chargesim_listener_pending"
 	MetricInflightBatches = "chargesim_listener_inflight_batches"
 	MetricConnected       = "chargesim_listener_connected"
+	MetricDeltaFailures   = "chargesim_listener_delta_failures_total"
 )
 
 type metrics struct {
@@ -33,6 +34,7 @@ type metrics struct {
 	pending       prometheus.Gauge
 	inflight      prometheus.Gauge
 	connected     prometheus.Gauge
+	deltaFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -62,6 +64,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Batches being written, retries included."}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricConnected,
 			Help: "1 while connected to the MQTT broker."}),
+		deltaFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricDeltaFailures,
+			Help: "Stored batches whose delta document (the API's provisional totals, time-partitioned store) could not be written: the API undercounts them until their partition closes."}),
 	}
 	for _, r := range session.Reasons {
 		m.rejected.WithLabelValues(string(r)) // every series exists from the start, at 0
@@ -70,7 +74,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.received, m.stored, m.duplicates, m.rejected, m.batchSize,
-		m.writeDuration, m.writeErrors, m.lag, m.pending, m.inflight, m.connected} {
+		m.writeDuration, m.writeErrors, m.lag, m.pending, m.inflight, m.connected, m.deltaFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

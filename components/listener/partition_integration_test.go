@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/chargesim/chargesim/components/store"
 )
@@ -34,9 +35,11 @@ func TestCrashMidStreamReadModelExact(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = st.Close(context.Background()) })
 	inc := store.NewIncremental(st, 300)
+	inc.OpenRescan = 10 * time.Second // the API's setting: totals of filling partitions come from deltas
 	stop := make(chan struct{})
 	refreshed := make(chan error, 1)
-	go func() { // the API refreshing all along
+	checks := 0
+	go func() { // the API refreshing all along; its provisional totals never exceed what is stored
 		var err error
 		for err == nil {
 			select {
@@ -45,7 +48,11 @@ func TestCrashMidStreamReadModelExact(t *testing.T) {
 				return
 			case <-time.After(100 * time.Millisecond):
 			}
-			_, err = inc.Refresh(ctx)
+			var sn *store.Snapshot
+			if sn, err = inc.Refresh(ctx); err == nil {
+				err = atMostStored(ctx, sn, sessionsColl(t, d)) // read after: what is stored only grows
+				checks++
+			}
 		}
 		refreshed <- err
 	}()
@@ -106,5 +113,42 @@ func TestCrashMidStreamReadModelExact(t *testing.T) {
 			t.Errorf("charger %s: read model %+v %v, stored %d sessions %.2f kWh", c, got, err, k, want.energyCharger[c])
 		}
 	}
-	t.Logf("read model: %d partition scans over the run, %d partitions", inc.Scanned, len(parts))
+	t.Logf("read model: %d partition scans over the run, %d partitions; provisional totals checked against the store %d times", inc.Scanned, len(parts), checks)
+}
+
+// atMostStored fails when a snapshot's totals (fleet or any charger) exceed the sums over
+// what is stored: provisional figures (deltas) may undercount, never overcount.
+func atMostStored(ctx context.Context, sn *store.Snapshot, set sessionsSet) error {
+	colls, err := set.colls(ctx)
+	if err != nil {
+		return err
+	}
+	perCharger := map[string]int64{}
+	var n int64
+	for _, c := range colls {
+		cur, err := c.Find(ctx, bson.D{}, options.Find().SetProjection(bson.D{{Key: "charger_id", Value: 1}}))
+		if err != nil {
+			return err
+		}
+		var rows []struct {
+			ChargerID string `bson:"charger_id"`
+		}
+		if err := cur.All(ctx, &rows); err != nil {
+			return err
+		}
+		for _, r := range rows {
+			perCharger[r.ChargerID]++
+			n++
+		}
+	}
+	if sn.Fleet.Sessions > n {
+		return fmt.Errorf("read model counts %d sessions, %d stored", sn.Fleet.Sessions, n)
+	}
+	rows, _ := sn.ListChargers("", 1<<30)
+	for _, c := range rows {
+		if c.Sessions > perCharger[c.ChargerID] {
+			return fmt.Errorf("read model counts %d sessions of charger %s, %d stored", c.Sessions, c.ChargerID, perCharger[c.ChargerID])
+		}
+	}
+	return nil
 }
