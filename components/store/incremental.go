@@ -90,11 +90,23 @@ type Incremental struct {
 	groups  map[time.Time]*groupAgg
 	// Scanned counts the partition scans, for tests and logs.
 	Scanned int
-	// OpenRescan, when set, is how often a partition still open is read again (its figures
-	// stand meanwhile, and the snapshot's AsOf says how old they are); 0 reads every open
-	// partition on every refresh. The API sets the partition width: on a busy store, reading
-	// the filling partitions on every refresh read each session many times over.
+	// OpenRescan, when set, is how often a partition still open and holding some of the
+	// newest sessions is read again for them (they stand meanwhile, and the snapshot's
+	// SessionsAsOf says how old they are; its totals come from its deltas); 0 reads them on
+	// every refresh. The API sets the partition width: on a busy store, reading the filling
+	// partitions on every refresh read each session many times over.
 	OpenRescan time.Duration
+	// exactOpen makes every refresh scan the partitions that are not final and count them
+	// from those scans instead of their deltas: exact sums as of the refresh, at the price
+	// of the scans (the per-request queries read model and one-shot ScanSnapshot).
+	exactOpen bool
+}
+
+// newExactIncremental returns a read model whose every refresh is exact (exactOpen).
+func newExactIncremental(st *Store, newestK int) *Incremental {
+	m := NewIncremental(st, newestK)
+	m.exactOpen = true
+	return m
 }
 
 // NewIncremental returns an empty read model of st keeping the newest newestK sessions.
@@ -110,6 +122,14 @@ func (m *Incremental) Refresh(ctx context.Context) (*Snapshot, error) {
 	base, err := m.refreshBase(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if m.exactOpen {
+		// Every partition counted from a scan: nothing provisional to add.
+		if err := base.finish(ctx, m.st); err != nil {
+			return nil, err
+		}
+		base.exact = nil // not a base to overlay deltas on
+		return base, nil
 	}
 	return m.st.Overlay(ctx, base)
 }
@@ -187,7 +207,7 @@ func (m *Incremental) refreshBase(ctx context.Context) (*Snapshot, error) {
 			closeAt = time.Time{}
 		}
 		open := !time.Now().After(closeAt)
-		if open && !p.Unbounded() && !keep {
+		if open && !p.Unbounded() && !keep && !m.exactOpen {
 			// Its totals come from its deltas until it closes; nothing to read before. A
 			// final partition written late again (a new marker) is no longer final.
 			if a != nil && mk.n != a.markers {
@@ -280,7 +300,7 @@ func (m *Incremental) compose(list []Partition, start time.Time) *Snapshot {
 			if !a.final {
 				sn.floor = a.scannedAt.UTC()
 			}
-		} else if !a.final {
+		} else if !a.final && !m.exactOpen {
 			continue // its totals come from its deltas
 		} else {
 			sn.exact[name] = true
@@ -315,6 +335,8 @@ func (m *Incremental) compose(list []Partition, start time.Time) *Snapshot {
 		}
 	}
 	switch {
+	case m.exactOpen:
+		sn.ExactUntil = start.UTC()
 	case !oldestOpen.IsZero():
 		sn.ExactUntil = oldestOpen.UTC()
 	case !newestEnd.IsZero():

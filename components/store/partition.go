@@ -521,7 +521,7 @@ func (s *Store) partitionedSnapshot(ctx context.Context) (*Snapshot, error) {
 	if err != nil || !l.partitioned {
 		return nil, err
 	}
-	return NewIncremental(s, 0).Refresh(ctx)
+	return newExactIncremental(s, 0).Refresh(ctx)
 }
 
 // scanNewestPartitioned is scanNewest over the partitions that can hold an answer, newest

@@ -60,7 +60,7 @@ func (s *Store) ScanSnapshot(ctx context.Context, newestK int) (*Snapshot, error
 	if l, err := s.layout(ctx); err != nil {
 		return nil, err
 	} else if l.partitioned {
-		return NewIncremental(s, newestK).Refresh(ctx)
+		return newExactIncremental(s, newestK).Refresh(ctx)
 	}
 	start := time.Now()
 	sn := &Snapshot{AsOf: start.UTC(), chargers: map[string]*ChargerTotals{}}
