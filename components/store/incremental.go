@@ -438,7 +438,7 @@ func (s *Store) Overlay(ctx context.Context, sn *Snapshot) (*Snapshot, error) {
 		out.AsOf = b.floor
 	}
 	own := map[string]bool{} // entries of out.chargers copied from the base's
-	newIDs := false
+	cloned, newIDs := false, false
 	for _, p := range parts {
 		if b.exact[p.Name] {
 			continue
@@ -453,8 +453,8 @@ func (s *Store) Overlay(ctx context.Context, sn *Snapshot) (*Snapshot, error) {
 		if d.docs == 0 {
 			continue
 		}
-		if len(own) == 0 {
-			out.chargers = maps.Clone(b.chargers)
+		if !cloned { // the base is shared by every overlay: copy on write
+			out.chargers, cloned = maps.Clone(b.chargers), true
 		}
 		out.Fleet.merge(&d.fleet)
 		for id, c := range d.chargers {
