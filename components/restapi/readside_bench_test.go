@@ -399,25 +399,42 @@ func BenchmarkReadSide(b *testing.B) {
 		fmt.Printf("# %s: %d requests, codes %v, shed %d, errors %d\n", name, len(r.lat), r.codes, r.shed, r.errs)
 	}
 	// Freshness: the age of the data an answer is computed from (X-Data-As-Of), sampled on
-	// every answer of the totals and listing endpoints.
+	// every answer of the totals and listing endpoints; separately for the totals (stats,
+	// chargers), whose provisional figures come from the deltas, and how far back they are
+	// provisional (now − X-Data-Exact-Until).
 	var ageMu sync.Mutex
-	var ages []time.Duration
-	withAge := func(code int, h http.Header, err error) (int, http.Header, error) {
+	var ages, totalAges, provisional []time.Duration
+	withAge := func(totals bool, code int, h http.Header, err error) (int, http.Header, error) {
 		if asOf, perr := time.Parse(time.RFC3339Nano, h.Get("X-Data-As-Of")); err == nil && perr == nil {
 			ageMu.Lock()
 			ages = append(ages, time.Since(asOf))
+			if totals {
+				totalAges = append(totalAges, time.Since(asOf))
+				if exact, perr := time.Parse(time.RFC3339Nano, h.Get("X-Data-Exact-Until")); perr == nil {
+					provisional = append(provisional, time.Since(exact))
+				}
+			}
 			ageMu.Unlock()
 		}
 		return code, h, err
 	}
 	for _, ep := range endpoints {
-		report(ep.name, load(4, phase, func(rnd *rand.Rand) (int, http.Header, error) { return withAge(httpGet(client, ep.url(rnd))) }))
+		totals := ep.name == "stats" || strings.HasPrefix(ep.name, "charger")
+		report(ep.name, load(4, phase, func(rnd *rand.Rand) (int, http.Header, error) {
+			code, h, err := httpGet(client, ep.url(rnd))
+			return withAge(totals, code, h, err)
+		}))
 	}
-	if len(ages) > 0 {
-		slices.Sort(ages)
-		b.ReportMetric(ages[len(ages)/2].Seconds(), "freshness-p50-s")
-		b.ReportMetric(ages[len(ages)*99/100].Seconds(), "freshness-p99-s")
-		b.ReportMetric(ages[len(ages)-1].Seconds(), "freshness-max-s")
+	for _, a := range []struct {
+		name string
+		d    []time.Duration
+	}{{"freshness", ages}, {"freshness-totals", totalAges}, {"provisional-span", provisional}} {
+		if len(a.d) > 0 {
+			slices.Sort(a.d)
+			b.ReportMetric(a.d[len(a.d)/2].Seconds(), a.name+"-p50-s")
+			b.ReportMetric(a.d[len(a.d)*99/100].Seconds(), a.name+"-p99-s")
+			b.ReportMetric(a.d[len(a.d)-1].Seconds(), a.name+"-max-s")
+		}
 	}
 	// The audit's read of a 10 s window (the newest closed seconds) while ingesting.
 	auditStart := time.Now()
