@@ -47,7 +47,7 @@ import (
 
 // readBenchDataVersion keys the cached data directory: bump it when the stored document shape
 // or collection layout changes.
-const readBenchDataVersion = "sessions-v4-partitioned-10s-grace-10s"
+const readBenchDataVersion = "sessions-v5-simulator-keys-10s-grace-10s"
 
 const readBenchChargers = 10_000
 
@@ -65,10 +65,14 @@ func envDuration(name string, def time.Duration) time.Duration {
 	return def
 }
 
-// benchSession is session number i of the benchmark fleet (deterministic).
+// benchSession is session number i of the benchmark fleet (deterministic). Its session ID
+// names its end as the simulator's do (microseconds; i in the sub-millisecond digits keeps the
+// sessions of one millisecond apart), so it is stored in its time partition (a foreign key
+// would go to the unpartitioned collection).
 func benchSession(i int, end time.Time) store.SessionDoc {
+	end = end.UTC().Truncate(time.Millisecond)
 	s := session.Session{
-		SessionID: int64(i), ChargerID: strconv.Itoa(i%readBenchChargers + 1), ConnectorID: i%2 + 1,
+		SessionID: end.UnixMilli()*1000 + int64(i%1000), ChargerID: strconv.Itoa(i%readBenchChargers + 1), ConnectorID: i%2 + 1,
 		EnergyKWh: float64(i%61) + 0.5, DurationSeconds: 1800 + float64(i%600), CostCents: float64(i%61)*40 + 20,
 		EndedAt: end, PowerClass: "AC", PeakPowerKW: 11, BatteryKWh: 60, StartSoCPercent: 20, EndSoCPercent: 80,
 		TariffCentsPerKWh: 40, SessionFeeCents: 0,

@@ -213,6 +213,9 @@ func (m *Incremental) refreshBase(ctx context.Context) (*Snapshot, error) {
 			if a != nil && mk.n != a.markers {
 				a.final = false
 			}
+			if a != nil && a.kept { // no longer needed for the newest sessions
+				a.newest, a.kept, a.keptAll = nil, false, false
+			}
 			continue
 		}
 		if a != nil && !a.final && mk.n == a.markers && (!keep || a.kept) && m.OpenRescan > 0 &&
@@ -309,16 +312,13 @@ func (m *Incremental) compose(list []Partition, start time.Time) *Snapshot {
 		mergeTotals(sn.chargers, a.chargers)
 	}
 	// Exact until the oldest partition that is not final (before it every partition is
-	// final: exact sums over what is stored), else the end of the newest partition.
-	var newestEnd, oldestOpen time.Time
+	// final: exact sums over what is stored), else up to this refresh.
+	var oldestOpen time.Time
 	var scanned int64 // sessions of the partitions scanned, to tell whether newest holds all
 	all := true
 	for _, p := range list {
 		if a := m.parts[p.Name]; a != nil {
 			scanned += a.fleet.Sessions
-			if a.kept && !a.final && a.scannedAt.Before(sn.SessionsAsOf) {
-				sn.SessionsAsOf = a.scannedAt.UTC()
-			}
 		} else if g := m.groups[m.groupKey(p)]; g != nil && sn.exact[p.Name] {
 			scanned += g.counts[p.Name]
 		} else {
@@ -326,9 +326,6 @@ func (m *Incremental) compose(list []Partition, start time.Time) *Snapshot {
 		}
 		if p.Unbounded() {
 			continue
-		}
-		if p.End.After(newestEnd) {
-			newestEnd = p.End
 		}
 		if !sn.exact[p.Name] && (oldestOpen.IsZero() || p.Start.Before(oldestOpen)) {
 			oldestOpen = p.Start
@@ -339,8 +336,6 @@ func (m *Incremental) compose(list []Partition, start time.Time) *Snapshot {
 		sn.ExactUntil = start.UTC()
 	case !oldestOpen.IsZero():
 		sn.ExactUntil = oldestOpen.UTC()
-	case !newestEnd.IsZero():
-		sn.ExactUntil = newestEnd.UTC()
 	default:
 		sn.ExactUntil = start.UTC()
 	}
@@ -361,6 +356,7 @@ func (m *Incremental) compose(list []Partition, start time.Time) *Snapshot {
 			break
 		}
 		newest = append(newest, a.newest...)
+		sn.sessionsReadAt(a)
 		if !a.keptAll {
 			complete = false
 			if len(a.newest) > 0 {
@@ -378,6 +374,7 @@ func (m *Incremental) compose(list []Partition, start time.Time) *Snapshot {
 	if len(list) > 0 && list[len(list)-1].Unbounded() {
 		if a := m.parts[list[len(list)-1].Name]; a != nil && a.kept {
 			newest = mergeNewest(newest, a.newest)
+			sn.sessionsReadAt(a)
 			if !a.keptAll {
 				complete = false
 				if len(a.newest) > 0 && (boundary == nil || newer(boundary, &a.newest[len(a.newest)-1])) {
@@ -483,6 +480,14 @@ func (s *Store) Overlay(ctx context.Context, sn *Snapshot) (*Snapshot, error) {
 	out.Fleet.Chargers = int64(len(out.chargers))
 	out.Took = time.Since(start)
 	return out, nil
+}
+
+// sessionsReadAt notes that sn lists the newest sessions of a: when a may still change, they
+// are as of its scan.
+func (sn *Snapshot) sessionsReadAt(a *partAgg) {
+	if !a.final && a.scannedAt.Before(sn.SessionsAsOf) {
+		sn.SessionsAsOf = a.scannedAt.UTC()
+	}
 }
 
 // mergeNewest merges two newest-first lists.

@@ -249,6 +249,23 @@ func TestIncrementalExact(t *testing.T) {
 	}
 	stored := sumStored(t, st)
 	checkExact(t, "after retention", sn, stored, newestK)
+	// The dropped partitions' deltas went with them; the others' stayed.
+	names, err := st.DB.ListCollectionNames(ctx, bson.D{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deltas := 0
+	for _, n := range names {
+		if rest, ok := strings.CutPrefix(n, store.DeltaPrefix); ok {
+			deltas++
+			if !slices.Contains(names, store.PartitionPrefix+rest) {
+				t.Errorf("after retention: %s left without its partition", n)
+			}
+		}
+	}
+	if deltas == 0 {
+		t.Errorf("after retention: no delta collection left (collections %v)", names)
+	}
 	if stored.fleet.Sessions >= int64(len(all)+30) || n != int64(len(all)+30)-stored.fleet.Sessions {
 		t.Errorf("retention deleted %d, stored %d of %d", n, stored.fleet.Sessions, len(all)+30)
 	}
