@@ -26,7 +26,9 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -53,10 +55,13 @@ func partitionOfDelta(name string) (string, bool) {
 	return PartitionPrefix + rest, true
 }
 
-// deltaDoc is the sums of the sessions one insert newly stored into a partition. Per-charger
-// figures are parallel arrays (cheaper for FerretDB to store and decode than an array of
-// documents); times are Unix milliseconds (BSON dates hold milliseconds). The first session
-// time is kept for the fleet only: a charger's FirstSessionAt is not served.
+// deltaDoc is the sums of the sessions one insert newly stored into a partition. The
+// per-charger figures are packed into one binary value (appendCharger): FerretDB decodes
+// every JSON value of every document it returns: with parallel arrays (one value per
+// charger and figure) reading the 100 deltas of 100 chargers each of a 10,000-session
+// partition took ~260 ms, packed ~40 ms, a scan of its sessions ~1.1 s (idle 2-core VM). Times are Unix milliseconds (BSON dates hold
+// milliseconds). The first session time is kept for the fleet only: a charger's
+// FirstSessionAt is not served.
 type deltaDoc struct {
 	ID       string    `bson:"_id"`
 	At       time.Time `bson:"at"` // when it was written, for operators
@@ -65,11 +70,48 @@ type deltaDoc struct {
 	Cost     float64   `bson:"k"`
 	First    int64     `bson:"f"`
 	Last     int64     `bson:"l"`
-	Chargers []string  `bson:"ci"`
-	CSess    []int64   `bson:"cn"`
-	CEnergy  []float64 `bson:"ce"`
-	CCost    []float64 `bson:"ck"`
-	CLast    []int64   `bson:"cl"`
+	Chargers []byte    `bson:"c"` // per charger: appendCharger
+}
+
+// chargerDelta is one charger's figures in a delta.
+type chargerDelta struct {
+	id     string
+	n      int64
+	e, k   float64
+	lastMs int64
+}
+
+// appendCharger packs c: uvarint length and bytes of the ID, uvarint sessions, the float64
+// bits of energy and cost (exact), varint last end in Unix milliseconds.
+func appendCharger(b []byte, c *chargerDelta) []byte {
+	b = binary.AppendUvarint(b, uint64(len(c.id)))
+	b = append(b, c.id...)
+	b = binary.AppendUvarint(b, uint64(c.n))
+	b = binary.BigEndian.AppendUint64(b, math.Float64bits(c.e))
+	b = binary.BigEndian.AppendUint64(b, math.Float64bits(c.k))
+	return binary.AppendVarint(b, c.lastMs)
+}
+
+// nextCharger unpacks the first charger of b and returns the rest.
+func nextCharger(b []byte) (chargerDelta, []byte, error) {
+	var c chargerDelta
+	l, k := binary.Uvarint(b)
+	if k <= 0 || uint64(len(b)-k) < l {
+		return c, nil, errors.New("bad charger ID")
+	}
+	c.id, b = string(b[k:k+int(l)]), b[k+int(l):]
+	n, k := binary.Uvarint(b)
+	if k <= 0 || len(b)-k < 16 {
+		return c, nil, errors.New("bad charger figures")
+	}
+	c.n, b = int64(n), b[k:]
+	c.e, c.k, b = math.Float64frombits(binary.BigEndian.Uint64(b)), math.Float64frombits(binary.BigEndian.Uint64(b[8:])), b[16:]
+	last, k := binary.Varint(b)
+	if k <= 0 {
+		return c, nil, errors.New("bad charger time")
+	}
+	c.lastMs = last
+	return c, b[k:], nil
 }
 
 // newDelta sums docs (the sessions one insert newly stored). Its _id is a SHA-256 of their
@@ -79,7 +121,8 @@ func newDelta(docs []SessionDoc) deltaDoc {
 	h := sha256.New()
 	var n [8]byte
 	d := deltaDoc{At: time.Now().UTC().Truncate(time.Millisecond)}
-	at := map[string]int{}
+	at := map[string]*chargerDelta{}
+	var order []*chargerDelta
 	for i := range docs {
 		s := &docs[i]
 		binary.BigEndian.PutUint64(n[:], uint64(len(s.ID)))
@@ -95,22 +138,19 @@ func newDelta(docs []SessionDoc) deltaDoc {
 		if d.Sessions == 1 || end > d.Last {
 			d.Last = end
 		}
-		k, ok := at[s.ChargerID]
-		if !ok {
-			k = len(d.Chargers)
-			at[s.ChargerID] = k
-			d.Chargers = append(d.Chargers, s.ChargerID)
-			d.CSess = append(d.CSess, 0)
-			d.CEnergy = append(d.CEnergy, 0)
-			d.CCost = append(d.CCost, 0)
-			d.CLast = append(d.CLast, end)
+		c := at[s.ChargerID]
+		if c == nil {
+			c = &chargerDelta{id: s.ChargerID, lastMs: end}
+			at[s.ChargerID] = c
+			order = append(order, c)
 		}
-		d.CSess[k]++
-		d.CEnergy[k] += s.EnergyKWh
-		d.CCost[k] += s.CostCents
-		if end > d.CLast[k] {
-			d.CLast[k] = end
-		}
+		c.n++
+		c.e += s.EnergyKWh
+		c.k += s.CostCents
+		c.lastMs = max(c.lastMs, end)
+	}
+	for _, c := range order {
+		d.Chargers = appendCharger(d.Chargers, c)
 	}
 	d.ID = hex.EncodeToString(h.Sum(nil)[:16])
 	return d
@@ -156,23 +196,23 @@ func (s *Store) readDeltas(ctx context.Context, partition string) (*partSums, er
 		if err := cur.Decode(&d); err != nil {
 			return nil, fmt.Errorf("read %s: decode: %w", coll, err)
 		}
-		k := len(d.Chargers)
-		if len(d.CSess) != k || len(d.CEnergy) != k || len(d.CCost) != k || len(d.CLast) != k {
-			return nil, fmt.Errorf("read %s: delta %s: per-charger arrays of different lengths", coll, d.ID)
-		}
 		out.docs++
 		out.fleet.merge(&Totals{Sessions: d.Sessions, EnergyKWh: d.Energy, CostCents: d.Cost,
 			FirstSessionAt: time.UnixMilli(d.First).UTC(), LastSessionAt: time.UnixMilli(d.Last).UTC()})
-		for i, id := range d.Chargers {
-			c := out.chargers[id]
-			if c == nil {
-				c = &ChargerTotals{ChargerID: id}
-				out.chargers[id] = c
+		for b := d.Chargers; len(b) > 0; {
+			var cd chargerDelta
+			if cd, b, err = nextCharger(b); err != nil {
+				return nil, fmt.Errorf("read %s: delta %s: %w", coll, d.ID, err)
 			}
-			last := time.UnixMilli(d.CLast[i]).UTC()
+			c := out.chargers[cd.id]
+			if c == nil {
+				c = &ChargerTotals{ChargerID: cd.id}
+				out.chargers[cd.id] = c
+			}
+			last := time.UnixMilli(cd.lastMs).UTC()
 			// The charger's first session time is not recorded (not served): its last one
 			// stands in, so that merging keeps a plausible, non-zero value.
-			c.merge(&Totals{Sessions: d.CSess[i], EnergyKWh: d.CEnergy[i], CostCents: d.CCost[i], FirstSessionAt: last, LastSessionAt: last})
+			c.merge(&Totals{Sessions: cd.n, EnergyKWh: cd.e, CostCents: cd.k, FirstSessionAt: last, LastSessionAt: last})
 		}
 	}
 	if err := cur.Err(); err != nil {
