@@ -41,3 +41,10 @@ func (s *Store) AuditCollections(ctx context.Context, from, to time.Time) ([]str
 	}
 	return names, err
 }
+
+// PageReads is how many partitions the listing page cache has read (pagecache.go).
+func (s *Store) PageReads() int {
+	s.pages.mu.Lock()
+	defer s.pages.mu.Unlock()
+	return s.pages.reads
+}

@@ -125,6 +125,7 @@ type Store struct {
 	ls        layoutState
 	markMu    sync.Mutex
 	marks     map[string]time.Time // the late markers this process inserted last, per partition
+	pages     pageCache            // sessions of closed partitions, for listing pages (pagecache.go)
 }
 
 // writeConcern is the write concern the components write with: the URI's when it sets one
