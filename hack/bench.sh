@@ -45,7 +45,24 @@ if only faults; then
 		awk '/^== audited faults/ { table = 1 } table && NF == 0 { table = 0 } table || /^(\s*--- |ok|FAIL)/' | tee -a "$out" ||
 		echo "FAIL: audited fault matrix at 100,000 sessions" | tee -a "$out"
 fi
-only listener && bench ./components/listener/ '^Benchmark(ListenerIngest|RawInsertMany)$'
+# The listener and the raw loop with the store on CPUs of its own (BENCH_STORE_CPUS, default the
+# upper half of the CPUs; the benchmark process, its broker and publisher on the rest; "" runs
+# unpinned): both then feed the same store. Unpinned on a 2-core machine, the pipeline's own CPU
+# (broker, MQTT client, decoding) is taken from the store's, which the raw loop does not pay, and
+# the ratio measures that competition instead of how well the listener feeds the store.
+if only listener; then
+	ncpu=$(nproc)
+	store_cpus=${BENCH_STORE_CPUS-$((ncpu / 2))-$((ncpu - 1))}
+	if [[ -n $store_cpus && $ncpu -ge 2 && -z ${CHARGESIM_BENCH_MONGO_URI:-} ]] && command -v taskset >/dev/null; then
+		echo "# store (FerretDB) on CPUs $store_cpus, the benchmark process on 0-$((ncpu / 2 - 1))" | tee -a "$out"
+		go test -c -tags integration -o bin/listener.bench ./components/listener/
+		(cd components/listener && CHARGESIM_BENCH_STORE_CPUS=$store_cpus taskset --cpu-list 0-$((ncpu / 2 - 1)) \
+			../../bin/listener.bench -test.run '^$' -test.bench '^Benchmark(ListenerIngest|RawInsertMany)$' \
+			-test.benchtime "$BENCHTIME" -test.count "$COUNT") | tee -a "$out"
+	else
+		bench ./components/listener/ '^Benchmark(ListenerIngest|RawInsertMany)$'
+	fi
+fi
 
 # `chargesim run` (broker, publisher, listener, API in one process) at RUN_RATE sessions/s for
 # BENCH_RUN_SECONDS against a store like `make run`'s: a fresh FerretDB, or the MongoDB at

@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -135,12 +136,23 @@ func Once(ctx context.Context, cfg Config, w io.Writer) error {
 
 // Periodic audits the sliding window every cfg.Every and exports each result as metrics.
 // An operator or `chargesim run` runs it in-process over its own store (NewPeriodicOn).
+//
+// It audits incrementally: the window is kept as consecutive chunks, each audited on its own
+// (a report is a sum over sessions, so the chunks' reports add up to the window's). A pass
+// audits the chunk that settled since the last one, audits again the chunks that showed a
+// difference (a session still on its way arrives; a loss stays), and reuses the clean ones.
+// On a store that scans to answer a range (FerretDB), re-reading the whole window every pass
+// cost more than ingestion itself: a 5-minute window at 5,000 sessions/s is 1.5 million
+// sessions read every 15 s. A clean chunk is not read again: a session deleted from the store
+// after its chunk was audited is found by a one-off audit (`chargesim audit`, the API's
+// /api/v1/audit), not by the periodic one.
 type Periodic struct {
-	cfg   Config
-	log   *slog.Logger
-	m     *Metrics
-	st    Store
-	owned *store.Store // opened by NewPeriodic, closed by Run
+	cfg    Config
+	log    *slog.Logger
+	m      *Metrics
+	st     Store
+	owned  *store.Store // opened by NewPeriodic, closed by Run
+	chunks []Report     // the audited window, oldest first, contiguous
 }
 
 // NewPeriodic opens cfg.Store and registers the audit metrics on reg.
@@ -199,7 +211,7 @@ func (p *Periodic) once(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
 	start := time.Now()
-	rep, err := Run(cctx, p.st, p.cfg.Window(start))
+	rep, err := p.AuditAt(cctx, start)
 	p.m.Observe(rep, err, time.Since(start))
 	switch {
 	case err != nil && ctx.Err() == nil:
@@ -211,4 +223,87 @@ func (p *Periodic) once(ctx context.Context) {
 		p.log.Warn("audit found differences", "from", rep.From, "to", rep.To, "expected", rep.Expected, "missing", rep.Missing,
 			"unexpected", rep.Unexpected, "duplicates", rep.Duplicates, "missing_keys", rep.MissingKeys, "unexpected_keys", rep.UnexpectedKeys)
 	}
+}
+
+// AuditAt brings the chunks up to date with the window at now and returns their sum. Chunk
+// edges are multiples of the store's partition width, if it has partitions (a chunk then reads
+// exactly its own partitions), else of the audit period.
+func (p *Periodic) AuditAt(ctx context.Context, now time.Time) (Report, error) {
+	w := p.cfg.Window(now)
+	align := p.cfg.Every
+	if ps, ok := p.st.(interface {
+		PartitionWidth(context.Context) (time.Duration, error)
+	}); ok {
+		width, err := ps.PartitionWidth(ctx)
+		if err != nil {
+			return Report{}, fmt.Errorf("audit: %w", err)
+		}
+		if width > 0 {
+			align = width
+		}
+	}
+	from, to := w.From.UTC().Truncate(align), w.To.UTC().Truncate(align)
+	// Chunks that left the window go; a window that moved back (a clock step) starts over.
+	for len(p.chunks) > 0 && !p.chunks[0].To.After(from) {
+		p.chunks = p.chunks[1:]
+	}
+	if len(p.chunks) > 0 && p.chunks[len(p.chunks)-1].To.After(to) {
+		p.chunks = nil
+	}
+	for i, c := range p.chunks {
+		if c.Complete {
+			continue
+		}
+		rep, err := Run(ctx, p.st, Window{From: c.From, To: c.To, Charger: w.Charger})
+		if err != nil {
+			return Report{}, err
+		}
+		p.chunks[i] = rep
+	}
+	next := from
+	if len(p.chunks) > 0 {
+		next = p.chunks[len(p.chunks)-1].To
+	}
+	// New chunks of at most one period each: a pass that runs out of time keeps what it did.
+	step := max(align, p.cfg.Every.Truncate(align))
+	for next.Before(to) {
+		end := next.Add(step)
+		if end.After(to) {
+			end = to
+		}
+		rep, err := Run(ctx, p.st, Window{From: next, To: end, Charger: w.Charger})
+		if err != nil {
+			return Report{}, err
+		}
+		p.chunks = append(p.chunks, rep)
+		next = end
+	}
+	if len(p.chunks) == 0 {
+		return Report{}, errors.New("audit: the window is empty (--last is shorter than one partition)")
+	}
+	return sumReports(p.chunks), nil
+}
+
+// sumReports adds up the reports of consecutive windows (lists stay bounded by MaxListed).
+func sumReports(reps []Report) Report {
+	sum := Report{From: reps[0].From, To: reps[len(reps)-1].To, Charger: reps[0].Charger, Complete: true,
+		MissingKeys: []string{}, UnexpectedKeys: []string{}, DuplicateKeys: []string{}, OutsideKeys: []string{}}
+	add := func(dst *[]string, src []string) {
+		*dst = append(*dst, src[:min(len(src), MaxListed-len(*dst))]...)
+	}
+	for _, r := range reps {
+		sum.Runs = max(sum.Runs, r.Runs) // runs span chunks: the largest count, not a sum
+		sum.Expected += r.Expected
+		sum.Stored += r.Stored
+		sum.Missing += r.Missing
+		sum.Unexpected += r.Unexpected
+		sum.Duplicates += r.Duplicates
+		sum.OutsideRuns += r.OutsideRuns
+		sum.Complete = sum.Complete && r.Complete
+		add(&sum.MissingKeys, r.MissingKeys)
+		add(&sum.UnexpectedKeys, r.UnexpectedKeys)
+		add(&sum.DuplicateKeys, r.DuplicateKeys)
+		add(&sum.OutsideKeys, r.OutsideKeys)
+	}
+	return sum
 }

@@ -534,6 +534,7 @@ func (s *Store) scanNewestPartitioned(ctx context.Context, l layout, q SessionQu
 	}
 	top := &sessionHeap{}
 	push := func(d *SessionDoc) { pushNewest(top, *d, k) }
+	var markers map[string]markerInfo // read once, when a partition is first needed
 	if n := len(parts); n > 0 && parts[n-1].Unbounded() {
 		if err := s.scanColl(ctx, parts[n-1].Name, f, push); err != nil {
 			return nil, err
@@ -553,8 +554,27 @@ func (s *Store) scanNewestPartitioned(ctx context.Context, l layout, q SessionQu
 		if top.Len() >= k && !(*top)[0].EndedAt.Before(p.End) {
 			break // every session of p and older partitions is older than the k kept
 		}
-		if err := s.scanColl(ctx, p.Name, f, push); err != nil {
+		if markers == nil {
+			if markers, err = s.lateMarkers(ctx); err != nil {
+				return nil, err
+			}
+		}
+		docs, closed, err := s.closedPartition(ctx, l, p, markers[p.Name])
+		if err != nil {
 			return nil, err
+		}
+		if !closed {
+			if err := s.scanColl(ctx, p.Name, f, push); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		// Newest first: the first k that match are the partition's answer.
+		for i, taken := 0, 0; i < len(docs) && taken < k; i++ {
+			if q.match(&docs[i]) {
+				push(&docs[i])
+				taken++
+			}
 		}
 	}
 	return popNewest(top), nil

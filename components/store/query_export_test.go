@@ -46,3 +46,10 @@ func (s *Store) AuditCollections(ctx context.Context, from, to time.Time) ([]str
 // restores it): the fault a store refusing that one write, or a crash between the two
 // inserts, leaves behind.
 func (s *Store) SetDeltaFault(f func(partition string) error) { s.deltaFault = f }
+
+// PageReads is how many partitions the listing page cache has read (pagecache.go).
+func (s *Store) PageReads() int {
+	s.pages.mu.Lock()
+	defer s.pages.mu.Unlock()
+	return s.pages.reads
+}

@@ -127,6 +127,7 @@ type Store struct {
 	marks     map[string]time.Time // the late markers this process inserted last, per partition
 	// deltaFault, set by tests only, makes the delta insert of a partition fail (delta.go).
 	deltaFault func(partition string) error
+	pages      pageCache // sessions of closed partitions, for listing pages (pagecache.go)
 }
 
 // writeConcern is the write concern the components write with: the URI's when it sets one

@@ -46,6 +46,13 @@ type FerretDBOptions struct {
 	TLS bool
 }
 
+// StoreCPUsEnv, when set to a CPU list (taskset --cpu-list syntax, e.g. "1"), runs every
+// FerretDB on those CPUs only. Benchmarks use it to give the store the same CPU whatever
+// runs next to it (hack/bench.sh pins itself to the other CPUs): on a small machine the
+// listener's pipeline and the store otherwise compete for the same cores, and the ratio to the
+// raw insert loop (which has no pipeline) measures that competition rather than the listener.
+const StoreCPUsEnv = "CHARGESIM_BENCH_STORE_CPUS"
+
 // StartFerretDB starts FerretDB with an empty SQLite data directory on a free loopback port
 // and waits until it answers ping.
 func StartFerretDB(tb testing.TB) *FerretDB {
@@ -102,6 +109,10 @@ func StartFerretDBWith(tb testing.TB, opts FerretDBOptions) *FerretDB {
 			args = append(args, "--listen-addr="+hostPort(port))
 		}
 		p := newProcess("ferretdb", bin, args, f.LogPath)
+		if cpus := os.Getenv(StoreCPUsEnv); cpus != "" {
+			// taskset sets the CPU list and execs FerretDB: the pid stays FerretDB's.
+			p.bin, p.args = "taskset", append([]string{"--cpu-list", cpus, bin}, args...)
+		}
 		p.termGrace = ferretdbTermGrace
 		return p
 	}
