@@ -629,7 +629,9 @@ func (s *Store) auditCollections(ctx context.Context, l layout, from, to time.Ti
 // SessionCollections returns every collection holding sessions: the partitions and the
 // unpartitioned collection on a partitioned store, the sessions collection otherwise. For
 // tools and tests that read or change stored documents directly; a direct write into a
-// partition bypasses the late markers, so the API's read model may not see it.
+// partition bypasses the late markers and the deltas (delta.go), so the API's read model may
+// not see it (a direct delete from a partition not final yet leaves its provisional totals
+// counting what was deleted).
 func (s *Store) SessionCollections(ctx context.Context) ([]*mongo.Collection, error) {
 	parts, err := s.Partitions(ctx)
 	if err != nil {
