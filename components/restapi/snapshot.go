@@ -265,10 +265,15 @@ func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request, totals bo
 	asOf := sn.SessionsAsOf
 	if totals {
 		asOf = sn.AsOf
-		setExactUntil(w.Header(), sn.ExactUntil)
+	}
+	fresh := func() {
+		setFreshness(w.Header(), asOf, s.cfg.CacheTTL)
+		if totals {
+			setExactUntil(w.Header(), sn.ExactUntil)
+		}
 	}
 	if body, isBody := v.(json.RawMessage); isBody {
-		setFreshness(w.Header(), asOf, s.cfg.CacheTTL)
+		fresh()
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write(body)
@@ -278,7 +283,7 @@ func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request, totals bo
 		writeNotFound(w, notFound)
 		return true
 	}
-	setFreshness(w.Header(), asOf, s.cfg.CacheTTL)
+	fresh()
 	writeJSON(w, s.log, http.StatusOK, v)
 	return true
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,6 +97,14 @@ func TestReadModelsAgree(t *testing.T) {
 		a, b := snap.get(target), queries.get(target)
 		if a.Status != b.Status || !bytes.Equal(a.Body, b.Body) {
 			t.Errorf("%s: snapshot %d %.300s\nqueries %d %.300s", target, a.Status, a.Body, b.Status, b.Body)
+		}
+		// Totals say up to when they are exact; lists do not.
+		totals := a.Status == http.StatusOK && (target == "/api/v1/stats" || strings.HasPrefix(target, "/api/v1/chargers"))
+		for name, res := range map[string]apiResponse{"snapshot": a, "queries": b} {
+			_, err := time.Parse(time.RFC3339Nano, res.Header.Get("X-Data-Exact-Until"))
+			if totals != (err == nil) {
+				t.Errorf("%s (%s): X-Data-Exact-Until %q", target, name, res.Header.Get("X-Data-Exact-Until"))
+			}
 		}
 	}
 	// Walk the sessions 100 at a time through both: same pages, same cursors.
