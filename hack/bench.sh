@@ -231,10 +231,12 @@ if [[ $(rs stored-sessions) != nan ]]; then
 	printf '%-44s %10s ms p99, %s 5xx, %s shed (503 + Retry-After)\n' "64 clients, every endpoint" "$(rs hammer64-p99-ms)" "$(rs hammer64-5xx)" "$(rs hammer64-shed)"
 	printf '%-44s %10s docs/s (before: %s; goal: drop <= 10%%)\n' "ingest while hammered" "$(rs ingest-hammer-docs/s)" "$(rs ingest-baseline-docs/s)"
 	printf '%-44s %10s MB (goal <= 1024)\n' "FerretDB peak RSS" "$(rs ferretdb-peak-RSS-MB)"
-	printf '%-44s %10s MB\n' "API heap in use (same process as the bench)" "$(rs api-heap-MB)"
+	printf '%-44s %10s MB\n' "API live heap after GC (bench process)" "$(rs api-heap-MB)"
 	printf '%-44s %10s s\n' "first snapshot after start (one full scan)" "$(rs first-snapshot-s)"
-	printf '%-44s %10s s\n' "data younger than 20 s after start (warm-up)" "$(rs warm-up-s)"
-	printf '%-44s %10s s p50, %s s p99, %s s max\n' "data freshness (age of X-Data-As-Of)" "$(rs freshness-p50-s)" "$(rs freshness-p99-s)" "$(rs freshness-max-s)"
+	printf '%-44s %10s s\n' "steady state after start (warm-up)" "$(rs warm-up-s)"
+	printf '%-44s %10s s p50, %s s p99, %s s max\n' "totals freshness (age of X-Data-As-Of)" "$(rs freshness-totals-p50-s)" "$(rs freshness-totals-p99-s)" "$(rs freshness-totals-max-s)"
+	printf '%-44s %10s s p50, %s s p99, %s s max\n' "every answer's freshness (lists included)" "$(rs freshness-p50-s)" "$(rs freshness-p99-s)" "$(rs freshness-max-s)"
+	printf '%-44s %10s s p50, %s s p99, %s s max\n' "provisional span (now - X-Data-Exact-Until)" "$(rs provisional-span-p50-s)" "$(rs provisional-span-p99-s)" "$(rs provisional-span-max-s)"
 	printf '%-44s %10s ms\n' "audit read of a 10 s window" "$(rs audit-10s-window-ms)"
 fi
 
