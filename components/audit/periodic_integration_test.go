@@ -17,18 +17,33 @@ import (
 	"github.com/chargesim/chargesim/components/store"
 )
 
-// scanLog is the real store, recording which windows the audit scans.
+// scanLog is the real store, recording which windows the audit scans. It does not count
+// (audit.Counter): countingLog does.
 type scanLog struct {
-	*store.Store
+	st    *store.Store
 	mu    sync.Mutex
 	scans []audit.Window
+}
+
+func (s *scanLog) RunsOverlapping(ctx context.Context, fromNs, toNs int64) ([]store.RunDoc, error) {
+	return s.st.RunsOverlapping(ctx, fromNs, toNs)
+}
+
+func (s *scanLog) PartitionWidth(ctx context.Context) (time.Duration, error) {
+	return s.st.PartitionWidth(ctx)
 }
 
 func (s *scanLog) ScanSessions(ctx context.Context, from, to time.Time, charger string, fn func(store.AuditedSession) error) error {
 	s.mu.Lock()
 	s.scans = append(s.scans, audit.Window{From: from, To: to})
 	s.mu.Unlock()
-	return s.Store.ScanSessions(ctx, from, to, charger, fn)
+	return s.st.ScanSessions(ctx, from, to, charger, fn)
+}
+
+type countingLog struct{ *scanLog }
+
+func (c countingLog) CountStored(ctx context.Context, from, to time.Time) (map[string]int64, bool, error) {
+	return c.st.CountStored(ctx, from, to)
 }
 
 func (s *scanLog) take() []audit.Window {
@@ -87,7 +102,7 @@ func TestPeriodicAuditReadsEachChunkOnce(t *testing.T) {
 		}
 	}
 
-	logged := &scanLog{Store: e.st}
+	logged := &scanLog{st: e.st}
 	cfg := audit.Config{Every: width, Last: w.To.Sub(w.From) + 4*width, Settle: 0, Timeout: time.Minute}
 	p, err := audit.NewPeriodicOn(logged, cfg, logger("audit"), prometheus.NewRegistry())
 	if err != nil {
@@ -163,5 +178,116 @@ func TestPeriodicAuditReadsEachChunkOnce(t *testing.T) {
 	}
 	if scans := logged.take(); len(scans) != 0 {
 		t.Fatalf("a clean window was read again: %v", scans)
+	}
+}
+
+// On the partitioned store the periodic audit settles a chunk by the writers' counts (the
+// delta documents) when they equal the expected counts, reading no session; a chunk whose
+// counts differ is read, and its missing sessions named. The sessions are copied into a second
+// database through the listener's write path, all but 7 (lost on the way), then the 7 arrive.
+func TestPeriodicAuditCountsBeforeReading(t *testing.T) {
+	e := start(t)
+	lis := e.listener(t)
+	pub := e.publisher(t, 0, 1)
+	waitFor(t, 30*time.Second, "3000 sessions published", func() bool {
+		return pub.metric(t, publisher.MetricPublished) >= 3000
+	})
+	pub.stop(t)
+	w := e.runsWindow(t)
+	checkClean(t, e.settled(t, w))
+	lis.stop(t)
+	ctx := context.Background()
+	colls, err := e.st.SessionCollections(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []store.SessionDoc
+	for _, coll := range colls {
+		cur, err := coll.Find(ctx, bson.D{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var part []store.SessionDoc
+		if err := cur.All(ctx, &part); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, part...)
+	}
+	runs, err := e.st.RunsOverlapping(ctx, 0, 1<<62)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.storeConfig()
+	cfg.Database = "audit_copy"
+	cp, err := store.Connect(ctx, cfg, "audit-copy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cp.Close(context.Background()) })
+	for _, r := range runs {
+		if err := cp.InsertRun(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var kept, lost []store.SessionDoc
+	for i, d := range all {
+		if i%400 == 17 && len(lost) < 7 {
+			lost = append(lost, d)
+			continue
+		}
+		kept = append(kept, d)
+	}
+	if _, err := cp.InsertSessions(ctx, kept); err != nil {
+		t.Fatal(err)
+	}
+	width, err := cp.PartitionWidth(ctx)
+	if err != nil || width <= 0 {
+		t.Fatalf("partition width %s, %v", width, err)
+	}
+	logged := countingLog{&scanLog{st: cp}}
+	p, err := audit.NewPeriodicOn(logged, audit.Config{Every: width, Last: w.To.Sub(w.From) + 4*width, Timeout: time.Minute},
+		logger("audit"), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := w.To.Add(2 * width)
+	first, err := p.AuditAt(ctx, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lostIDs []string
+	dirty := map[time.Time]bool{}
+	for _, d := range lost {
+		lostIDs = append(lostIDs, d.ID)
+		dirty[d.EndedAt.UTC().Truncate(width)] = true
+	}
+	slices.Sort(lostIDs)
+	slices.Sort(first.MissingKeys)
+	if first.Missing != 7 || first.Complete || first.Expected != int64(len(all)) || !slices.Equal(first.MissingKeys, lostIDs) {
+		t.Fatalf("first pass %+v, lost %v", first, lostIDs)
+	}
+	scans := logged.take()
+	if len(scans) == 0 || len(scans) > len(dirty) {
+		t.Fatalf("first pass read %d chunks, want the %d with lost sessions: %v", len(scans), len(dirty), scans)
+	}
+	for _, s := range scans {
+		hit := false
+		for at := range dirty {
+			hit = hit || (!at.Before(s.From) && at.Before(s.To))
+		}
+		if !hit {
+			t.Fatalf("read %v, which lost nothing", s)
+		}
+	}
+	// The lost sessions arrive: their chunks now agree by counts, nothing is read.
+	if _, err := cp.InsertSessions(ctx, lost); err != nil {
+		t.Fatal(err)
+	}
+	second, err := p.AuditAt(ctx, now)
+	if err != nil || !second.Complete || second.Stored != int64(len(all)) {
+		t.Fatalf("second pass %+v %v", second, err)
+	}
+	if scans := logged.take(); len(scans) != 0 {
+		t.Fatalf("second pass read %v although every count agreed", scans)
 	}
 }
