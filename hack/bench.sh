@@ -106,6 +106,11 @@ run_at_rate() {
 		[[ ${b:-0} == 1 ]] && behind=$((behind + 1))
 	done
 	s1=$(scrape | metric_of chargesim_listener_sessions_stored_total); t1=$(date +%s.%N)
+	# The built-in audit's last verdict (0 when --audit-every 0): what it expected and missed.
+	local m1 aexp amiss
+	m1=$(scrape)
+	aexp=$(metric_of chargesim_audit_expected_sessions <<<"$m1")
+	amiss=$(metric_of chargesim_audit_missing_sessions <<<"$m1")
 	scrape | grep '^chargesim_listener_lag_seconds_bucket' >"$dir/h1"
 	# Quantiles of the run: bucket counts of the window, linear inside the bucket (histogram_quantile).
 	quantile() {
@@ -121,7 +126,7 @@ run_at_rate() {
 	grep -m3 'falling behind' "$dir/run.log" >&2 || true
 	kill -TERM $pid; wait $pid || true
 	[[ -n $fpid ]] && { kill -TERM $fpid; wait $fpid || true; }
-	echo "BenchmarkRunAtRate 1 $(awk -v a="$s0" -v b="$s1" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.0f", (b - a) / (t1 - t0) }') stored/s $RUN_RATE offered/s ${p50:-nan} p50-lag-s ${p99:-nan} p99-lag-s $worst worst-window-p99-s $behind behind-windows" | tee -a "$out"
+	echo "BenchmarkRunAtRate 1 $(awk -v a="$s0" -v b="$s1" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.0f", (b - a) / (t1 - t0) }') stored/s $RUN_RATE offered/s ${p50:-nan} p50-lag-s ${p99:-nan} p99-lag-s $worst worst-window-p99-s $behind behind-windows ${aexp:-0} audit-expected ${amiss:-0} audit-missing" | tee -a "$out"
 	rm -rf "$dir"
 }
 BENCH_RUN_SECONDS=${BENCH_RUN_SECONDS:-300}
@@ -201,6 +206,7 @@ if grep -q '^BenchmarkRunAtRate' "$out"; then
 	printf '%-44s %12s stored/s of %s offered, p50 / p99 lag %s / %s s, worst 10 s window %s s, %s windows behind\n' \
 		"chargesim run, ${BENCH_RUN_SECONDS}s" "$(metric BenchmarkRunAtRate stored/s)" "$(metric BenchmarkRunAtRate offered/s)" \
 		"$(metric BenchmarkRunAtRate p50-lag-s)" "$(metric BenchmarkRunAtRate p99-lag-s)" "$(metric BenchmarkRunAtRate worst-window-p99-s)" "$(metric BenchmarkRunAtRate behind-windows)"
+	printf '%-44s %12s expected in its last window, %s missing\n' "  built-in audit (--audit-every)" "$(metric BenchmarkRunAtRate audit-expected)" "$(metric BenchmarkRunAtRate audit-missing)"
 fi
 bmem=$(metric BenchmarkBrokerDelivery/memory msgs/s)
 if [[ $bmem != nan ]]; then

@@ -220,22 +220,7 @@ func TestAuditFindsEveryLossAndEveryIntruder(t *testing.T) {
 	t.Logf("clean: %+v", rep)
 
 	// Delete 7 stored sessions.
-	var docs []store.SessionDoc
-	colls, err := e.st.SessionCollections(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, coll := range colls {
-		var part []store.SessionDoc
-		cur, err := coll.Find(context.Background(), bson.D{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cur.All(context.Background(), &part); err != nil {
-			t.Fatal(err)
-		}
-		docs = append(docs, part...)
-	}
+	colls, docs := storedDocs(t, e.st)
 	var deleted []string
 	for i := 0; i < len(docs) && len(deleted) < 7; i += len(docs) / 7 {
 		deleted = append(deleted, docs[i].ID)
@@ -262,7 +247,7 @@ func TestAuditFindsEveryLossAndEveryIntruder(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rep, err = audit.Run(context.Background(), e.st, w)
+	rep, err := audit.Run(context.Background(), e.st, w)
 	if err != nil {
 		t.Fatal(err)
 	}

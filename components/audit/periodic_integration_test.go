@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 
 	"github.com/chargesim/chargesim/components/audit"
 	"github.com/chargesim/chargesim/components/publisher"
@@ -46,6 +47,45 @@ func (c countingLog) CountStored(ctx context.Context, from, to time.Time) (map[s
 	return c.st.CountStored(ctx, from, to)
 }
 
+// stored3000 publishes 3000 sessions through a listener into the store, checks they are all
+// stored, and returns the runs' window.
+func (e *env) stored3000(t *testing.T) audit.Window {
+	t.Helper()
+	lis := e.listener(t)
+	pub := e.publisher(t, 0, 1)
+	waitFor(t, 30*time.Second, "3000 sessions published", func() bool {
+		return pub.metric(t, publisher.MetricPublished) >= 3000
+	})
+	pub.stop(t)
+	w := e.runsWindow(t)
+	checkClean(t, e.settled(t, w))
+	lis.stop(t)
+	return w
+}
+
+// storedDocs reads every stored session, collection by collection.
+func storedDocs(t *testing.T, st *store.Store) ([]*mongo.Collection, []store.SessionDoc) {
+	t.Helper()
+	ctx := context.Background()
+	colls, err := st.SessionCollections(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []store.SessionDoc
+	for _, coll := range colls {
+		cur, err := coll.Find(ctx, bson.D{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var part []store.SessionDoc
+		if err := cur.All(ctx, &part); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, part...)
+	}
+	return colls, all
+}
+
 func (s *scanLog) take() []audit.Window {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -59,15 +99,7 @@ func (s *scanLog) take() []audit.Window {
 // re-reading the whole window every pass cost more than ingestion.
 func TestPeriodicAuditReadsEachChunkOnce(t *testing.T) {
 	e := start(t)
-	lis := e.listener(t)
-	pub := e.publisher(t, 0, 1)
-	waitFor(t, 30*time.Second, "3000 sessions published", func() bool {
-		return pub.metric(t, publisher.MetricPublished) >= 3000
-	})
-	pub.stop(t)
-	w := e.runsWindow(t)
-	checkClean(t, e.settled(t, w))
-	lis.stop(t)
+	w := e.stored3000(t)
 	width, err := e.st.PartitionWidth(context.Background())
 	if err != nil || width <= 0 {
 		t.Fatalf("partition width %s, %v: this test needs the partitioned layout (FerretDB)", width, err)
@@ -75,22 +107,7 @@ func TestPeriodicAuditReadsEachChunkOnce(t *testing.T) {
 
 	// Hide 7 sessions: the audit must report them missing, then find them once they are back
 	// (a session that arrives late), rereading only their chunks.
-	colls, err := e.st.SessionCollections(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var all []store.SessionDoc
-	for _, coll := range colls {
-		cur, err := coll.Find(context.Background(), bson.D{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var part []store.SessionDoc
-		if err := cur.All(context.Background(), &part); err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, part...)
-	}
+	colls, all := storedDocs(t, e.st)
 	var hidden []store.SessionDoc
 	var hiddenIDs []string
 	for i := len(all) / 3; len(hidden) < 7; i += 3 {
@@ -187,32 +204,9 @@ func TestPeriodicAuditReadsEachChunkOnce(t *testing.T) {
 // database through the listener's write path, all but 7 (lost on the way), then the 7 arrive.
 func TestPeriodicAuditCountsBeforeReading(t *testing.T) {
 	e := start(t)
-	lis := e.listener(t)
-	pub := e.publisher(t, 0, 1)
-	waitFor(t, 30*time.Second, "3000 sessions published", func() bool {
-		return pub.metric(t, publisher.MetricPublished) >= 3000
-	})
-	pub.stop(t)
-	w := e.runsWindow(t)
-	checkClean(t, e.settled(t, w))
-	lis.stop(t)
+	w := e.stored3000(t)
 	ctx := context.Background()
-	colls, err := e.st.SessionCollections(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var all []store.SessionDoc
-	for _, coll := range colls {
-		cur, err := coll.Find(ctx, bson.D{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var part []store.SessionDoc
-		if err := cur.All(ctx, &part); err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, part...)
-	}
+	_, all := storedDocs(t, e.st)
 	runs, err := e.st.RunsOverlapping(ctx, 0, 1<<62)
 	if err != nil {
 		t.Fatal(err)
