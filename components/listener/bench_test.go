@@ -3,12 +3,9 @@
 package listener
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -188,35 +185,13 @@ func sampleCPU(d deps) cpuMeter {
 		m.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
 	if d.mq != nil {
-		m.mq = procCPU(d.mq.Pid())
+		m.mq = testenv.ProcCPU(d.mq.Pid())
 	}
 	if d.fdb != nil {
-		m.fdb = procCPU(d.fdb.Pid())
+		m.fdb = testenv.ProcCPU(d.fdb.Pid())
 	}
 	return m
 }
-
-// procCPU is the user+system time of process pid (/proc/<pid>/stat), 0 if unknown.
-func procCPU(pid int) time.Duration {
-	if pid == 0 {
-		return 0
-	}
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command (which may hold spaces) start after the last ')'.
-	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64) // utime: field 14 of stat
-	st, _ := strconv.ParseInt(f[12], 10, 64) // stime: field 15
-	return time.Duration(ut+st) * time.Second / clockTicks
-}
-
-// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
-const clockTicks = 100
 
 // report adds the CPU microseconds per document of each part since m.
 func (m cpuMeter) report(b *testing.B, d deps) {

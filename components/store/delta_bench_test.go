@@ -3,13 +3,10 @@
 package store_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -42,7 +39,7 @@ func BenchmarkInsertPartitioned(b *testing.B) {
 				docs[i] = store.NewSessionDoc(s, "charger/x", now)
 				now = now.Add(time.Millisecond) // 1,000 sessions/s of simulated time
 			}
-			fdb0, self0 := procCPU(f.Pid()), procCPU(os.Getpid())
+			fdb0, self0 := testenv.ProcCPU(f.Pid()), testenv.ProcCPU(os.Getpid())
 			b.ResetTimer()
 			for i := 0; i < len(docs); i += batch {
 				r, err := st.InsertSessions(context.Background(), docs[i:min(i+batch, len(docs))])
@@ -52,24 +49,9 @@ func BenchmarkInsertPartitioned(b *testing.B) {
 			}
 			b.StopTimer()
 			per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
-			b.ReportMetric(per(procCPU(f.Pid())-fdb0), "ferretdb-cpu-us/doc")
-			b.ReportMetric(per(procCPU(os.Getpid())-self0), "bench-cpu-us/doc")
+			b.ReportMetric(per(testenv.ProcCPU(f.Pid())-fdb0), "ferretdb-cpu-us/doc")
+			b.ReportMetric(per(testenv.ProcCPU(os.Getpid())-self0), "bench-cpu-us/doc")
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "docs/s")
 		})
 	}
-}
-
-// procCPU is the user+system time of process pid (/proc/<pid>/stat), 0 if unknown.
-func procCPU(pid int) time.Duration {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100
 }

@@ -111,18 +111,7 @@ func (s *storedSums) charger(id string) *store.Totals {
 // checkExact compares a snapshot with the sums over every stored document.
 func checkExact(t *testing.T, step string, sn *store.Snapshot, want storedSums, newestK int) {
 	t.Helper()
-	f := sn.Fleet
-	if f.Sessions != want.fleet.Sessions || f.EnergyKWh != want.fleet.EnergyKWh || f.CostCents != want.fleet.CostCents ||
-		!f.FirstSessionAt.Equal(want.fleet.FirstSessionAt) || !f.LastSessionAt.Equal(want.fleet.LastSessionAt) ||
-		f.Chargers != int64(len(want.chargers)) {
-		t.Fatalf("%s: fleet %+v, stored %+v over %d chargers", step, f, want.fleet, len(want.chargers))
-	}
-	for id, w := range want.chargers {
-		got, err := sn.Charger(id)
-		if err != nil || got.Sessions != w.Sessions || got.EnergyKWh != w.EnergyKWh || got.CostCents != w.CostCents || !got.LastSessionAt.Equal(w.LastSessionAt) {
-			t.Fatalf("%s: charger %s: %+v %v, stored %+v", step, id, got, err, *w)
-		}
-	}
+	checkTotals(t, step, sn, want)
 	// The first page is answered from the snapshot and is the newest stored sessions.
 	limit := min(newestK-1, 100)
 	docs, more, ok := sn.Sessions(store.SessionQuery{Limit: limit})
