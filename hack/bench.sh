@@ -50,20 +50,25 @@ fi
 # unpinned): both then feed the same store. Unpinned on a 2-core machine, the pipeline's own CPU
 # (broker, MQTT client, decoding) is taken from the store's, which the raw loop does not pay, and
 # the ratio measures that competition instead of how well the listener feeds the store.
+# They run in BENCH_LISTENER_ROUNDS rounds (default 5) of every variant once, BENCH_LISTENER_TIME
+# (30000x) each, and the ratios are the medians of each round's ratio: this VM's speed drifts by
+# ±15% within minutes, a round's variants see the same machine.
 if only listener; then
 	ncpu=$(nproc)
 	store_cpus=${BENCH_STORE_CPUS-$((ncpu / 2))-$((ncpu - 1))}
+	pin=()
 	if [[ -n $store_cpus && $ncpu -ge 2 && -z ${CHARGESIM_BENCH_MONGO_URI:-} ]] && command -v taskset >/dev/null; then
 		echo "# store (FerretDB) on CPUs $store_cpus, the benchmark process on 0-$((ncpu / 2 - 1))" | tee -a "$out"
-		go test -c -tags integration -o bin/listener.bench ./components/listener/
-		(cd components/listener && CHARGESIM_BENCH_STORE_CPUS=$store_cpus taskset --cpu-list 0-$((ncpu / 2 - 1)) \
-			../../bin/listener.bench -test.run '^$' -test.bench '^Benchmark(ListenerIngest|RawInsertMany)$' \
-			-test.benchtime "$BENCHTIME" -test.count "$COUNT") | tee -a "$out"
-	else
-		bench ./components/listener/ '^Benchmark(ListenerIngest|RawInsertMany)$'
+		pin=(env CHARGESIM_BENCH_STORE_CPUS="$store_cpus" taskset --cpu-list 0-$((ncpu / 2 - 1)))
 	fi
+	go test -c -tags integration -o bin/listener.bench ./components/listener/
+	for round in $(seq "${BENCH_LISTENER_ROUNDS:-5}"); do
+		echo "# listener round $round" | tee -a "$out"
+		(cd components/listener && "${pin[@]}" ../../bin/listener.bench -test.run '^$' \
+			-test.bench '^Benchmark(ListenerIngest|RawInsertMany)$' -test.benchtime "${BENCH_LISTENER_TIME:-30000x}") |
+			tee -a "$out"
+	done
 fi
-
 # `chargesim run` (broker, publisher, listener, API in one process) at RUN_RATE sessions/s for
 # BENCH_RUN_SECONDS against a store like `make run`'s: a fresh FerretDB, or the MongoDB at
 # CHARGESIM_BENCH_MONGO_URI (fresh database). Every 10 s the listener closes a lag window
@@ -185,6 +190,26 @@ back=$(metric BenchmarkListenerIngest/backlog docs/s)
 ins1=$(metric BenchmarkRawInsertMany/writers=1 docs/s)
 ins4=$(metric BenchmarkRawInsertMany/writers=4 docs/s)
 ins=$(awk -v a="$ins1" -v b="$ins4" 'BEGIN { print (b + 0 > a + 0 ? b : a) }')
+burst=$(metric BenchmarkListenerIngest/burst docs/s)
+# round_ratios VARIANT: the median over the listener rounds of VARIANT's docs/s ÷ that round's
+# raw limit (the faster of 1 and 4 writers), then each round's ratio.
+round_ratios() {
+	awk -v v="BenchmarkListenerIngest/$1" '
+		function flush() { if (n != "" && raw > 0) r[++k] = n / raw; n = ""; raw = 0 }
+		function docs(i) { for (i = 2; i < NF; i++) if ($(i+1) == "docs/s") return $i }
+		/^# listener round/ { flush() }
+		$1 ~ "^"v"(-[0-9]+)?$" { n = docs() }
+		$1 ~ "^BenchmarkRawInsertMany/writers=[0-9]+(-[0-9]+)?$" { d = docs(); if (d > raw) raw = d }
+		END {
+			flush()
+			if (k == 0) { print "n/a -"; exit }
+			for (i = 1; i <= k; i++) s[i] = r[i]
+			for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (s[j] < s[i]) { t = s[i]; s[i] = s[j]; s[j] = t }
+			printf "%.2f ", (k % 2 ? s[(k + 1) / 2] : (s[k / 2] + s[k / 2 + 1]) / 2)
+			for (i = 1; i <= k; i++) printf "%s%.2f", (i > 1 ? "," : ""), r[i]
+			print ""
+		}' "$out"
+}
 mem=$(metric BenchmarkFleetMemory heap-MB)
 per=$(metric BenchmarkFleetMemory B/charger)
 echo
@@ -192,11 +217,13 @@ echo "== chargesim benchmarks (median of $COUNT, $(nproc) cores, $(date -u +%F))
 printf '%-44s %12s msgs/s\n' "publisher -> mosquitto" "$pub"
 printf '%-44s %12s msgs/s\n' "bare paho publish loop (raw limit)" "$raw"
 printf '%-44s %12s\n' "publisher / raw" "$(ratio "$pub" "$raw")"
-printf '%-44s %12s docs/s\n' "listener: publish -> mosquitto -> FerretDB" "$ing"
+printf '%-44s %12s docs/s\n' "listener: live stream -> mosquitto -> FerretDB" "$ing"
 printf '%-44s %12s docs/s\n' "listener draining a backlog" "$back"
+printf '%-44s %12s docs/s\n' "listener under a burst (not a goal)" "$burst"
 printf '%-44s %12s docs/s (1 writer %s, 4 writers %s)\n' "bare InsertMany loop (raw limit)" "$ins" "$ins1" "$ins4"
-printf '%-44s %12s\n' "listener / raw (live)" "$(ratio "$ing" "$ins")"
-printf '%-44s %12s\n' "listener / raw (backlog)" "$(ratio "$back" "$ins")"
+printf '%-44s %12s   rounds: %s\n' "listener / raw (live)" $(round_ratios live)
+printf '%-44s %12s   rounds: %s\n' "listener / raw (backlog)" $(round_ratios backlog)
+printf '%-44s %12s   rounds: %s\n' "listener / raw (burst)" $(round_ratios burst)
 if [[ -n ${CHARGESIM_BENCH_MONGO_URI:-} ]]; then
 	echo "  store: the MongoDB at \$CHARGESIM_BENCH_MONGO_URI (URI not printed: it may hold credentials)"
 else

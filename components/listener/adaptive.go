@@ -8,30 +8,31 @@ import (
 // Adaptive write concurrency. How many bulk writes are worth having in flight depends on the
 // store, not on us: MongoDB runs concurrent inserts in parallel, so more writes in flight
 // means more throughput; FerretDB on SQLite has one writer at a time, so a second write only
-// waits (measured: a ~470-document write takes ~0.05 s alone and ~0.2 s with 4 in flight, for
-// the same total throughput), and every write beyond the second adds latency, contention and
-// CPU for nothing. A fixed --write-concurrency is right for one of them only.
+// waits, and waiting costs: with 2 writes in flight FerretDB spent 10-20% more CPU per document
+// than with 1 and stored 10-20% fewer per second (interleaved rounds, FerretDB on a core of its
+// own, docs/performance.md), since the waiting transaction sleeps in SQLite's busy handler
+// and retries. A fixed --write-concurrency is right for one of them only.
 //
-// So --write-concurrency is the ceiling and the limit in force follows the store, TCP-Vegas
-// style, from the write latency per document (normalised per document because batches grow
+// So --write-concurrency is the ceiling and the limit in force climbs only while a write more
+// in flight buys throughput. The throughput at limit L, relative to one write alone, is
+// estimated from the write latency per document (normalised per document because batches grow
 // and shrink with the load):
 //
-//	queue = limit × (1 − best/recent)
+//	speedup(L) = L × best / recent
 //
-// is the estimated number of writes waiting inside the store (best: the lowest per-document
-// latency of the recent past, i.e. the store working for one write; recent: the smoothed
-// current latency). A store that serialises writes makes recent ≈ limit × best, so queue ≈
-// limit − 1; a store that parallelises keeps recent ≈ best and queue ≈ 0. The limit grows
-// while queue < vegasAlpha and shrinks when queue > vegasBeta: on SQLite it settles at 2 (one
-// write executing, the next already in the store, no idle gap between them), on MongoDB it
-// climbs to the ceiling.
+// (best: the per-document latency of a write alone, measured by a probe; recent: the smoothed
+// latency at L). A store that serialises writes makes recent ≥ L × best, so speedup(2) ≤ 1; a
+// store that parallelises keeps recent ≈ best and speedup(L) ≈ L. From 1 the limit climbs by
+// one while speedup(L) ≥ (1 + minGain) × speedup(L−1), and steps back at the first step that
+// does not pay, not to try it again before the next probe: on SQLite it stays at 1, on MongoDB
+// it climbs to the ceiling.
 const (
-	vegasAlpha = 0.5
-	vegasBeta  = 1.5
-	// Decisions are taken every adaptEvery full-size writes. Every baselineWrites the baseline
-	// is measured again by a probe (2×adaptEvery writes at limit 1): under constant saturation
-	// no write runs alone, and a baseline kept from old writes would drift (a store that got
-	// slower for good) or never be seen (writes always overlap).
+	minGain = 0.1
+	// Decisions are taken every adaptEvery full-size writes at a limit. Every baselineWrites
+	// the baseline is measured again by a probe (2×adaptEvery writes at limit 1, then the climb
+	// restarts): under constant saturation no write runs alone, and a baseline kept from old
+	// writes would drift (a store that got slower for good) or never be seen (writes always
+	// overlap), and a store whose concurrency changed gets another climb.
 	adaptEvery     = 4
 	baselineWrites = 200
 	// Only writes of at least this fraction of --batch-size feed the controller: a small batch
@@ -52,16 +53,18 @@ type writeLimiter struct {
 	inflight int
 	closed   bool
 
-	recent  float64 // EWMA of seconds per document
-	best    float64 // baseline: lowest seconds per document, measured alone (probe) or since
-	writes  int     // full-size writes since the last probe
-	samples int     // full-size writes since the last decision
-	probing int     // > 0: writes left in the current probe
-	saved   int     // the limit to restore after the probe
+	recent  float64   // EWMA of seconds per document at the limit in force
+	best    float64   // baseline: lowest seconds per document, measured alone (probe) or since
+	writes  int       // full-size writes since the last probe
+	samples int       // full-size writes since the last decision
+	probing int       // > 0: writes left in the current probe
+	speedup []float64 // speedup[L]: throughput at limit L ÷ one write alone, since the last probe
+	ceiling int       // the highest limit to try before the next probe
 }
 
 func newWriteLimiter(max, batchSize int, onLimit func(int)) *writeLimiter {
-	l := &writeLimiter{max: max, batchSize: batchSize, onLimit: onLimit, limit: max}
+	l := &writeLimiter{max: max, batchSize: batchSize, onLimit: onLimit, limit: max, ceiling: max,
+		speedup: make([]float64, max+1)}
 	l.cond = sync.NewCond(&l.mu)
 	if onLimit != nil {
 		onLimit(l.limit)
@@ -121,29 +124,37 @@ func (l *writeLimiter) observe(d time.Duration, docs int) {
 	switch {
 	case l.probing > 0:
 		// The first half of a probe lets the writes started at the old limit finish; the
-		// second half runs alone and sets the baseline.
+		// second half runs alone and sets the baseline. Then the climb starts again from 1.
 		l.probing--
 		if l.probing < adaptEvery && (l.best == 0 || perDoc < l.best) {
 			l.best = perDoc
 		}
 		if l.probing == 0 {
-			l.limit, l.recent, l.samples = l.saved, 0, 0
+			clear(l.speedup)
+			l.speedup[1], l.ceiling = 1, l.max
+			l.limit = min(2, l.max)
 		}
 	case l.best == 0 || l.writes >= baselineWrites:
-		l.probing, l.saved, l.limit, l.best, l.writes = 2*adaptEvery, l.limit, 1, 0, 0
+		l.probing, l.limit, l.best, l.writes = 2*adaptEvery, 1, 0, 0
 	default:
 		l.writes++
 		l.best = min(l.best, perDoc)
 		if l.samples++; l.samples >= adaptEvery {
 			l.samples = 0
-			queue := float64(l.limit) * (1 - l.best/l.recent)
+			sp := float64(l.limit) * l.best / l.recent
+			l.speedup[l.limit] = sp
 			switch {
-			case queue < vegasAlpha && l.limit < l.max:
-				l.limit++
-			case queue > vegasBeta && l.limit > 1:
+			case l.limit > 1 && sp < (1+minGain)*l.speedup[l.limit-1]:
+				// The last step did not pay: back, and no higher until the next probe.
 				l.limit--
+				l.ceiling = l.limit
+			case l.limit < l.ceiling:
+				l.limit++
 			}
 		}
+	}
+	if l.limit != old {
+		l.recent, l.samples = 0, 0 // measure the new limit afresh
 	}
 	limit := l.limit
 	l.mu.Unlock()

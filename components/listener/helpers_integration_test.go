@@ -170,8 +170,11 @@ type message struct {
 	payload []byte
 }
 
+// pubWindow is how many QoS 1 publishes pub keeps in flight.
+const pubWindow = 200
+
 // publish sends msgs at QoS 1 and waits until the broker has acknowledged each one, keeping up
-// to 200 in flight.
+// to pubWindow in flight.
 func (p *pub) publish(tb testing.TB, msgs []message) {
 	tb.Helper()
 	if err := p.tryPublish(msgs); err != nil {
@@ -180,8 +183,7 @@ func (p *pub) publish(tb testing.TB, msgs []message) {
 }
 
 func (p *pub) tryPublish(msgs []message) error {
-	const window = 200
-	toks := make([]mqtt.Token, 0, window)
+	toks := make([]mqtt.Token, 0, pubWindow)
 	flush := func() error {
 		for _, t := range toks {
 			if !t.WaitTimeout(60 * time.Second) {
@@ -196,7 +198,7 @@ func (p *pub) tryPublish(msgs []message) error {
 	}
 	for _, m := range msgs {
 		toks = append(toks, p.c.Publish(m.topic, 1, false, m.payload))
-		if len(toks) == window {
+		if len(toks) == pubWindow {
 			if err := flush(); err != nil {
 				return err
 			}
