@@ -114,8 +114,9 @@ run_at_rate() {
 	# The built-in audit's last verdict (0 when --audit-every 0): what it expected and missed.
 	local m1 aexp amiss
 	m1=$(scrape)
-	aexp=$(metric_of chargesim_audit_expected_sessions <<<"$m1")
-	amiss=$(metric_of chargesim_audit_missing_sessions <<<"$m1")
+	# Prometheus prints large counts in exponent form (1.481151e+06): as integers.
+	aexp=$(metric_of chargesim_audit_expected_sessions <<<"$m1" | awk '{ printf "%d\n", $1 }')
+	amiss=$(metric_of chargesim_audit_missing_sessions <<<"$m1" | awk '{ printf "%d\n", $1 }')
 	scrape | grep '^chargesim_listener_lag_seconds_bucket' >"$dir/h1"
 	# Quantiles of the run: bucket counts of the window, linear inside the bucket (histogram_quantile).
 	quantile() {
@@ -213,7 +214,7 @@ round_ratios() {
 mem=$(metric BenchmarkFleetMemory heap-MB)
 per=$(metric BenchmarkFleetMemory B/charger)
 echo
-echo "== chargesim benchmarks (median of $COUNT, $(nproc) cores, $(date -u +%F)) =="
+echo "== chargesim benchmarks (median of $COUNT runs, the listener of its rounds; $(nproc) cores, $(date -u +%F)) =="
 printf '%-44s %12s msgs/s\n' "publisher -> mosquitto" "$pub"
 printf '%-44s %12s msgs/s\n' "bare paho publish loop (raw limit)" "$raw"
 printf '%-44s %12s\n' "publisher / raw" "$(ratio "$pub" "$raw")"
