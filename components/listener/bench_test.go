@@ -49,10 +49,10 @@ func BenchmarkListenerIngest(b *testing.B) {
 		b.ResetTimer()
 		cpu := startCPU(d)
 		r := startListener(b, cfg, "bench", nil)
-		waitStored(b, r, b.N)
+		limit := waitStored(b, r, b.N)
 		b.StopTimer()
 		cpu.report(b, d)
-		reportWrites(b, r)
+		reportWrites(b, r, limit)
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "docs/s")
 	})
 }
@@ -88,10 +88,10 @@ func benchStream(b *testing.B, ahead int) {
 		}
 		errc <- nil
 	}()
-	waitStored(b, r, b.N)
+	limit := waitStored(b, r, b.N)
 	b.StopTimer()
 	cpu.report(b, d)
-	reportWrites(b, r)
+	reportWrites(b, r, limit)
 	if err := <-errc; err != nil {
 		b.Fatal(err)
 	}
@@ -136,9 +136,10 @@ func benchConfig(d deps, uri string) Config {
 	return c
 }
 
-// reportWrites adds the listener's mean batch size and write latency: with the store's CPU per
-// document they say how it was fed (full batches; one write at a time on SQLite, adaptive.go).
-func reportWrites(b *testing.B, r *running) {
+// reportWrites adds the listener's mean batch size, write latency and write limit in force: with
+// the store's CPU per document they say how it was fed (full batches; one write at a time on
+// SQLite, adaptive.go).
+func reportWrites(b *testing.B, r *running, limit float64) {
 	mean := func(h prometheus.Histogram) float64 {
 		var m dto.Metric
 		if err := h.Write(&m); err != nil || m.GetHistogram().GetSampleCount() == 0 {
@@ -148,19 +149,26 @@ func reportWrites(b *testing.B, r *running) {
 	}
 	b.ReportMetric(mean(r.l.m.batchSize), "docs/batch")
 	b.ReportMetric(1000*mean(r.l.m.writeDuration), "ms/write")
+	b.ReportMetric(limit, "write-limit")
 }
 
-func waitStored(b *testing.B, r *running, n int) {
+// waitStored waits until n sessions are stored and returns the mean write limit in force
+// (adaptive.go) over that time, sampled with the stored counter.
+func waitStored(b *testing.B, r *running, n int) float64 {
 	b.Helper()
 	deadline := time.Now().Add(10 * time.Minute)
+	var sum, samples int
 	// Only the stored counter: gathering every counter every 2 ms cost the benchmark process
 	// ~7% of its CPU in the backlog profile, which the raw loop does not pay.
 	for testutil.ToFloat64(r.l.m.stored) < float64(n) {
 		if time.Now().After(deadline) {
 			b.Fatalf("only %v of %d stored after 10m", r.counts(), n)
 		}
+		sum += r.l.p.limit.current()
+		samples++
 		time.Sleep(2 * time.Millisecond)
 	}
+	return float64(sum) / float64(max(samples, 1))
 }
 
 // BenchmarkRawInsertMany is the ceiling: unordered InsertMany of the listener's documents in
