@@ -8,7 +8,7 @@ GO_TEST_FLAGS ?= -count=1
 BIN := $(CURDIR)/bin
 
 .PHONY: all build run test test-unit test-integration test-envtest test-e2e bench bench-operator \
-	deps tools envtest-assets fmt vet lint generate manifests check-generated image clean \
+	deps tools tools-background envtest-assets fmt vet lint generate manifests check-generated image clean \
 	test-chart test-dashboards test-e2e-kind test-fuzz test-e2e-cluster cluster-up cluster-down check-test-deps
 
 all: build
@@ -31,7 +31,18 @@ envtest-assets:
 ## ---- tests: `make test` is what CI runs (.ci/run) ----
 TAGS := integration,envtest,e2e,chart,cluster
 
-test: check-test-deps vet lint check-generated test-unit test-fuzz test-integration test-envtest test-e2e test-e2e-cluster test-chart test-dashboards ## everything CI runs
+# The pinned tools build in the background (tools-background) while the steps that need none run;
+# each later step waits for what it needs. check-test-deps runs last: by then every install step
+# has run, and it fails if a test dependency was installed by none of them.
+test: tools-background deps vet test-unit test-fuzz test-integration lint check-generated test-envtest test-e2e test-e2e-cluster test-chart test-dashboards check-test-deps ## everything CI runs
+
+# A cold build of the tools takes ~30 min of a 2-core machine, mostly compiling; the unit and
+# integration tests leave much of the CPU idle (brokers, stores and timers), so the build fills it,
+# niced so that the tests keep the CPU they ask for.
+tools-background:
+	@mkdir -p $(BIN)
+	@echo "tools: hack/kube-tools.sh all in the background (log: bin/tools-background.log); each step waits for what it needs"
+	@nice -n 10 hack/kube-tools.sh all >$(BIN)/tools-background.log 2>&1 </dev/null &
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -7,10 +7,11 @@
 #   hack/kube-tools.sh cluster    what hack/kwok-cluster.sh needs (envtest + controller-manager, scheduler, kwok, kwokctl)
 #   hack/kube-tools.sh node       what a real node of hack/cluster.sh adds (kubelet, kube-proxy, coredns)
 #   hack/kube-tools.sh monitoring prometheus-operator, prometheus-config-reloader, prometheus (test/cluster)
-#   hack/kube-tools.sh helm kubectl ...   single tools
+#   hack/kube-tools.sh helm kubectl ...   single tools (helm4: Helm 4, for hack/test-chart.sh)
 #
-# Tools already built are skipped, so re-running is cheap. Prints one line per tool. Missing
-# Kubernetes components are compiled by one `go build` so they share their compiled packages.
+# Tools already built are skipped, so re-running is cheap; builds run in the order asked, one at
+# a time per machine (a lock per build). Prints one line per tool. Missing Kubernetes components
+# are compiled by one `go build` so they share their compiled packages.
 # Afterwards `source bin/kube.env` sets KUBEBUILDER_ASSETS and PATH.
 #
 # Release binaries are not downloaded: only the Go module proxy is reachable here, so everything
@@ -34,8 +35,11 @@ GOLANGCI_LINT_VERSION=v2.15.0
 COREDNS_VERSION=v1.15.0
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
 PROMETHEUS_VERSION=v0.316.0 # Go module versions v0.3XX.Y are Prometheus 3.XX.Y
+HELM4_VERSION=v4.3.1 # test-chart renders with both majors; keep in step with Helm4Version in test/chart/main_test.go
 
-ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok kwokctl coredns controller-gen helm kubeconform golangci-lint prometheus-operator prometheus-config-reloader prometheus)
+# In the order make test needs them (lint, check-generated, envtest, e2e, the real cluster, chart,
+# dashboards): `make test` builds them in the background while the tests that need none run.
+ALL_TOOLS=(golangci-lint controller-gen etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok kwokctl coredns helm prometheus-operator prometheus-config-reloader prometheus kubeconform helm4)
 ENVTEST_TOOLS=(etcd kube-apiserver kubectl)
 KWOK_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl)
 NODE_TOOLS=(kubelet kube-proxy coredns)
@@ -67,11 +71,18 @@ version_of() {
     coredns) echo "$COREDNS_VERSION" ;;
     prometheus-operator | prometheus-config-reloader) echo "$PROMETHEUS_OPERATOR_VERSION" ;;
     prometheus) echo "$PROMETHEUS_VERSION" ;;
+    helm4) echo "$HELM4_VERSION" ;;
     *) return 1 ;;
   esac
 }
 
-tool_dir() { echo "$CACHE/$1-$(version_of "$1")"; }
+# Helm 4's binary is helm-<v4 version>/helm, next to Helm 3's helm-<v3 version>/helm.
+tool_dir() {
+  if [[ $1 == helm4 ]]; then echo "$CACHE/helm-$HELM4_VERSION"; else echo "$CACHE/$1-$(version_of "$1")"; fi
+}
+tool_path() {
+  if [[ $1 == helm4 ]]; then echo "$(tool_dir "$1")/helm"; else echo "$(tool_dir "$1")/$1"; fi
+}
 
 is_k8s_tool() { [[ " ${K8S_TOOLS[*]} " == *" $1 "* ]]; }
 is_promop_tool() { [[ " ${PROMOP_TOOLS[*]} " == *" $1 "* ]]; }
@@ -230,6 +241,9 @@ build_tool() {
       go_install "$out" "helm.sh/helm/v3/cmd/helm@$ver" \
         "-s -w -X helm.sh/helm/v3/internal/version.version=$ver -X helm.sh/helm/v3/internal/version.metadata= -X helm.sh/helm/v3/internal/version.gitTreeState=clean -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37"
       ;;
+    helm4)
+      go_install "$out" "helm.sh/helm/v4/cmd/helm@$ver" "-s -w -X helm.sh/helm/v4/internal/version.version=$ver"
+      ;;
     kubeconform)
       go_install "$out" "github.com/yannh/kubeconform/cmd/kubeconform@$ver" "-s -w -X main.version=$ver"
       ;;
@@ -272,7 +286,7 @@ build_k8s() {
   fi
   for t in "$@"; do
     mkdir -p "$(tool_dir "$t")"
-    mv -f "$tmp/$t" "$(tool_dir "$t")/$t"
+    mv -f "$tmp/$t" "$(tool_path "$t")"
     BUILT[$t]="built in $((SECONDS - start))s (with $*)"
   done
   rmdir "$tmp"
@@ -293,7 +307,7 @@ build_promop() {
   for t in "$@"; do
     mkdir -p "$(tool_dir "$t")"
     # go build -o dir/ names binaries after the package dir: operator, prometheus-config-reloader.
-    if [[ $t == prometheus-operator ]]; then mv -f "$tmp/operator" "$(tool_dir "$t")/$t"; else mv -f "$tmp/$t" "$(tool_dir "$t")/$t"; fi
+    if [[ $t == prometheus-operator ]]; then mv -f "$tmp/operator" "$(tool_path "$t")"; else mv -f "$tmp/$t" "$(tool_path "$t")"; fi
     BUILT[$t]="built in $((SECONDS - start))s (with $*)"
   done
   rmdir "$tmp"
@@ -317,23 +331,58 @@ promop_examples() {
   touch "$dst/.ready"
 }
 
-ensure_tool() {
-  local tool=$1 ver dir out start
-  ver=$(version_of "$tool")
-  dir=$(tool_dir "$tool")
-  out=$dir/$tool
-  if [[ -n ${BUILT[$tool]:-} ]]; then
-    echo "$tool $ver ${BUILT[$tool]} $out"
-  elif [[ -x $out ]]; then
-    echo "$tool $ver cached $out"
-  else
-    mkdir -p "$dir"
-    start=$SECONDS
-    # Build to a temporary name and rename, so an interrupted build never looks finished.
-    build_tool "$tool" "$out.tmp.$$" || { rm -f "$out.tmp.$$"; die "building $tool $ver failed"; }
-    mv -f "$out.tmp.$$" "$out"
-    echo "$tool $ver built in $((SECONDS - start))s $out"
+# build_one <tool>: a tool that is not part of a group build, to a temporary name and renamed, so
+# an interrupted build never looks finished.
+build_one() {
+  local tool=$1 out start=$SECONDS
+  out=$(tool_path "$tool")
+  mkdir -p "$(dirname "$out")"
+  build_tool "$tool" "$out.tmp.$$" || { rm -f "$out.tmp.$$"; die "building $tool $(version_of "$tool") failed"; }
+  mv -f "$out.tmp.$$" "$out"
+  BUILT[$tool]="built in $((SECONDS - start))s"
+}
+
+# Several worktrees, CI jobs and make test's background build share the cache. The lock is held
+# per build, not per run, so a run that finds its tools built never waits for one building others.
+lock_cache() {
+  exec 9>"$CACHE/.kube-tools.lock"
+  if ! flock -n 9; then
+    log "kube-tools: another hack/kube-tools.sh is building, waiting for it"
+    flock 9
   fi
+}
+unlock_cache() { exec 9>&-; }
+
+# ensure_tool <tool> <requested tools...>: builds the tool unless cached (a Kubernetes component
+# or prometheus-operator binary together with the other missing ones requested), prints one line
+# and links it into bin/.
+ensure_tool() {
+  local tool=$1 t out
+  shift
+  out=$(tool_path "$tool")
+  if [[ -z ${BUILT[$tool]:-} && ! -x $out ]]; then
+    lock_cache
+    # Another run may have built it while this one waited.
+    if [[ ! -x $out ]]; then
+      local -a group=()
+      if is_k8s_tool "$tool"; then
+        for t in "$@"; do if is_k8s_tool "$t" && [[ ! -x $(tool_path "$t") ]]; then group+=("$t"); fi; done
+        build_k8s "${group[@]}"
+      elif is_promop_tool "$tool"; then
+        for t in "$@"; do if is_promop_tool "$t" && [[ ! -x $(tool_path "$t") ]]; then group+=("$t"); fi; done
+        build_promop "${group[@]}"
+      else
+        build_one "$tool"
+      fi
+    fi
+    unlock_cache
+  fi
+  if [[ $tool == prometheus-operator && ! -f $(tool_dir "$tool")/example/.ready ]]; then
+    lock_cache
+    promop_examples
+    unlock_cache
+  fi
+  echo "$tool $(version_of "$tool") ${BUILT[$tool]:-cached} $out"
   ln -sfn "$out" "$BIN/$tool"
 }
 
@@ -341,7 +390,7 @@ write_env() {
   # envtest wants a directory holding exactly etcd, kube-apiserver and kubectl.
   if [[ -x $BIN/etcd && -x $BIN/kube-apiserver && -x $BIN/kubectl ]]; then
     mkdir -p "$BIN/k8s"
-    for t in "${ENVTEST_TOOLS[@]}"; do ln -sfn "$(tool_dir "$t")/$t" "$BIN/k8s/$t"; done
+    for t in "${ENVTEST_TOOLS[@]}"; do ln -sfn "$(tool_path "$t")" "$BIN/k8s/$t"; done
   fi
   cat >"$BIN/kube.env.tmp.$$" <<EOF
 # Generated by hack/kube-tools.sh; source it: . bin/kube.env
@@ -380,26 +429,16 @@ main() {
     version_of "$t" >/dev/null || die "unknown tool '$t' (known: ${ALL_TOOLS[*]} envtest cluster node monitoring all)"
   done
   mkdir -p "$CACHE" "$BIN"
-  # Several worktrees/CI jobs may share the cache: serialise builds.
-  exec 9>"$CACHE/.kube-tools.lock"
-  if ! flock -n 9; then
-    log "kube-tools: another hack/kube-tools.sh is building, waiting for it"
-    flock 9
-  fi
   local -A seen=()
-  local -a uniq=() k8s_missing=() promop_missing=()
+  local -a uniq=()
   for t in "${tools[@]}"; do
     [[ -n ${seen[$t]:-} ]] && continue
     seen[$t]=1
     uniq+=("$t")
-    if is_k8s_tool "$t" && [[ ! -x $(tool_dir "$t")/$t ]]; then k8s_missing+=("$t"); fi
-    if is_promop_tool "$t" && [[ ! -x $(tool_dir "$t")/$t ]]; then promop_missing+=("$t"); fi
   done
-  ((${#k8s_missing[@]} == 0)) || build_k8s "${k8s_missing[@]}"
-  ((${#promop_missing[@]} == 0)) || build_promop "${promop_missing[@]}"
-  [[ " ${uniq[*]} " != *" prometheus-operator "* ]] || promop_examples
+  # In the order asked: make test's background build asks in the order its steps need them.
   for t in "${uniq[@]}"; do
-    ensure_tool "$t"
+    ensure_tool "$t" "${uniq[@]}"
   done
   write_env
 }

@@ -8,7 +8,7 @@
 #   - on a second kwok cluster: helm install --wait, the operator binary running as the chart's
 #     ServiceAccount brings ChargerSimulations to Ready, helm upgrade rolls the operator,
 #     helm uninstall leaves nothing behind (or the CRDs, with crds.keep)
-# Builds what it needs (hack/kube-tools.sh, helm v4 into the cache, bin/chargesim) first.
+# Builds what it needs (hack/kube-tools.sh, bin/chargesim) first.
 #
 #   hack/test-chart.sh [go test flags, e.g. -run TestLint -v]
 set -euo pipefail
@@ -17,26 +17,13 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 export CHARGESIM_CACHE=${CHARGESIM_CACHE:-$HOME/.cache/chargesim}
 export GOTOOLCHAIN=local
-HELM4_VERSION=v4.3.1 # keep in step with Helm4Version in test/chart/main_test.go
 
 log() { printf 'test-chart: %s\n' "$*" >&2; }
 
 start=$SECONDS
-# Pinned tools: helm v3, kubeconform, kubectl and the kwok cluster binaries (cached after the
-# first build).
-hack/kube-tools.sh helm kubeconform cluster >&2
-
-# Helm 4, to show the chart works with both majors. Built from the module proxy like the rest.
-helm4=$CHARGESIM_CACHE/helm-$HELM4_VERSION/helm
-if [[ ! -x $helm4 ]]; then
-  log "building helm $HELM4_VERSION (once)"
-  tmp=$(mktemp -d "$CHARGESIM_CACHE/.gobin.XXXXXX")
-  (cd "$CHARGESIM_CACHE" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOBIN=$tmp \
-    go install -p 2 -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM4_VERSION" \
-    "helm.sh/helm/v4/cmd/helm@$HELM4_VERSION") || { rm -rf "$tmp"; log "building helm $HELM4_VERSION failed"; exit 1; }
-  mkdir -p "$(dirname "$helm4")"
-  mv "$tmp/helm" "$helm4" && rmdir "$tmp"
-fi
+# Pinned tools: helm v3 and v4 (helm4, to show the chart works with both majors), kubeconform,
+# kubectl and the kwok cluster binaries (cached after the first build).
+hack/kube-tools.sh helm helm4 kubeconform cluster >&2
 
 # The operator the kwok test runs out of the cluster.
 CGO_ENABLED=0 go build -trimpath -o bin/chargesim .

@@ -22,7 +22,7 @@ import (
 	"github.com/chargesim/chargesim/test/testenv"
 )
 
-// Helm4Version is the Helm 4 release hack/test-chart.sh builds next to the pinned Helm 3.
+// Helm4Version is the Helm 4 release hack/kube-tools.sh builds (helm4) next to the pinned Helm 3.
 const Helm4Version = "v4.3.1"
 
 var (
@@ -53,7 +53,7 @@ func tool(t testing.TB, name string) string {
 	return p
 }
 
-// helm4 returns the Helm 4 binary built by hack/test-chart.sh.
+// helm4 returns the Helm 4 binary built by hack/kube-tools.sh (hack/test-chart.sh asks for it).
 func helm4(t testing.TB) string {
 	t.Helper()
 	cache := os.Getenv("CHARGESIM_CACHE")
