@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fresh-machine check (make check-test-deps, the first step of make test): runs the install
+# Fresh-machine check (make check-test-deps, the last step of make test): runs the install
 # steps `make test` runs (hack/deps.sh, hack/kube-tools.sh), then fails when a program a test
 # needs is not provided by them. A package installed by hand on this machine therefore cannot
 # hide a missing install step: every program must be
