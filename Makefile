@@ -58,8 +58,9 @@ test-unit: ## fast unit tests
 	go test $(GO_TEST_FLAGS) ./...
 
 FUZZ_TIME ?= 20s
-test-fuzz: ## a short coverage-guided run of the payload decoder's fuzz target (corpus in testdata/)
+test-fuzz: ## short coverage-guided runs of the payload decoder's and the BSON encoder's fuzz targets (corpus in testdata/)
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_TIME) ./components/session/
+	go test -run '^$$' -fuzz '^FuzzAppendBSON$$' -fuzztime $(FUZZ_TIME) ./components/store/
 
 test-integration: deps ## against real mosquitto and FerretDB (processes started per test)
 	source $(BIN)/deps.env && go test $(GO_TEST_FLAGS) -tags integration -timeout 20m ./...

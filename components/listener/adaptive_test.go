@@ -60,8 +60,8 @@ func TestWriteLimiterIgnores(t *testing.T) {
 	for range 100 {
 		l.observe(time.Second, 10)
 	}
-	if l.current() != 4 {
-		t.Fatalf("limit %d after small batches only, want the initial ceiling 4", l.current())
+	if l.current() != 1 {
+		t.Fatalf("limit %d after small batches only, want the initial 1", l.current())
 	}
 	one := newWriteLimiter(1, 500, nil)
 	for range 100 {
@@ -74,7 +74,8 @@ func TestWriteLimiterIgnores(t *testing.T) {
 
 // Permits: acquire blocks at the limit; close releases the waiters for good.
 func TestWriteLimiterPermits(t *testing.T) {
-	l := newWriteLimiter(2, 500, nil) // starts at the ceiling
+	l := newWriteLimiter(2, 500, nil)
+	l.limit = 2 // as if climbed
 	for i := range 2 {
 		if !l.acquire() {
 			t.Fatalf("acquire %d under the limit", i)

@@ -251,6 +251,7 @@ func (l *Listener) decode(msg mqtt.Message, now time.Time) *entry {
 		var s session.Session
 		if s, err = session.Decode(topic, payload); err == nil {
 			d := store.NewSessionDoc(s, topic, now)
+			d.Encode() // here, while the previous write runs, not between two writes
 			e.session = &d
 			return e
 		}

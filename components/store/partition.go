@@ -357,7 +357,7 @@ func (s *Store) insertPartitioned(ctx context.Context, l layout, docs []SessionD
 		for k, i := range g.idx {
 			part[k] = docs[i]
 		}
-		r, err := insertMany(ctx, s.DB.Collection(g.p.Name), part, len(part))
+		r, err := s.insertSessions(ctx, g.p.Name, part)
 		if err != nil {
 			// The whole batch is retried: what went in is seen as duplicates, told apart
 			// by received_at (ReceivedAt).

@@ -128,6 +128,7 @@ type Store struct {
 	// deltaFault, set by tests only, makes the delta insert of a partition fail (delta.go).
 	deltaFault func(partition string) error
 	pages      pageCache // sessions of closed partitions, for listing pages (pagecache.go)
+	wcDoc      bson.Raw  // the write concern, as the insert commands carry it (encode.go)
 }
 
 // writeConcern is the write concern the components write with: the URI's when it sets one
@@ -189,7 +190,12 @@ func Open(cfg Config, appName string) (*Store, error) {
 	if wc := opts.WriteConcern; wc != nil && !wc.Acknowledged() {
 		return nil, fmt.Errorf("connect to mongodb %s: unacknowledged write concern (w=0) refused", redact(cfg.URI))
 	}
-	opts.SetWriteConcern(writeConcern(opts))
+	wc := writeConcern(opts)
+	opts.SetWriteConcern(wc)
+	wcDoc, err := writeConcernDoc(wc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to mongodb %s: write concern: %w", redact(cfg.URI), err)
+	}
 	if cfg.CAFile != "" {
 		tc, err := cfg.tlsConfig()
 		if err != nil {
@@ -202,7 +208,8 @@ func Open(cfg Config, appName string) (*Store, error) {
 		return nil, fmt.Errorf("connect to mongodb %s: %w", redact(cfg.URI), err)
 	}
 	db := client.Database(cfg.Database)
-	return &Store{Client: client, DB: db, Sessions: db.Collection(SessionsCollection), Rejected: db.Collection(RejectedCollection), cfg: cfg}, nil
+	return &Store{Client: client, DB: db, Sessions: db.Collection(SessionsCollection), Rejected: db.Collection(RejectedCollection),
+		cfg: cfg, wcDoc: wcDoc}, nil
 }
 
 // Close disconnects.
@@ -365,6 +372,7 @@ type SessionDoc struct {
 	// receive time, different on every delivery): such a session is not placed in a time
 	// partition. Not stored.
 	Untimed bool `bson:"-"`
+	enc     []byte // Encode's BSON of the document, if called (encode.go)
 }
 
 // RejectedDoc is a message kept aside because it can never be stored as a session.

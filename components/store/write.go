@@ -136,7 +136,7 @@ func (s *Store) InsertSessions(ctx context.Context, docs []SessionDoc) (WriteRes
 	if l.partitioned {
 		return s.insertPartitioned(ctx, l, docs)
 	}
-	return insertMany(ctx, s.Sessions, docs, len(docs))
+	return s.insertSessions(ctx, s.Sessions.Name(), docs)
 }
 
 // InsertRejected stores rejected messages; like InsertSessions it tolerates documents already
@@ -164,12 +164,22 @@ func insertMany(ctx context.Context, coll *mongo.Collection, docs any, n int) (W
 // stored), permanent refusals (set aside by the caller) and transient errors (the whole call
 // is an error, retried; documents that did go in come back as duplicates next time).
 func classify(bwe mongo.BulkWriteException, n int, coll string, err error) (WriteResult, error) {
-	if bwe.HasErrorLabel("RetryableWriteError") || bwe.HasErrorLabel("NetworkError") ||
-		bwe.HasErrorLabel("TransientTransactionError") {
+	errs := make([]mongo.WriteError, len(bwe.WriteErrors))
+	for i, we := range bwe.WriteErrors {
+		errs[i] = we.WriteError
+	}
+	return classifyErrors(bwe, errs, n, coll, err)
+}
+
+// classifyErrors is classify for any error with labels and per-document write errors (the
+// driver's BulkWriteException from InsertMany, its WriteException from an insert command).
+func classifyErrors(labels interface{ HasErrorLabel(string) bool }, errs []mongo.WriteError, n int, coll string, err error) (WriteResult, error) {
+	if labels.HasErrorLabel("RetryableWriteError") || labels.HasErrorLabel("NetworkError") ||
+		labels.HasErrorLabel("TransientTransactionError") {
 		return WriteResult{}, fmt.Errorf("insert %d documents into %s: %w", n, coll, err)
 	}
-	res := WriteResult{Duplicates: make([]int, 0, len(bwe.WriteErrors))}
-	for _, we := range bwe.WriteErrors {
+	res := WriteResult{Duplicates: make([]int, 0, len(errs))}
+	for _, we := range errs {
 		switch {
 		case we.Code == CodeDuplicateKey:
 			res.Duplicates = append(res.Duplicates, we.Index)
