@@ -97,6 +97,21 @@ func (l *writeLimiter) release() {
 	l.cond.Signal()
 }
 
+// keep reports whether a writer holding a permit may keep it for its next write; if not (the
+// limit went down), the permit is released and the writer must acquire again.
+func (l *writeLimiter) keep() bool {
+	l.mu.Lock()
+	ok := l.inflight <= l.limit
+	if !ok {
+		l.inflight--
+	}
+	l.mu.Unlock()
+	if !ok {
+		l.cond.Signal()
+	}
+	return ok
+}
+
 // close wakes every waiting writer for good.
 func (l *writeLimiter) close() {
 	l.mu.Lock()

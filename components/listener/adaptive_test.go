@@ -98,3 +98,31 @@ func TestWriteLimiterPermits(t *testing.T) {
 		t.Fatal("acquire after close")
 	}
 }
+
+// A writer keeps its permit from one write to the next while the limit allows; when the limit
+// went down, keep gives permits back until the writes in flight fit it again.
+func TestWriteLimiterKeep(t *testing.T) {
+	l := newWriteLimiter(3, 500, nil)
+	l.limit = 3
+	for range 3 {
+		l.acquire()
+	}
+	l.limit = 1
+	if l.keep() || l.keep() {
+		t.Fatal("kept a permit over the limit")
+	}
+	if !l.keep() {
+		t.Fatal("the last writer within the limit lost its permit")
+	}
+	got := make(chan bool)
+	go func() { got <- l.acquire() }()
+	select {
+	case <-got:
+		t.Fatal("acquired past the limit")
+	case <-time.After(20 * time.Millisecond):
+	}
+	l.release()
+	if !<-got {
+		t.Fatal("acquire after the release")
+	}
+}

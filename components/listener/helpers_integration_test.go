@@ -153,10 +153,13 @@ type pub struct {
 	c mqtt.Client
 }
 
-func newPub(tb testing.TB, url, id string) *pub {
+func newPub(tb testing.TB, url, id string, opts ...func(*mqtt.ClientOptions)) *pub {
 	tb.Helper()
 	o := mqtt.NewClientOptions().AddBroker(url).SetClientID(id).SetCleanSession(true).
 		SetAutoReconnect(true).SetMaxReconnectInterval(500 * time.Millisecond).SetWriteTimeout(10 * time.Second)
+	for _, opt := range opts {
+		opt(o)
+	}
 	c := mqtt.NewClient(o)
 	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		tb.Fatalf("publisher connect: %v", tok.Error())

@@ -333,7 +333,10 @@ func (p *pipeline) batcher() {
 // its next write is on the wire, instead of delaying that write while the store has nothing
 // to do: on one CPU, listener ÷ raw insert loop went from 0.90 to ... (docs/performance.md).
 func (p *pipeline) writer(hard context.Context) {
-	for p.limit.acquire() {
+	if !p.limit.acquire() {
+		return
+	}
+	for {
 		b, ok := <-p.batches
 		if !ok {
 			p.limit.release()
@@ -348,7 +351,14 @@ func (p *pipeline) writer(hard context.Context) {
 			}
 			p.m.inflight.Dec()
 		}
-		p.limit.release()
+		// The permit is kept for the next batch while the limit allows: giving it back
+		// and taking it again would wake a waiting writer for nothing, on the CPU the next
+		// write needs.
+		if !p.limit.keep() {
+			if !p.limit.acquire() {
+				return
+			}
+		}
 	}
 }
 

@@ -45,6 +45,9 @@ func newHarness(t *testing.T, cfg pipelineConfig, sink func(ctx context.Context,
 	}
 	h := &harness{t: t, stored: map[int]bool{}, ackCh: make(chan int, 100000), sinkFn: sink}
 	h.p = newPipeline(cfg, h.sink, m, slog.New(slog.DiscardHandler))
+	// These tests are about writes in flight together: start at the ceiling, as if the limiter
+	// had climbed (its first full write then starts a probe at 1, adaptive_test.go).
+	h.p.limit.limit, h.p.limit.probing = cfg.concurrency, 0
 	hard, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() {
 		cancel()

@@ -149,3 +149,26 @@ func TestInsertCommandSplits(t *testing.T) {
 		t.Fatalf("commands hold %d documents, want %d", total, len(docs))
 	}
 }
+
+// BenchmarkEncodeSession compares AppendBSON with bson.Marshal on a simulator's session.
+func BenchmarkEncodeSession(b *testing.B) {
+	s, err := session.Decode("charger/c-000042/connector/1/session/7",
+		[]byte(`{"session_id":7,"energy_delivered_in_kWh":30.5,"duration_in_seconds":2745,"session_cost_in_cents":1070,"charger_id":"c-000042","connector_id":1,"ended_at":"2026-12-03T10:00:00Z","power_class":"AC22","peak_power_kw":22,"battery_kwh":60,"start_soc_percent":20,"end_soc_percent":70,"tariff_cents_per_kwh":35,"session_fee_cents":0}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	d := NewSessionDoc(s, "charger/c-000042/connector/1/session/7", time.Now())
+	b.Run("AppendBSON", func(b *testing.B) {
+		for b.Loop() {
+			d := d
+			d.Encode()
+		}
+	})
+	b.Run("bson.Marshal", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := bson.Marshal(d); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -371,7 +371,7 @@ type SessionDoc struct {
 	// Untimed is set by NewSessionDoc when the payload carried no time (its ended_at is the
 	// receive time, different on every delivery): such a session is not placed in a time
 	// partition. Not stored.
-	Untimed bool `bson:"-"`
+	Untimed bool   `bson:"-"`
 	enc     []byte // Encode's BSON of the document, if called (encode.go)
 }
 
