@@ -26,6 +26,14 @@ import (
 // one while speedup(L) ≥ (1 + minGain) × speedup(L−1), and steps back at the first step that
 // does not pay, not to try it again before the next probe: on SQLite it stays at 1, on MongoDB
 // it climbs to the ceiling.
+//
+// A step that does not pay costs while it is tried: on SQLite the 2 writes in flight take
+// twice as long each, plus the busy handler's sleeps (listener benchmark: the 4 writes of a
+// trial cost ~3% of a 30,000-document run). So a trial ends at its first write that ran
+// entirely at the new limit if that write alone shows the step losing (speedup below
+// (1 − minGain) × the limit below), and every climb that ends below the ceiling doubles the
+// time to the next probe, up to maxProbeInterval writes: a serialising store pays for a
+// trial of ~2 writes every 1,600.
 const (
 	minGain = 0.1
 	// Decisions are taken every adaptEvery full-size writes at a limit. Every baselineWrites
@@ -33,13 +41,22 @@ const (
 	// restarts): under constant saturation no write runs alone, and a baseline kept from old
 	// writes would drift (a store that got slower for good) or never be seen (writes always
 	// overlap), and a store whose concurrency changed gets another climb.
-	adaptEvery     = 4
-	baselineWrites = 200
+	adaptEvery       = 4
+	baselineWrites   = 200
+	maxProbeInterval = 8 * baselineWrites
 	// Only writes of at least this fraction of --batch-size feed the controller: a small batch
 	// is dominated by the per-write cost and would look slow per document.
 	adaptMinFill = 0.5
 	ewmaWeight   = 0.25
 )
+
+// stepBack undoes a step that did not pay: no higher until the next probe, which comes later
+// each time. Called with mu held.
+func (l *writeLimiter) stepBack() {
+	l.limit--
+	l.ceiling = l.limit
+	l.every = min(2*l.every, maxProbeInterval)
+}
 
 // writeLimiter lets at most limit writers hold a permit; limit moves between 1 and max.
 type writeLimiter struct {
@@ -58,6 +75,7 @@ type writeLimiter struct {
 	writes  int       // full-size writes since the last probe
 	samples int       // full-size writes since the last decision
 	probing int       // > 0: writes left in the current probe
+	every   int       // full-size writes between probes: baselineWrites, doubled per failed climb
 	speedup []float64 // speedup[L]: throughput at limit L ÷ one write alone, since the last probe
 	ceiling int       // the highest limit to try before the next probe
 }
@@ -68,7 +86,7 @@ func newWriteLimiter(max, batchSize int, onLimit func(int)) *writeLimiter {
 	// store that runs them in parallel takes a few writes. The limit only matters once batches
 	// are full, that is once one write at a time falls behind.
 	l := &writeLimiter{max: max, batchSize: batchSize, onLimit: onLimit, limit: 1, ceiling: max,
-		probing: adaptEvery, speedup: make([]float64, max+1)}
+		probing: adaptEvery, every: baselineWrites, speedup: make([]float64, max+1)}
 	l.cond = sync.NewCond(&l.mu)
 	if onLimit != nil {
 		onLimit(l.limit)
@@ -153,22 +171,29 @@ func (l *writeLimiter) observe(d time.Duration, docs int) {
 			l.speedup[1], l.ceiling = 1, l.max
 			l.limit = min(2, l.max)
 		}
-	case l.best == 0 || l.writes >= baselineWrites:
+	case l.best == 0 || l.writes >= l.every:
 		l.probing, l.limit, l.best, l.writes = 2*adaptEvery, 1, 0, 0
 	default:
 		l.writes++
 		l.best = min(l.best, perDoc)
-		if l.samples++; l.samples >= adaptEvery {
+		l.samples++
+		// The first write seen at a new limit started under the old one: it cannot tell.
+		if l.limit > 1 && l.samples > 1 && float64(l.limit)*l.best/perDoc < (1-minGain)*l.speedup[l.limit-1] {
+			l.stepBack()
+			break
+		}
+		if l.samples >= adaptEvery {
 			l.samples = 0
 			sp := float64(l.limit) * l.best / l.recent
 			l.speedup[l.limit] = sp
 			switch {
 			case l.limit > 1 && sp < (1+minGain)*l.speedup[l.limit-1]:
-				// The last step did not pay: back, and no higher until the next probe.
-				l.limit--
-				l.ceiling = l.limit
+				l.stepBack()
 			case l.limit < l.ceiling:
 				l.limit++
+				if l.limit == l.max {
+					l.every = baselineWrites // climbed all the way: probe at the usual pace
+				}
 			}
 		}
 	}

@@ -20,8 +20,10 @@ func TestWriteLimiterFollowsTheStore(t *testing.T) {
 		want     int
 		share    float64 // of the writes at the wanted limit, at least (probes climb from 1)
 	}{
-		{"one writer at a time", 4, 1, 0, 1, 0.95},
-		{"one writer at a time, waiting costs", 4, 1, 0.15, 1, 0.95},
+		// A failed trial ends at its first write run at 2 and the next probe comes later:
+		// ≥ 99% of the writes at 1 (it was 98% with 4-write trials every 200 writes).
+		{"one writer at a time", 4, 1, 0, 1, 0.99},
+		{"one writer at a time, waiting costs", 4, 1, 0.15, 1, 0.99},
 		{"parallel writers", 4, 64, 0, 4, 0.9},
 		{"3 writers at once", 8, 3, 0, 3, 0.85},
 	} {
