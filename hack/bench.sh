@@ -68,6 +68,12 @@ if only listener; then
 			-test.bench '^Benchmark(ListenerIngest|RawInsertMany)$' -test.benchtime "${BENCH_LISTENER_TIME:-30000x}") |
 			tee -a "$out"
 	done
+	# The store's two insert paths (encode.go) on one FerretDB, same pinning: what the listener
+	# and the raw loop use (an insert command of documents encoded once) and the driver's
+	# InsertMany the issue named as the raw limit.
+	(cd components/store && go test -c -tags integration -o ../../bin/store.bench . &&
+		"${pin[@]}" ../../bin/store.bench -test.run '^$' -test.bench '^BenchmarkInsertPath$' \
+			-test.benchtime "${BENCH_LISTENER_TIME:-30000x}" -test.count "$COUNT") | tee -a "$out"
 fi
 # `chargesim run` (broker, publisher, listener, API in one process) at RUN_RATE sessions/s for
 # BENCH_RUN_SECONDS against a store like `make run`'s: a fresh FerretDB, or the MongoDB at
@@ -221,10 +227,16 @@ printf '%-44s %12s\n' "publisher / raw" "$(ratio "$pub" "$raw")"
 printf '%-44s %12s docs/s\n' "listener: live stream -> mosquitto -> FerretDB" "$ing"
 printf '%-44s %12s docs/s\n' "listener draining a backlog" "$back"
 printf '%-44s %12s docs/s\n' "listener under a burst (not a goal)" "$burst"
-printf '%-44s %12s docs/s (1 writer %s, 4 writers %s)\n' "bare InsertMany loop (raw limit)" "$ins" "$ins1" "$ins4"
+printf '%-44s %12s docs/s (1 writer %s, 4 writers %s)\n' "bare insert loop (raw limit)" "$ins" "$ins1" "$ins4"
 printf '%-44s %12s   rounds: %s\n' "listener / raw (live)" $(round_ratios live)
 printf '%-44s %12s   rounds: %s\n' "listener / raw (backlog)" $(round_ratios backlog)
 printf '%-44s %12s   rounds: %s\n' "listener / raw (burst)" $(round_ratios burst)
+if [[ $(metric BenchmarkInsertPath/command docs/s) != nan ]]; then
+	printf '%-44s %12s docs/s, client %s µs/doc\n' "  store insert command, encoded once" \
+		"$(metric BenchmarkInsertPath/command docs/s)" "$(metric BenchmarkInsertPath/command client-cpu-us/doc)"
+	printf '%-44s %12s docs/s, client %s µs/doc\n' "  driver InsertMany (the path it replaced)" \
+		"$(metric BenchmarkInsertPath/driver docs/s)" "$(metric BenchmarkInsertPath/driver client-cpu-us/doc)"
+fi
 if [[ -n ${CHARGESIM_BENCH_MONGO_URI:-} ]]; then
 	echo "  store: the MongoDB at \$CHARGESIM_BENCH_MONGO_URI (URI not printed: it may hold credentials)"
 else

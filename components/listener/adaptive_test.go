@@ -110,8 +110,10 @@ func TestWriteLimiterKeep(t *testing.T) {
 		l.acquire()
 	}
 	l.limit = 1
-	if l.keep() || l.keep() {
-		t.Fatal("kept a permit over the limit")
+	for i := range 2 {
+		if l.keep() {
+			t.Fatalf("writer %d kept a permit over the limit", i)
+		}
 	}
 	if !l.keep() {
 		t.Fatal("the last writer within the limit lost its permit")

@@ -93,7 +93,7 @@ func TestAppendBSONEdgeValues(t *testing.T) {
 
 func FuzzAppendBSON(f *testing.F) {
 	f.Add(int64(1), 30.0, 45.0, 70.0, int64(0), "c1", 1, int64(1_700_000_000_000), "t", 0.0, "")
-	f.Add(int64(-1), -0.0, math.Inf(-1), math.NaN(), int64(99), "", math.MaxInt32+7, int64(-5), "", 1e300, "AC")
+	f.Add(int64(-1), math.Copysign(0, -1), math.Inf(-1), math.NaN(), int64(99), "", math.MaxInt32+7, int64(-5), "", 1e300, "AC")
 	f.Fuzz(func(t *testing.T, sid int64, energy, dur, cost float64, ts int64, charger string, conn int, ms int64, topic string, peak float64, class string) {
 		d := SessionDoc{ID: charger + "/x", Topic: topic, ReceivedAt: time.UnixMilli(ms).UTC(),
 			Session: session.Session{SessionID: sid, EnergyKWh: energy, DurationSeconds: dur, CostCents: cost, Timestamp: ts,
