@@ -8,7 +8,7 @@ GO_TEST_FLAGS ?= -count=1
 BIN := $(CURDIR)/bin
 
 .PHONY: all build run test test-unit test-integration test-envtest test-e2e bench bench-operator \
-	deps tools tools-background test-cluster-and-static envtest-assets fmt vet lint generate manifests check-generated image clean \
+	deps tools envtest-assets fmt vet lint generate manifests check-generated image clean \
 	test-chart test-dashboards test-e2e-kind test-fuzz test-e2e-cluster cluster-up cluster-down check-test-deps
 
 all: build
@@ -31,31 +31,11 @@ envtest-assets:
 ## ---- tests: `make test` is what CI runs (.ci/run) ----
 TAGS := integration,envtest,e2e,chart,cluster
 
-# The pinned tools build in the background (tools-background) while the steps that need none run;
-# each later step waits for what it needs. check-test-deps runs last: by then every install step
-# has run, and it fails if a test dependency was installed by none of them.
-test: tools-background deps vet test-unit test-fuzz test-integration test-envtest test-e2e test-cluster-and-static test-chart test-dashboards check-test-deps ## everything CI runs
-
-# A cold build of the tools takes ~30 min of a 2-core machine. Built in the background, niced, it
-# runs next to the tests that need no tool, in the order the tests need them: the real-cluster
-# test's (Kubernetes, etcd, kwok, CoreDNS, helm, the monitoring stack) first, then the linter,
-# controller-gen, kubeconform and helm v4, which build while that test runs.
-tools-background:
-	@mkdir -p $(BIN)
-	@echo "tools: hack/kube-tools.sh in the background (log: bin/tools-background.log); each step waits for what it needs"
-	@nice -n 10 hack/kube-tools.sh envtest cluster node helm monitoring all >$(BIN)/tools-background.log 2>&1 </dev/null &
-
-# The real-cluster test mostly waits (images, pods, probes: 26-46% of 2 cores, measured), the
-# static checks (lint, generated files) are CPU only: side by side, the checks niced and their
-# output printed after the test's, both finish ~10 min sooner than in a row from nothing
-# (docs/performance.md, "make test from nothing").
-test-cluster-and-static:
-	@$(MAKE) --no-print-directory test-e2e-cluster & cluster=$$!; \
-	nice -n 10 $(MAKE) --no-print-directory lint check-generated >$(BIN)/static-checks.log 2>&1 & static=$$!; \
-	rc=0; wait $$cluster || rc=$$?; srm=0; wait $$static || srm=$$?; \
-	echo "---- lint and check-generated (run beside the cluster test) ----"; cat $(BIN)/static-checks.log; \
-	if [ $$rc -ne 0 ]; then echo "test-e2e-cluster failed"; exit $$rc; fi; \
-	if [ $$srm -ne 0 ]; then echo "lint or check-generated failed"; exit $$srm; fi
+# hack/test-all.sh runs the suites below: the real-cluster test's tools first, that test in the
+# background (it mostly waits), every other suite beside it, then check-test-deps, which fails if
+# a test dependency was installed by none of the steps before it. A table of times ends the output.
+test: ## everything CI runs
+	hack/test-all.sh
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

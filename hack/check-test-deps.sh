@@ -21,7 +21,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 BIN=$ROOT/bin
 # The scripts `make test` runs (directly or through another one).
-SCRIPTS=(hack/deps.sh hack/kube-tools.sh hack/kwok-cluster.sh hack/cluster.sh hack/test-chart.sh hack/test-dashboards.sh hack/check-test-deps.sh)
+SCRIPTS=(hack/test-all.sh hack/deps.sh hack/kube-tools.sh hack/kwok-cluster.sh hack/cluster.sh hack/test-chart.sh hack/test-dashboards.sh hack/check-test-deps.sh)
 
 log() { printf 'check-test-deps: %s\n' "$*" >&2; }
 
