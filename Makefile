@@ -5,6 +5,9 @@ SHELL := /usr/bin/env bash -o pipefail
 export CHARGESIM_CACHE ?= $(HOME)/.cache/chargesim
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO_TEST_FLAGS ?= -count=1
+# One build configuration for tests, vet and the binaries the test scripts build (static, as in the
+# images): the dependency tree is compiled once, not once per CGO setting.
+export CGO_ENABLED ?= 0
 BIN := $(CURDIR)/bin
 
 .PHONY: all build run test test-unit test-integration test-envtest test-e2e bench bench-operator \

@@ -241,8 +241,8 @@ monitoring_images() {
   v=$(tool_version prometheus-operator)
   IMG_PROMETHEUS_OPERATOR=chargesim.local/prometheus-operator:$v
   IMG_PROMETHEUS_CONFIG_RELOADER=chargesim.local/prometheus-config-reloader:$v
-  PROMETHEUS_RELEASE=v$("$BIN/prometheus" --version | sed -n 's/^prometheus, version \([0-9.]*\).*/\1/p')
-  [[ $PROMETHEUS_RELEASE != v ]] || die "cannot read the version of $BIN/prometheus"
+  PROMETHEUS_RELEASE=v$("$BIN/prometheus-cluster" --version | sed -n 's/^prometheus, version \([0-9.]*\).*/\1/p')
+  [[ $PROMETHEUS_RELEASE != v ]] || die "cannot read the version of $BIN/prometheus-cluster"
   IMG_PROMETHEUS=chargesim.local/prometheus:$PROMETHEUS_RELEASE
 }
 build_images() {
@@ -299,7 +299,7 @@ build_images() {
     -label "org.opencontainers.image.version=${IMG_PROMETHEUS_CONFIG_RELOADER##*:}" >"$out/prometheus-config-reloader.digest"
   # The operator mounts the config, rules and data (emptyDir at /prometheus) and passes every flag.
   want prometheus && "$ib" -o "$out/prometheus.tar" -tag "$IMG_PROMETHEUS" "${common[@]}" \
-    -user 65532:65532 -add "$(readlink -f "$BIN/prometheus")=/bin/prometheus:0755" -workdir /prometheus \
+    -user 65532:65532 -add "$(readlink -f "$BIN/prometheus-cluster")=/bin/prometheus:0755" -workdir /prometheus \
     -entrypoint '["/bin/prometheus"]' -expose 9090/tcp \
     -label org.opencontainers.image.title=prometheus \
     -label "org.opencontainers.image.version=$PROMETHEUS_RELEASE" >"$out/prometheus.digest"

@@ -382,9 +382,15 @@ ensure_tool() {
     promop_examples
     unlock_cache
   fi
-  echo "$tool $(version_of "$tool") ${BUILT[$tool]:-cached} $out"
-  ln -sfn "$out" "$BIN/$tool"
+  echo "$tool $(version_of "$tool") ${BUILT[$tool]:-cached} $out -> bin/$(bin_name "$tool")"
+  ln -sfn "$out" "$BIN/$(bin_name "$tool")"
 }
+
+# bin/prometheus is Debian's 2.42 (hack/deps.sh: the dashboards and alert-rule tests); the
+# Prometheus built here (Kubernetes discovery, for the real cluster's image) is
+# bin/prometheus-cluster, so the two scripts, run side by side by make test, never swap the link
+# under each other.
+bin_name() { if [[ $1 == prometheus ]]; then echo prometheus-cluster; else echo "$1"; fi; }
 
 write_env() {
   # envtest wants a directory holding exactly etcd, kube-apiserver and kubectl.

@@ -26,7 +26,9 @@ start=$SECONDS
 hack/kube-tools.sh helm helm4 kubeconform cluster >&2
 
 # The operator the kwok test runs out of the cluster.
-CGO_ENABLED=0 go build -trimpath -o bin/chargesim .
+# The build configuration of make test (Makefile: CGO_ENABLED=0, no -trimpath): its compiled
+# packages are reused.
+CGO_ENABLED=0 go build -o bin/chargesim .
 log "tools ready in $((SECONDS - start))s"
 
 # Observability tests (dashboards, alerts, /metrics) are hack/test-dashboards.sh's.

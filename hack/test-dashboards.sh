@@ -23,7 +23,9 @@ hack/deps.sh >&2                   # mosquitto, FerretDB, prometheus, promtool
 hack/kube-tools.sh cluster >&2     # kwok cluster for the operator dashboard
 # shellcheck source=/dev/null
 source bin/deps.env
-CGO_ENABLED=0 go build -trimpath -o bin/chargesim .
+# The build configuration of make test (Makefile: CGO_ENABLED=0, no -trimpath): its compiled
+# packages are reused.
+CGO_ENABLED=0 go build -o bin/chargesim .
 printf 'test-dashboards: tools ready in %ss\n' "$((SECONDS - start))" >&2
 
 go test -count=1 -tags chart -timeout 15m \
