@@ -77,7 +77,8 @@ test-dashboards: ## promtool rules and metrics, every dashboard query against a 
 test-e2e-cluster: deps ## chart, operator and simulations as real containers on a local node (hack/cluster.sh; root)
 	hack/kube-tools.sh cluster node helm monitoring
 	@# One node per machine: concurrent runs (two worktrees, a helper and CI) wait for each other.
-	flock $${CHARGESIM_CACHE:-$$HOME/.cache/chargesim}/.cluster-session.lock go test $(GO_TEST_FLAGS) -tags cluster -timeout 25m ./test/cluster/...
+	@# -v: the phases' times (cluster up, install, Ready, each check) are in the log even when it passes.
+	flock $${CHARGESIM_CACHE:-$$HOME/.cache/chargesim}/.cluster-session.lock go test $(GO_TEST_FLAGS) -v -tags cluster -timeout 25m ./test/cluster/...
 
 cluster-up: deps ## a real single-node cluster on this machine; prints KUBECONFIG=<path> last
 	hack/cluster.sh up
